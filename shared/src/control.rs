@@ -1,0 +1,619 @@
+//! The control connection as a sans-IO state machine: one [`Endpoint`] per side.
+//!
+//! ```text
+//! frontend (client)                         accelerator (server)
+//!   preamble + Hello            ───────▶
+//!                               ◀───────    preamble (sent on accept)
+//!                               ◀───────    Welcome {name, limits}
+//!   Configure {workload, ...}   ───────▶    → Event::ConfigureRequested → grant()/refuse()
+//!                               ◀───────    Configured {token, slots, ...} | Error
+//!   QueryName / RunState        ───────▶    Name (answered here) / RunStateAck (by the driver)
+//!   Heartbeat / HeartbeatAck    ◀──────▶    every interval, both ways; silence for
+//!                                           `misses` intervals = peer dead
+//!   Goodbye                     ◀──────▶
+//! ```
+//!
+//! Drivers feed bytes with [`Endpoint::handle_input`] and timer expiries with
+//! [`Endpoint::handle_timeout`], then drain [`Endpoint::poll_transmit`], [`Endpoint::poll_event`]
+//! and [`Endpoint::poll_timeout`]. Time is passed in; nothing here does I/O.
+
+use std::collections::VecDeque;
+
+use crate::time::Nanos;
+use crate::wire::message::{self, ErrorCode, Limits, Message, RunState, SessionGrant, SessionRequest};
+use crate::wire::preamble::{PREAMBLE_LEN, Preamble, Role};
+use crate::wire::WireError;
+
+/// Errors that end a control session.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ControlError {
+    /// Bytes that are not a valid preamble or message (includes a protocol version mismatch).
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// A valid message at the wrong time.
+    #[error("unexpected {got} while {phase}")]
+    Unexpected {
+        /// The message received.
+        got: &'static str,
+        /// What the endpoint was waiting for.
+        phase: &'static str,
+    },
+    /// The peer sent nothing for too long.
+    #[error("peer silent for {silent_ms} ms ({misses} heartbeat intervals of {interval_ms} ms): declared dead")]
+    PeerDead {
+        /// How long it was silent.
+        silent_ms: u64,
+        /// Intervals allowed.
+        misses: u32,
+        /// The interval.
+        interval_ms: u64,
+    },
+    /// The peer reported an error and closed the session.
+    #[error("peer reported {code:?}: {message}")]
+    Peer {
+        /// The peer's error class.
+        code: ErrorCode,
+        /// The peer's explanation.
+        message: String,
+    },
+    /// We refused the peer's request (server side).
+    #[error("refused: {message}")]
+    Refused {
+        /// The explanation sent to the peer.
+        message: String,
+    },
+    /// An operation that needs an established session was attempted before or after it.
+    #[error("the control session is not established")]
+    NotEstablished,
+}
+
+/// Heartbeat settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Interval between heartbeats (default 1 s).
+    pub interval: Nanos,
+    /// A peer silent for this many intervals is dead (default 3).
+    pub misses: u32,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat { interval: Nanos::from_millis(1000), misses: 3 }
+    }
+}
+
+/// What an endpoint reports to its driver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// (client) The accelerator introduced itself.
+    Welcomed {
+        /// Its name.
+        name: String,
+        /// Its limits.
+        limits: Limits,
+    },
+    /// (client) The session is granted; data connections may attach.
+    Established(SessionGrant),
+    /// (client) Answer to [`Endpoint::query_name`].
+    Name {
+        /// The request answered.
+        request: u32,
+        /// The accelerator's name.
+        name: String,
+    },
+    /// (client) Answer to [`Endpoint::set_run_state`].
+    RunStateAck {
+        /// The request acknowledged.
+        request: u32,
+        /// The state reached.
+        state: RunState,
+    },
+    /// (server) A frontend said hello.
+    Hello {
+        /// The frontend's node name.
+        node: String,
+    },
+    /// (server) The frontend asks for a session: answer with [`Endpoint::grant`] or
+    /// [`Endpoint::refuse`].
+    ConfigureRequested(SessionRequest),
+    /// (server) The run moves to `state`: act, then [`Endpoint::ack_run_state`].
+    RunState {
+        /// Correlates the acknowledgement.
+        request: u32,
+        /// The new state.
+        state: RunState,
+    },
+    /// (both) A heartbeat round trip completed.
+    HeartbeatRtt(Nanos),
+    /// (both) The peer said goodbye.
+    Closed,
+    /// (both) The session failed; transmit what is queued, then close.
+    Failed(ControlError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitPreamble,
+    /// client: Hello sent, waiting for Welcome; server: waiting for Hello.
+    Greeting,
+    /// client: Configure sent; server: Welcome sent, waiting for Configure (or for the driver).
+    Configuring,
+    Established,
+    Done,
+}
+
+impl Phase {
+    fn describe(self, server: bool) -> &'static str {
+        match (self, server) {
+            (Phase::AwaitPreamble, _) => "awaiting the preamble",
+            (Phase::Greeting, false) => "awaiting Welcome",
+            (Phase::Greeting, true) => "awaiting Hello",
+            (Phase::Configuring, false) => "awaiting Configured",
+            (Phase::Configuring, true) => "awaiting Configure",
+            (Phase::Established, _) => "established",
+            (Phase::Done, _) => "closed",
+        }
+    }
+}
+
+/// One side of a control connection; see the module docs.
+pub struct Endpoint {
+    server: bool,
+    phase: Phase,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    events: VecDeque<Event>,
+    heartbeat: Heartbeat,
+    next_heartbeat: Nanos,
+    last_rx: Nanos,
+    heartbeat_seq: u64,
+    next_request: u32,
+    // client
+    request: Option<SessionRequest>,
+    // server
+    name: String,
+    limits: Option<Limits>,
+}
+
+impl Endpoint {
+    /// The frontend side: queues its preamble and Hello; sends `request` once welcomed.
+    pub fn client(node: &str, request: SessionRequest, heartbeat: Heartbeat, now: Nanos) -> Endpoint {
+        let mut e = Endpoint::new(false, heartbeat, now);
+        e.request = Some(request);
+        e.outbuf.extend_from_slice(&Preamble::ours(Role::Control).encode());
+        e.send(&Message::Hello { node: node.to_string() });
+        e
+    }
+
+    /// The accelerator side: queues its preamble (sent on accept, whatever the peer's version).
+    pub fn server(name: &str, limits: Limits, heartbeat: Heartbeat, now: Nanos) -> Endpoint {
+        let mut e = Endpoint::new(true, heartbeat, now);
+        e.name = name.to_string();
+        e.limits = Some(limits);
+        e.outbuf.extend_from_slice(&Preamble::ours(Role::Control).encode());
+        e
+    }
+
+    /// An accelerator-side endpoint whose preamble was already read by the listener (which reads
+    /// it to tell control from data connections).
+    pub fn server_after_preamble(name: &str, limits: Limits, heartbeat: Heartbeat, now: Nanos) -> Endpoint {
+        let mut e = Endpoint::server(name, limits, heartbeat, now);
+        e.phase = Phase::Greeting;
+        e
+    }
+
+    fn new(server: bool, heartbeat: Heartbeat, now: Nanos) -> Endpoint {
+        Endpoint {
+            server,
+            phase: Phase::AwaitPreamble,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            events: VecDeque::new(),
+            heartbeat,
+            next_heartbeat: now + heartbeat.interval,
+            last_rx: now,
+            heartbeat_seq: 0,
+            next_request: 1,
+            request: None,
+            name: String::new(),
+            limits: None,
+        }
+    }
+
+    /// Whether the session is established (data may flow).
+    pub fn is_established(&self) -> bool {
+        self.phase == Phase::Established
+    }
+
+    /// Whether the session is over (closed or failed): close the connection once transmitted.
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// Bytes received from the peer.
+    pub fn handle_input(&mut self, bytes: &[u8], now: Nanos) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        self.last_rx = now;
+        self.inbuf.extend_from_slice(bytes);
+        let mut at = 0;
+        while self.phase != Phase::Done {
+            let rest = &self.inbuf[at..];
+            if self.phase == Phase::AwaitPreamble {
+                match Preamble::parse(rest) {
+                    Ok(p) if p.role == Role::Control => {
+                        at += PREAMBLE_LEN;
+                        self.phase = Phase::Greeting;
+                    }
+                    Ok(_) => {
+                        let err = ControlError::Unexpected { got: "a data-connection preamble", phase: "awaiting the preamble" };
+                        self.fail(err, false);
+                    }
+                    Err(e) if e.is_incomplete() => break,
+                    // A version mismatch cannot be answered in the peer's message format.
+                    Err(e) => self.fail(e.into(), false),
+                }
+                continue;
+            }
+            match message::parse(rest) {
+                Ok((msg, used)) => {
+                    at += used;
+                    self.handle_message(msg, now);
+                }
+                Err(e) if e.is_incomplete() => break,
+                Err(e) => self.fail(e.into(), true),
+            }
+        }
+        self.inbuf.drain(..at.min(self.inbuf.len()));
+    }
+
+    fn handle_message(&mut self, msg: Message, now: Nanos) {
+        match (self.server, self.phase, msg) {
+            (_, _, Message::Heartbeat { seq, sent_ns }) => self.send(&Message::HeartbeatAck { seq, sent_ns }),
+            (_, _, Message::HeartbeatAck { sent_ns, .. }) => {
+                self.events.push_back(Event::HeartbeatRtt(now.since(Nanos(sent_ns))));
+            }
+            (_, _, Message::Error { code, message }) => self.fail(ControlError::Peer { code, message }, false),
+            (_, _, Message::Goodbye) => {
+                self.phase = Phase::Done;
+                self.events.push_back(Event::Closed);
+            }
+            // client
+            (false, Phase::Greeting, Message::Welcome { name, limits, .. }) => {
+                self.events.push_back(Event::Welcomed { name, limits });
+                let req = self.request.take().expect("a client endpoint is built with its request");
+                self.send(&Message::Configure(req));
+                self.phase = Phase::Configuring;
+            }
+            (false, Phase::Configuring, Message::Configured(grant)) => {
+                self.phase = Phase::Established;
+                self.events.push_back(Event::Established(grant));
+            }
+            (false, Phase::Established, Message::Name { request, name }) => {
+                self.events.push_back(Event::Name { request, name });
+            }
+            (false, Phase::Established, Message::RunStateAck { request, state }) => {
+                self.events.push_back(Event::RunStateAck { request, state });
+            }
+            // server
+            (true, Phase::Greeting, Message::Hello { node }) => {
+                self.events.push_back(Event::Hello { node });
+                let limits = self.limits.expect("a server endpoint is built with its limits");
+                let hb = (self.heartbeat.interval.0 / 1_000_000) as u32;
+                self.send(&Message::Welcome { name: self.name.clone(), limits, heartbeat_interval_ms: hb });
+                self.phase = Phase::Configuring;
+            }
+            (true, Phase::Configuring, Message::Configure(req)) if self.request.is_none() => {
+                // Remember that a request is pending so a second Configure is refused.
+                self.request = Some(req.clone());
+                self.events.push_back(Event::ConfigureRequested(req));
+            }
+            (true, Phase::Established, Message::QueryName { request }) => {
+                self.send(&Message::Name { request, name: self.name.clone() });
+            }
+            (true, Phase::Established, Message::RunState { request, state }) => {
+                self.events.push_back(Event::RunState { request, state });
+            }
+            (server, phase, other) => {
+                let err = ControlError::Unexpected { got: other.name(), phase: phase.describe(server) };
+                self.fail(err, true);
+            }
+        }
+    }
+
+    /// A timer fired (at or after [`Endpoint::poll_timeout`]).
+    pub fn handle_timeout(&mut self, now: Nanos) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        let dead_after = Nanos(self.heartbeat.interval.0 * self.heartbeat.misses as u64);
+        let silent = now.since(self.last_rx);
+        if silent >= dead_after {
+            let err = ControlError::PeerDead {
+                silent_ms: silent.0 / 1_000_000,
+                misses: self.heartbeat.misses,
+                interval_ms: self.heartbeat.interval.0 / 1_000_000,
+            };
+            self.fail(err, true);
+            return;
+        }
+        if now >= self.next_heartbeat {
+            if self.phase != Phase::AwaitPreamble {
+                self.heartbeat_seq += 1;
+                self.send(&Message::Heartbeat { seq: self.heartbeat_seq, sent_ns: now.0 });
+            }
+            self.next_heartbeat = now + self.heartbeat.interval;
+        }
+    }
+
+    /// When [`Endpoint::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Nanos> {
+        if self.phase == Phase::Done {
+            return None;
+        }
+        let dead = self.last_rx + Nanos(self.heartbeat.interval.0 * self.heartbeat.misses as u64);
+        Some(dead.min(self.next_heartbeat))
+    }
+
+    /// Bytes to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        if self.outbuf.is_empty() { None } else { Some(std::mem::take(&mut self.outbuf)) }
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// (client) Asks the accelerator for its name; the answer arrives as [`Event::Name`].
+    pub fn query_name(&mut self) -> Result<u32, ControlError> {
+        self.require_established()?;
+        let request = self.take_request_id();
+        self.send(&Message::QueryName { request });
+        Ok(request)
+    }
+
+    /// (client) Moves the run to `state`; the answer arrives as [`Event::RunStateAck`].
+    pub fn set_run_state(&mut self, state: RunState) -> Result<u32, ControlError> {
+        self.require_established()?;
+        let request = self.take_request_id();
+        self.send(&Message::RunState { request, state });
+        Ok(request)
+    }
+
+    /// (server) Grants the pending configuration.
+    pub fn grant(&mut self, grant: SessionGrant) -> Result<(), ControlError> {
+        if !(self.server && self.phase == Phase::Configuring && self.request.is_some()) {
+            return Err(ControlError::NotEstablished);
+        }
+        self.send(&Message::Configured(grant));
+        self.phase = Phase::Established;
+        Ok(())
+    }
+
+    /// (server) Refuses the pending configuration (or anything else) and ends the session.
+    pub fn refuse(&mut self, code: ErrorCode, message: String) {
+        self.send(&Message::Error { code, message: message.clone() });
+        self.phase = Phase::Done;
+        self.events.push_back(Event::Failed(ControlError::Refused { message }));
+    }
+
+    /// (server) Acknowledges a run state change.
+    pub fn ack_run_state(&mut self, request: u32, state: RunState) -> Result<(), ControlError> {
+        self.require_established()?;
+        self.send(&Message::RunStateAck { request, state });
+        Ok(())
+    }
+
+    /// Ends the session politely.
+    pub fn close(&mut self) {
+        if self.phase != Phase::Done {
+            self.send(&Message::Goodbye);
+            self.phase = Phase::Done;
+        }
+    }
+
+    fn require_established(&self) -> Result<(), ControlError> {
+        if self.phase == Phase::Established { Ok(()) } else { Err(ControlError::NotEstablished) }
+    }
+
+    fn take_request_id(&mut self) -> u32 {
+        let r = self.next_request;
+        self.next_request = self.next_request.wrapping_add(1).max(1);
+        r
+    }
+
+    fn send(&mut self, msg: &Message) {
+        // Our own messages are bounded (names and specs are validated before they get here); an
+        // encoding failure is a bug in this node, reported as a failed session, never a panic.
+        if let Err(e) = message::encode(msg, &mut self.outbuf) {
+            self.phase = Phase::Done;
+            self.events.push_back(Event::Failed(e.into()));
+        }
+    }
+
+    fn fail(&mut self, err: ControlError, tell_peer: bool) {
+        if tell_peer && self.phase != Phase::AwaitPreamble {
+            let code = match err {
+                ControlError::PeerDead { .. } => ErrorCode::Timeout,
+                _ => ErrorCode::Protocol,
+            };
+            self.send(&Message::Error { code, message: err.to_string() });
+        }
+        self.phase = Phase::Done;
+        self.events.push_back(Event::Failed(err));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::attach::SessionToken;
+    use crate::workload::WorkloadSpec;
+
+    fn limits() -> Limits {
+        Limits { max_connections_per_session: 4, max_slots_per_connection: 64, max_sample_bytes: 1 << 20, max_output_bytes: 64 }
+    }
+
+    fn request() -> SessionRequest {
+        SessionRequest { workload: WorkloadSpec::bert(), connections: 2, slots_per_connection: 32 }
+    }
+
+    fn grant() -> SessionGrant {
+        SessionGrant {
+            token: SessionToken([5; 16]),
+            connections: 2,
+            slots_per_connection: 32,
+            input_slot_bytes: 4608,
+            output_slot_bytes: 8,
+            max_batch: 16,
+            backend: "echo".into(),
+            workers: 1,
+        }
+    }
+
+    fn pump(a: &mut Endpoint, b: &mut Endpoint, now: Nanos) {
+        for _ in 0..8 {
+            if let Some(bytes) = a.poll_transmit() {
+                b.handle_input(&bytes, now);
+            }
+            if let Some(bytes) = b.poll_transmit() {
+                a.handle_input(&bytes, now);
+            }
+        }
+    }
+
+    fn events(e: &mut Endpoint) -> Vec<Event> {
+        std::iter::from_fn(|| e.poll_event()).collect()
+    }
+
+    #[test]
+    fn handshake_name_and_run_state() {
+        let t = Nanos::ZERO;
+        let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t);
+        let mut s = Endpoint::server("acc-0", limits(), Heartbeat::default(), t);
+        pump(&mut c, &mut s, t);
+        assert_eq!(events(&mut s), vec![Event::Hello { node: "fe".into() }, Event::ConfigureRequested(request())]);
+        s.grant(grant()).unwrap();
+        pump(&mut c, &mut s, t);
+        assert_eq!(
+            events(&mut c),
+            vec![Event::Welcomed { name: "acc-0".into(), limits: limits() }, Event::Established(grant())]
+        );
+        let q = c.query_name().unwrap();
+        let r = c.set_run_state(RunState::Warmup).unwrap();
+        pump(&mut c, &mut s, t);
+        assert_eq!(events(&mut s), vec![Event::RunState { request: r, state: RunState::Warmup }]);
+        s.ack_run_state(r, RunState::Warmup).unwrap();
+        pump(&mut c, &mut s, t);
+        assert_eq!(
+            events(&mut c),
+            vec![Event::Name { request: q, name: "acc-0".into() }, Event::RunStateAck { request: r, state: RunState::Warmup }]
+        );
+        c.close();
+        pump(&mut c, &mut s, t);
+        assert_eq!(events(&mut s), vec![Event::Closed]);
+        assert!(c.is_done() && s.is_done());
+    }
+
+    #[test]
+    fn bytes_may_arrive_one_at_a_time() {
+        let t = Nanos::ZERO;
+        let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t);
+        let mut s = Endpoint::server("acc", limits(), Heartbeat::default(), t);
+        let bytes = c.poll_transmit().unwrap();
+        for b in bytes {
+            s.handle_input(&[b], t);
+        }
+        assert_eq!(events(&mut s), vec![Event::Hello { node: "fe".into() }]);
+    }
+
+    #[test]
+    fn version_mismatch_is_a_clear_failure_on_both_sides() {
+        let t = Nanos::ZERO;
+        let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t);
+        let mut s = Endpoint::server("acc", limits(), Heartbeat::default(), t);
+        let mut hello = c.poll_transmit().unwrap();
+        hello[4] = 2; // the frontend claims protocol v2
+        s.handle_input(&hello, t);
+        let ev = events(&mut s);
+        assert!(matches!(&ev[..], [Event::Failed(ControlError::Wire(WireError::VersionMismatch { peer: 2, .. }))]), "{ev:?}");
+        // The server still sends its preamble, so the client can say which versions differ.
+        let mut back = s.poll_transmit().unwrap();
+        back[4] = 9;
+        c.handle_input(&back, t);
+        let ev = events(&mut c);
+        let Event::Failed(err) = &ev[0] else { panic!("{ev:?}") };
+        assert!(err.to_string().contains("peer speaks v9"), "{err}");
+    }
+
+    #[test]
+    fn out_of_order_messages_fail_the_session() {
+        let t = Nanos::ZERO;
+        let mut s = Endpoint::server("acc", limits(), Heartbeat::default(), t);
+        let mut bytes = Preamble::ours(Role::Control).encode().to_vec();
+        message::encode(&Message::QueryName { request: 1 }, &mut bytes).unwrap();
+        s.handle_input(&bytes, t);
+        let ev = events(&mut s);
+        assert!(
+            matches!(&ev[..], [Event::Failed(ControlError::Unexpected { got: "QueryName", phase: "awaiting Hello" })]),
+            "{ev:?}"
+        );
+        // And the peer is told why.
+        let out = s.poll_transmit().unwrap();
+        let (msg, _) = message::parse(&out[PREAMBLE_LEN..]).unwrap();
+        assert!(matches!(msg, Message::Error { code: ErrorCode::Protocol, .. }));
+        // Further input is ignored, never a panic.
+        s.handle_input(&[0xff; 64], t);
+        assert!(s.is_done());
+    }
+
+    #[test]
+    fn malformed_frame_fails_cleanly() {
+        let t = Nanos::ZERO;
+        let mut s = Endpoint::server("acc", limits(), Heartbeat::default(), t);
+        let mut bytes = Preamble::ours(Role::Control).encode().to_vec();
+        bytes.extend_from_slice(&[3, 0, 0, 0, 0, 200, 1]); // Hello with a string longer than the frame
+        s.handle_input(&bytes, t);
+        assert!(matches!(events(&mut s)[..], [Event::Failed(ControlError::Wire(WireError::Decode(_)))]));
+    }
+
+    #[test]
+    fn refusal_reaches_the_client() {
+        let t = Nanos::ZERO;
+        let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t);
+        let mut s = Endpoint::server("acc", limits(), Heartbeat::default(), t);
+        pump(&mut c, &mut s, t);
+        events(&mut s);
+        s.refuse(ErrorCode::LimitExceeded, "64 slots at most".into());
+        pump(&mut c, &mut s, t);
+        let ev = events(&mut c);
+        assert!(
+            matches!(&ev[1], Event::Failed(ControlError::Peer { code: ErrorCode::LimitExceeded, message }) if message == "64 slots at most"),
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn heartbeats_measure_rtt_and_silence_kills() {
+        let hb = Heartbeat { interval: Nanos::from_millis(100), misses: 3 };
+        let mut c = Endpoint::client("fe", request(), hb, Nanos::ZERO);
+        let mut s = Endpoint::server("acc", limits(), hb, Nanos::ZERO);
+        pump(&mut c, &mut s, Nanos::ZERO);
+        let t1 = Nanos::from_millis(100);
+        assert_eq!(c.poll_timeout(), Some(t1));
+        c.handle_timeout(t1);
+        let hb_bytes = c.poll_transmit().unwrap();
+        s.handle_input(&hb_bytes, Nanos::from_millis(105));
+        let ack = s.poll_transmit().unwrap();
+        c.handle_input(&ack, Nanos::from_millis(110));
+        assert!(events(&mut c).contains(&Event::HeartbeatRtt(Nanos::from_millis(10))));
+        // The server hears nothing more: after 3 intervals of silence it declares the client dead.
+        s.handle_timeout(Nanos::from_millis(300));
+        assert!(!s.is_done());
+        s.handle_timeout(Nanos::from_millis(405));
+        assert!(matches!(events(&mut s).last(), Some(Event::Failed(ControlError::PeerDead { misses: 3, .. }))));
+        assert_eq!(s.poll_timeout(), None);
+    }
+}

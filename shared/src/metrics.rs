@@ -1,0 +1,104 @@
+//! Metric names shared by both nodes, with their descriptions. `docs/metrics.md` lists them with
+//! types, labels and units. Labels are bounded: connection and worker labels name configured
+//! resources, never samples.
+
+/// Histogram buckets for latencies in seconds (50 µs to 10 s).
+pub const LATENCY_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.13, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// Histogram buckets for batch sizes.
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+/// Frontend metric names.
+pub mod frontend {
+    /// Counter: samples LoadGen issued to the QDL.
+    pub const SAMPLES_ISSUED: &str = "qdl_frontend_samples_issued_total";
+    /// Counter: samples completed back to LoadGen.
+    pub const SAMPLES_COMPLETED: &str = "qdl_frontend_samples_completed_total";
+    /// Counter, label `kind`: samples that failed (accelerator error frames, lost connections).
+    pub const SAMPLE_ERRORS: &str = "qdl_frontend_sample_errors_total";
+    /// Counter, label `accelerator`: bytes written on data connections.
+    pub const BYTES_SENT: &str = "qdl_frontend_bytes_sent_total";
+    /// Counter, label `accelerator`: bytes read on data connections.
+    pub const BYTES_RECEIVED: &str = "qdl_frontend_bytes_received_total";
+    /// Counter, label `accelerator`: write system calls on data connections.
+    pub const WRITE_CALLS: &str = "qdl_frontend_write_calls_total";
+    /// Gauge, label `connection`: samples in flight.
+    pub const IN_FLIGHT: &str = "qdl_frontend_inflight";
+    /// Gauge, label `connection`: free slots.
+    pub const FREE_SLOTS: &str = "qdl_frontend_free_slots";
+    /// Histogram (s): request sent to response received, per sample.
+    pub const LATENCY: &str = "qdl_frontend_latency_seconds";
+    /// Counter: times LoadGen's issue thread waited because every slot was in flight.
+    pub const ISSUE_WAITS: &str = "qdl_frontend_issue_waits_total";
+    /// Gauge, label `accelerator`: last heartbeat round trip, s.
+    pub const HEARTBEAT_RTT: &str = "qdl_frontend_heartbeat_rtt_seconds";
+    /// Gauge, label `accelerator`: 1 while the control session is up.
+    pub const ACCELERATOR_UP: &str = "qdl_frontend_accelerator_up";
+    /// Counter, label `kind`: connection-level errors (protocol, io, closed).
+    pub const CONNECTION_ERRORS: &str = "qdl_frontend_connection_errors_total";
+}
+
+/// Accelerator metric names.
+pub mod accelerator {
+    /// Counter: requests received.
+    pub const SAMPLES_RECEIVED: &str = "qdl_accelerator_samples_received_total";
+    /// Counter: responses queued.
+    pub const SAMPLES_COMPLETED: &str = "qdl_accelerator_samples_completed_total";
+    /// Counter, label `kind`: samples answered with an error frame.
+    pub const SAMPLE_ERRORS: &str = "qdl_accelerator_sample_errors_total";
+    /// Counter: bytes read on data connections.
+    pub const BYTES_RECEIVED: &str = "qdl_accelerator_bytes_received_total";
+    /// Counter: bytes written on data connections.
+    pub const BYTES_SENT: &str = "qdl_accelerator_bytes_sent_total";
+    /// Histogram, label `worker`: batch sizes formed.
+    pub const BATCH_SIZE: &str = "qdl_accelerator_batch_size";
+    /// Histogram (s), label `worker`: time samples waited in the batcher's queue.
+    pub const QUEUE_DELAY: &str = "qdl_accelerator_queue_delay_seconds";
+    /// Gauge, label `worker`: samples waiting in the batcher's queue.
+    pub const QUEUE_DEPTH: &str = "qdl_accelerator_queue_depth";
+    /// Histogram (s), label `worker`: backend time per batch (gather included).
+    pub const INFERENCE: &str = "qdl_accelerator_inference_seconds";
+    /// Gauge: live sessions.
+    pub const SESSIONS: &str = "qdl_accelerator_sessions";
+    /// Gauge: attached data connections.
+    pub const CONNECTIONS: &str = "qdl_accelerator_connections";
+    /// Counter, label `kind`: connection-level errors (protocol, io, refused, closed).
+    pub const CONNECTION_ERRORS: &str = "qdl_accelerator_connection_errors_total";
+}
+
+/// Registers descriptions and units of every frontend metric with the installed recorder.
+pub fn describe_frontend() {
+    use frontend::*;
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(SAMPLES_ISSUED, Unit::Count, "Samples LoadGen issued to the QDL");
+    describe_counter!(SAMPLES_COMPLETED, Unit::Count, "Samples completed back to LoadGen");
+    describe_counter!(SAMPLE_ERRORS, Unit::Count, "Samples that failed, by kind");
+    describe_counter!(BYTES_SENT, Unit::Bytes, "Bytes written on data connections");
+    describe_counter!(BYTES_RECEIVED, Unit::Bytes, "Bytes read on data connections");
+    describe_counter!(WRITE_CALLS, Unit::Count, "Write system calls on data connections");
+    describe_gauge!(IN_FLIGHT, Unit::Count, "Samples in flight per connection");
+    describe_gauge!(FREE_SLOTS, Unit::Count, "Free slots per connection");
+    describe_histogram!(LATENCY, Unit::Seconds, "Request sent to response received");
+    describe_counter!(ISSUE_WAITS, Unit::Count, "Times the issue thread waited for a free slot");
+    describe_gauge!(HEARTBEAT_RTT, Unit::Seconds, "Last control heartbeat round trip");
+    describe_gauge!(ACCELERATOR_UP, Unit::Count, "1 while the accelerator's control session is up");
+    describe_counter!(CONNECTION_ERRORS, Unit::Count, "Connection-level errors, by kind");
+}
+
+/// Registers descriptions and units of every accelerator metric with the installed recorder.
+pub fn describe_accelerator() {
+    use accelerator::*;
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(SAMPLES_RECEIVED, Unit::Count, "Requests received");
+    describe_counter!(SAMPLES_COMPLETED, Unit::Count, "Responses queued");
+    describe_counter!(SAMPLE_ERRORS, Unit::Count, "Samples answered with an error, by kind");
+    describe_counter!(BYTES_RECEIVED, Unit::Bytes, "Bytes read on data connections");
+    describe_counter!(BYTES_SENT, Unit::Bytes, "Bytes written on data connections");
+    describe_histogram!(BATCH_SIZE, Unit::Count, "Batch sizes formed");
+    describe_histogram!(QUEUE_DELAY, Unit::Seconds, "Time samples waited for a batch");
+    describe_gauge!(QUEUE_DEPTH, Unit::Count, "Samples waiting in the batcher's queue");
+    describe_histogram!(INFERENCE, Unit::Seconds, "Backend time per batch, gather included");
+    describe_gauge!(SESSIONS, Unit::Count, "Live sessions");
+    describe_gauge!(CONNECTIONS, Unit::Count, "Attached data connections");
+    describe_counter!(CONNECTION_ERRORS, Unit::Count, "Connection-level errors, by kind");
+}

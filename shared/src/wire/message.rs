@@ -1,0 +1,327 @@
+//! Control messages: `[len: u32 LE][bincode 2 (standard config) of Message]`, one per frame.
+//!
+//! A frame's length is checked against [`MAX_CONTROL_FRAME`] before anything is allocated, and
+//! bincode decodes under the same limit, so a hostile length cannot make a node allocate.
+
+use serde::{Deserialize, Serialize};
+
+use super::attach::SessionToken;
+use super::{WireError, need, u32_at};
+use crate::workload::WorkloadSpec;
+
+/// Largest control frame body accepted, in bytes.
+pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_CONTROL_FRAME>()
+}
+
+/// Every control message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// Frontend → accelerator, first message: who is calling.
+    Hello {
+        /// The frontend's node name (for logs).
+        node: String,
+    },
+    /// Accelerator → frontend: the accelerator's name, limits and heartbeat interval.
+    Welcome {
+        /// The accelerator's unique name.
+        name: String,
+        /// What the accelerator allows.
+        limits: Limits,
+        /// Its heartbeat interval, ms.
+        heartbeat_interval_ms: u32,
+    },
+    /// Frontend → accelerator: the session it wants.
+    Configure(SessionRequest),
+    /// Accelerator → frontend: the session granted.
+    Configured(SessionGrant),
+    /// Frontend → accelerator: what is your name? (LoadGen's SUT::Name needs a round trip.)
+    QueryName {
+        /// Correlates the answer.
+        request: u32,
+    },
+    /// Accelerator → frontend: the answer to `QueryName`.
+    Name {
+        /// The request answered.
+        request: u32,
+        /// The accelerator's name.
+        name: String,
+    },
+    /// Frontend → accelerator: the run moves to `state`.
+    RunState {
+        /// Correlates the acknowledgement.
+        request: u32,
+        /// The new state.
+        state: RunState,
+    },
+    /// Accelerator → frontend: the state change is done (e.g. warm-up finished).
+    RunStateAck {
+        /// The request acknowledged.
+        request: u32,
+        /// The state reached.
+        state: RunState,
+    },
+    /// Either way, every heartbeat interval.
+    Heartbeat {
+        /// Sequence number.
+        seq: u64,
+        /// Sender's clock when sent, ns (echoed to measure the round trip).
+        sent_ns: u64,
+    },
+    /// Answer to a heartbeat.
+    HeartbeatAck {
+        /// The heartbeat answered.
+        seq: u64,
+        /// The sender's `sent_ns`, echoed.
+        sent_ns: u64,
+    },
+    /// Either way: something failed; the connection closes after it.
+    Error {
+        /// Machine-readable class.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// Either way: orderly end of the session.
+    Goodbye,
+}
+
+impl Message {
+    /// The variant's name, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Welcome { .. } => "Welcome",
+            Message::Configure(_) => "Configure",
+            Message::Configured(_) => "Configured",
+            Message::QueryName { .. } => "QueryName",
+            Message::Name { .. } => "Name",
+            Message::RunState { .. } => "RunState",
+            Message::RunStateAck { .. } => "RunStateAck",
+            Message::Heartbeat { .. } => "Heartbeat",
+            Message::HeartbeatAck { .. } => "HeartbeatAck",
+            Message::Error { .. } => "Error",
+            Message::Goodbye => "Goodbye",
+        }
+    }
+}
+
+/// What an accelerator allows a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Data connections per session.
+    pub max_connections_per_session: u32,
+    /// Slots per data connection.
+    pub max_slots_per_connection: u32,
+    /// Input bytes per sample.
+    pub max_sample_bytes: u32,
+    /// Output bytes per sample.
+    pub max_output_bytes: u32,
+}
+
+/// The session a frontend asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRequest {
+    /// The workload: input tensors and output size.
+    pub workload: WorkloadSpec,
+    /// Data connections wanted.
+    pub connections: u32,
+    /// Slots wanted per connection.
+    pub slots_per_connection: u32,
+}
+
+/// The session an accelerator grants (never more than asked).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionGrant {
+    /// Presented by each data connection in its attach block.
+    pub token: SessionToken,
+    /// Data connections granted (indices 0..connections).
+    pub connections: u32,
+    /// Slots per connection granted.
+    pub slots_per_connection: u32,
+    /// Input slot size, bytes (one sample's input tensors, concatenated).
+    pub input_slot_bytes: u32,
+    /// Output slot size, bytes.
+    pub output_slot_bytes: u32,
+    /// The accelerator's largest batch.
+    pub max_batch: u32,
+    /// The inference backend serving the session.
+    pub backend: String,
+    /// Workers (devices) serving the session.
+    pub workers: u32,
+}
+
+/// Run states, as in NVIDIA's harness (WARMUP_START/END, ALL_DONE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RunState {
+    /// Warm the backend up (acknowledged when done).
+    Warmup,
+    /// The timed test starts.
+    Start,
+    /// LoadGen flushed its queries.
+    Flush,
+    /// The test is over.
+    Done,
+}
+
+/// Classes of control errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// A message arrived out of order or was malformed.
+    Protocol,
+    /// The request exceeds the accelerator's limits.
+    LimitExceeded,
+    /// The workload or feature is not supported by this accelerator.
+    Unsupported,
+    /// The node is shutting down.
+    ShuttingDown,
+    /// The peer was silent for too long.
+    Timeout,
+    /// Anything else.
+    Internal,
+}
+
+/// Appends one framed message to `out`.
+pub fn encode(msg: &Message, out: &mut Vec<u8>) -> Result<(), WireError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let body = bincode::serde::encode_to_vec(msg, config()).map_err(|e| WireError::Encode(e.to_string()))?;
+    if body.len() > MAX_CONTROL_FRAME {
+        out.truncate(start);
+        return Err(WireError::TooLarge { what: "control message", len: body.len() as u64, max: MAX_CONTROL_FRAME as u64 });
+    }
+    out.extend_from_slice(&body);
+    out[start..start + 4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    Ok(())
+}
+
+/// Checks that `buf` starts with a whole frame and returns its total length (prefix included).
+/// `Incomplete` means read more; a length over the limit is an error before any allocation.
+pub fn check(buf: &[u8]) -> Result<usize, WireError> {
+    need(buf, 4)?;
+    let len = u32_at(buf, 0) as usize;
+    if len > MAX_CONTROL_FRAME {
+        return Err(WireError::TooLarge { what: "control frame", len: len as u64, max: MAX_CONTROL_FRAME as u64 });
+    }
+    need(buf, 4 + len)?;
+    Ok(4 + len)
+}
+
+/// Parses the frame at the start of `buf` (after [`check`]) and returns the message and the bytes
+/// consumed.
+pub fn parse(buf: &[u8]) -> Result<(Message, usize), WireError> {
+    let total = check(buf)?;
+    let body = &buf[4..total];
+    let (msg, used) =
+        bincode::serde::decode_from_slice::<Message, _>(body, config()).map_err(|e| WireError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(WireError::Decode(format!("{} trailing bytes after a {}", body.len() - used, msg.name())));
+    }
+    Ok((msg, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::WorkloadSpec;
+    use proptest::prelude::*;
+
+    fn framed(msg: &Message) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode(msg, &mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn golden_bytes() {
+        // The encoding of these messages is the protocol; a change here is a protocol change and
+        // must bump PROTOCOL_VERSION.
+        assert_eq!(framed(&Message::Hello { node: "fe".into() }), [4, 0, 0, 0, 0, 2, b'f', b'e']);
+        assert_eq!(framed(&Message::QueryName { request: 7 }), [2, 0, 0, 0, 4, 7]);
+        assert_eq!(framed(&Message::RunState { request: 1, state: RunState::Flush }), [3, 0, 0, 0, 6, 1, 2]);
+        assert_eq!(
+            framed(&Message::Heartbeat { seq: 300, sent_ns: 1 }),
+            [5, 0, 0, 0, 8, 251, 0x2c, 0x01, 1]
+        );
+        assert_eq!(framed(&Message::Goodbye), [1, 0, 0, 0, 11]);
+        let grant = Message::Configured(SessionGrant {
+            token: SessionToken([1; 16]),
+            connections: 2,
+            slots_per_connection: 8192,
+            input_slot_bytes: 150_528,
+            output_slot_bytes: 4,
+            max_batch: 64,
+            backend: "echo".into(),
+            workers: 1,
+        });
+        let mut expected = vec![0, 0, 0, 0, 3];
+        expected.extend_from_slice(&[1; 16]);
+        expected.extend_from_slice(&[2, 251, 0x00, 0x20, 252, 0x00, 0x4c, 0x02, 0x00, 4, 64, 4, b'e', b'c', b'h', b'o', 1]);
+        expected[0] = (expected.len() - 4) as u8;
+        assert_eq!(framed(&grant), expected);
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let msgs = vec![
+            Message::Hello { node: "frontend-1".into() },
+            Message::Welcome {
+                name: "acc-0".into(),
+                limits: Limits {
+                    max_connections_per_session: 8,
+                    max_slots_per_connection: 8192,
+                    max_sample_bytes: 1 << 20,
+                    max_output_bytes: 4096,
+                },
+                heartbeat_interval_ms: 1000,
+            },
+            Message::Configure(SessionRequest { workload: WorkloadSpec::bert(), connections: 2, slots_per_connection: 16 }),
+            Message::Name { request: 3, name: "acc-0".into() },
+            Message::RunStateAck { request: 3, state: RunState::Warmup },
+            Message::HeartbeatAck { seq: u64::MAX, sent_ns: 5 },
+            Message::Error { code: ErrorCode::LimitExceeded, message: "too many slots".into() },
+        ];
+        let mut stream = Vec::new();
+        for m in &msgs {
+            encode(m, &mut stream).unwrap();
+        }
+        let mut at = 0;
+        for m in &msgs {
+            let (got, used) = parse(&stream[at..]).unwrap();
+            assert_eq!(&got, m);
+            at += used;
+        }
+        assert_eq!(at, stream.len());
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_reading_the_body() {
+        let buf = [0xff, 0xff, 0xff, 0x7f];
+        assert!(matches!(check(&buf), Err(WireError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn unknown_variant_and_trailing_bytes_are_errors() {
+        assert!(matches!(parse(&[1, 0, 0, 0, 99]), Err(WireError::Decode(_))));
+        assert!(matches!(parse(&[2, 0, 0, 0, 11, 0]), Err(WireError::Decode(_))));
+        assert_eq!(parse(&[5, 0, 0, 0, 8]), Err(WireError::Incomplete { needed: 4 }));
+    }
+
+    #[test]
+    fn a_string_length_larger_than_the_frame_does_not_allocate() {
+        // Hello with a declared string length of u64::MAX-ish inside a small frame.
+        let buf = [10, 0, 0, 0, 0, 255, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        assert!(matches!(parse(&buf), Err(WireError::Decode(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_frames_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut buf = (body.len() as u32).to_le_bytes().to_vec();
+            buf.extend_from_slice(&body);
+            let _ = parse(&buf);
+        }
+    }
+}

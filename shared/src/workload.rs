@@ -1,0 +1,261 @@
+//! Workloads: what one sample's input tensors look like, what its output is, and the reference
+//! output the `echo` and `synthetic` backends produce so every response can be checked end to end.
+//!
+//! A sample's input is its tensors' raw little-endian bytes, concatenated in declaration order
+//! (no padding): that is what travels in a request frame and sits in a slot.
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+/// Element types of tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    /// Signed 8-bit integer.
+    I8,
+    /// Unsigned 8-bit integer.
+    U8,
+    /// Signed 32-bit integer.
+    I32,
+    /// Signed 64-bit integer.
+    I64,
+    /// IEEE half precision.
+    F16,
+    /// IEEE single precision.
+    F32,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::I8 | DType::U8 => 1,
+            DType::F16 => 2,
+            DType::I32 | DType::F32 => 4,
+            DType::I64 => 8,
+        }
+    }
+
+    /// The numpy `descr` for little-endian data ("<i4", "|i1", ...).
+    pub fn numpy_descr(self) -> &'static str {
+        match self {
+            DType::I8 => "|i1",
+            DType::U8 => "|u1",
+            DType::I32 => "<i4",
+            DType::I64 => "<i8",
+            DType::F16 => "<f2",
+            DType::F32 => "<f4",
+        }
+    }
+}
+
+/// One input tensor of a sample (shape without the batch dimension).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    /// The tensor's name (e.g. "input_ids").
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Per-sample shape.
+    pub shape: Vec<u32>,
+}
+
+impl TensorSpec {
+    /// Bytes of one sample's tensor.
+    pub fn bytes(&self) -> usize {
+        self.shape.iter().map(|&d| d as usize).product::<usize>() * self.dtype.size()
+    }
+}
+
+/// What one sample's output bytes mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputKind {
+    /// A u32 class id in 0..1000 (ResNet-50's ArgMax).
+    ClassId,
+    /// Two u32 token positions `start <= end < 384` (BERT's answer span).
+    Span,
+    /// `bytes` bytes of digest (any other workload).
+    Digest,
+}
+
+/// A workload: named input tensors and a fixed-size output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadSpec {
+    /// The workload's name; also the model name LoadGen's config files use ("resnet50", "bert").
+    pub name: String,
+    /// Input tensors, in wire order.
+    pub inputs: Vec<TensorSpec>,
+    /// What the output means.
+    pub output_kind: OutputKind,
+    /// Output bytes per sample.
+    pub output_bytes: u32,
+}
+
+/// BERT's sequence length.
+pub const BERT_SEQ_LEN: u32 = 384;
+
+impl WorkloadSpec {
+    /// ResNet-50: one 3x224x224 int8 image (150,528 bytes) in, a 4-byte class id out.
+    pub fn resnet50() -> WorkloadSpec {
+        WorkloadSpec {
+            name: "resnet50".into(),
+            inputs: vec![TensorSpec { name: "input".into(), dtype: DType::I8, shape: vec![3, 224, 224] }],
+            output_kind: OutputKind::ClassId,
+            output_bytes: 4,
+        }
+    }
+
+    /// BERT (SQuAD, seq 384): input_ids, input_mask, segment_ids as int32 (4,608 bytes) in, an
+    /// 8-byte answer span out.
+    pub fn bert() -> WorkloadSpec {
+        let t = |name: &str| TensorSpec { name: name.into(), dtype: DType::I32, shape: vec![BERT_SEQ_LEN] };
+        WorkloadSpec {
+            name: "bert".into(),
+            inputs: vec![t("input_ids"), t("input_mask"), t("segment_ids")],
+            output_kind: OutputKind::Span,
+            output_bytes: 8,
+        }
+    }
+
+    /// A built-in workload by name.
+    pub fn builtin(name: &str) -> Option<WorkloadSpec> {
+        match name {
+            "resnet50" => Some(WorkloadSpec::resnet50()),
+            "bert" => Some(WorkloadSpec::bert()),
+            _ => None,
+        }
+    }
+
+    /// Input bytes per sample.
+    pub fn input_bytes(&self) -> usize {
+        self.inputs.iter().map(TensorSpec::bytes).sum()
+    }
+
+    /// Checks internal consistency (used for specs that arrive over the network or from config).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() || self.name.len() > 64 {
+            return Err("workload name must be 1 to 64 characters".into());
+        }
+        if self.inputs.is_empty() || self.inputs.len() > 16 {
+            return Err("a workload needs 1 to 16 input tensors".into());
+        }
+        for t in &self.inputs {
+            if t.shape.is_empty() || t.shape.len() > 8 || t.shape.contains(&0) {
+                return Err(format!("tensor {:?} needs 1 to 8 non-zero dimensions", t.name));
+            }
+            let bytes = t.shape.iter().try_fold(t.dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64));
+            if bytes.is_none_or(|b| b > u32::MAX as u64) {
+                return Err(format!("tensor {:?} is larger than 4 GiB", t.name));
+            }
+        }
+        let total = self.inputs.iter().try_fold(0u64, |acc, t| acc.checked_add(t.bytes() as u64));
+        if total.is_none_or(|b| b == 0 || b > u32::MAX as u64) {
+            return Err("input size must be between 1 byte and 4 GiB".into());
+        }
+        let want = match self.output_kind {
+            OutputKind::ClassId => Some(4),
+            OutputKind::Span => Some(8),
+            OutputKind::Digest => None,
+        };
+        if let Some(w) = want
+            && self.output_bytes != w
+        {
+            return Err(format!("{:?} outputs are {w} bytes, not {}", self.output_kind, self.output_bytes));
+        }
+        if self.output_bytes == 0 {
+            return Err("output_bytes must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Writes the reference output of one sample's `input` into `out` (`output_bytes` long).
+///
+/// This is the documented, deterministic function the `echo` and `synthetic` backends compute and
+/// `check-accuracy` recomputes. With `h(s) = xxh3_64(input, seed s)` (XXH3, 64-bit):
+/// - `ClassId`: `u32 LE (h(0) % 1000)`.
+/// - `Span`: `start = h(0) % 384`, `end = start + (h(0) >> 32) % (384 - start)`, as two u32 LE.
+/// - `Digest`: the little-endian bytes of `h(0), h(1), h(2), ...`, truncated to the output size.
+///
+/// Any changed input byte changes the output with overwhelming probability, so a corrupted or
+/// misrouted sample shows up as a wrong answer.
+pub fn reference_output(kind: OutputKind, input: &[u8], out: &mut [u8]) {
+    match kind {
+        OutputKind::ClassId => {
+            let class = (xxh3_64(input) % 1000) as u32;
+            out[..4].copy_from_slice(&class.to_le_bytes());
+        }
+        OutputKind::Span => {
+            let h = xxh3_64(input);
+            let start = (h % BERT_SEQ_LEN as u64) as u32;
+            let end = start + ((h >> 32) % (BERT_SEQ_LEN - start) as u64) as u32;
+            out[..4].copy_from_slice(&start.to_le_bytes());
+            out[4..8].copy_from_slice(&end.to_le_bytes());
+        }
+        OutputKind::Digest => {
+            for (i, chunk) in out.chunks_mut(8).enumerate() {
+                let h = if i == 0 { xxh3_64(input) } else { xxh3_64_with_seed(input, i as u64) };
+                chunk.copy_from_slice(&h.to_le_bytes()[..chunk.len()]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_sizes() {
+        assert_eq!(WorkloadSpec::resnet50().input_bytes(), 150_528);
+        assert_eq!(WorkloadSpec::bert().input_bytes(), 3 * 384 * 4);
+        WorkloadSpec::resnet50().validate().unwrap();
+        WorkloadSpec::bert().validate().unwrap();
+    }
+
+    #[test]
+    fn reference_outputs_are_documented_functions() {
+        let input = b"qdl reference input";
+        let h = xxh3_64(input);
+        let mut class = [0u8; 4];
+        reference_output(OutputKind::ClassId, input, &mut class);
+        assert_eq!(u32::from_le_bytes(class) as u64, h % 1000);
+
+        let mut span = [0u8; 8];
+        reference_output(OutputKind::Span, input, &mut span);
+        let start = u32::from_le_bytes(span[..4].try_into().unwrap());
+        let end = u32::from_le_bytes(span[4..].try_into().unwrap());
+        assert!(start <= end && end < BERT_SEQ_LEN);
+        assert_eq!(start as u64, h % 384);
+
+        let mut digest = [0u8; 12];
+        reference_output(OutputKind::Digest, input, &mut digest);
+        assert_eq!(&digest[..8], &h.to_le_bytes());
+        assert_eq!(&digest[8..], &xxh3_64_with_seed(input, 1).to_le_bytes()[..4]);
+    }
+
+    #[test]
+    fn one_flipped_byte_changes_the_answer() {
+        let mut input = vec![7u8; 4608];
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        reference_output(OutputKind::Digest, &input, &mut a);
+        input[4000] ^= 1;
+        reference_output(OutputKind::Digest, &input, &mut b);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn validate_rejects_inconsistent_specs() {
+        let mut w = WorkloadSpec::resnet50();
+        w.output_bytes = 8;
+        assert!(w.validate().unwrap_err().contains("4 bytes"));
+        let mut w = WorkloadSpec::bert();
+        w.inputs[0].shape = vec![0];
+        assert!(w.validate().is_err());
+        let mut w = WorkloadSpec::bert();
+        w.inputs[0].shape = vec![u32::MAX, u32::MAX];
+        assert!(w.validate().is_err());
+    }
+}
