@@ -361,6 +361,11 @@ impl Endpoint {
         if self.outbuf.is_empty() { None } else { Some(std::mem::take(&mut self.outbuf)) }
     }
 
+    /// Whether bytes are waiting for [`Endpoint::poll_transmit`].
+    pub fn has_transmit(&self) -> bool {
+        !self.outbuf.is_empty()
+    }
+
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()

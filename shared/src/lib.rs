@@ -4,21 +4,23 @@
 //! - [`wire`]: the byte formats: connection [`wire::preamble`], control [`wire::message`]s
 //!   (bincode 2), the data-connection [`wire::attach`] block and fixed-layout [`wire::data`] frames.
 //! - [`control`]: the control connection's handshake, name query, run states and heartbeats as a
-//!   sans-IO state machine.
+//!   sans-IO state machine; [`control_link`] drives one over a TCP stream.
 //! - [`tracker`]: the frontend's per-connection `TransactionTracker` (sans-IO slot ring).
 //! - [`slots`]: the accelerator's per-connection slot memory and leases.
 //! - [`transport`]: the data transport traits and the TCP transport.
 //! - [`workload`]: tensor descriptors of the workloads and the reference output function.
 //! - [`config`]: both nodes' configuration, validated field by field.
-//! - [`metrics`]: metric names and descriptions.
+//! - [`metrics`]: metric names and descriptions; [`telemetry`]: log and metrics set-up.
 //! - [`time`]: the nanosecond clock the sans-IO cores take as `now`.
 
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod control;
+pub mod control_link;
 pub mod metrics;
 pub mod slots;
+pub mod telemetry;
 pub mod time;
 pub mod tracker;
 pub mod transport;

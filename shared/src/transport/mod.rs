@@ -79,6 +79,12 @@ pub struct Payload {
     len: usize,
 }
 
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Payload({} bytes at {})", self.len, self.offset)
+    }
+}
+
 impl Payload {
     /// `len` bytes at `offset` of `source`; `None` if the range is outside it.
     pub fn new(source: Arc<dyn PayloadSource>, offset: usize, len: usize) -> Option<Payload> {

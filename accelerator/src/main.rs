@@ -1,0 +1,78 @@
+//! `qdl-accelerator`: serves inference to qdl frontends across the network.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use qdl_shared::config::{AcceleratorConfig, BackendKind, LogFormat};
+
+/// Serves inference to qdl frontends across the network.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (TOML, see config/accelerator.toml). Without one, every setting has its default.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address to listen on for control and data connections (overrides accelerator.listen).
+    #[arg(long)]
+    listen: Option<String>,
+    /// This accelerator's unique name (overrides accelerator.name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Prometheus metrics address, "" to disable (overrides accelerator.metrics_listen).
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Inference backend (overrides backend.kind).
+    #[arg(long, value_parser = ["synthetic", "echo"])]
+    backend: Option<String>,
+    /// Worker threads, one per device (overrides workers.count).
+    #[arg(long)]
+    workers: Option<u32>,
+    /// Log format (overrides log.format).
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = match &cli.config {
+        Some(path) => AcceleratorConfig::load(path)?,
+        None => AcceleratorConfig::default(),
+    };
+    if let Some(v) = cli.listen {
+        config.accelerator.listen = v;
+    }
+    if let Some(v) = cli.name {
+        config.accelerator.name = v;
+    }
+    if let Some(v) = cli.metrics_listen {
+        config.accelerator.metrics_listen = v;
+    }
+    if let Some(v) = cli.backend {
+        config.backend.kind = if v == "echo" { BackendKind::Echo } else { BackendKind::Synthetic };
+    }
+    if let Some(v) = cli.workers {
+        config.workers.count = v;
+    }
+    if let Some(v) = cli.log_format {
+        config.log.format = if v == "json" { LogFormat::Json } else { LogFormat::Text };
+    }
+    config.validate()?;
+    qdl_shared::telemetry::init_logging(&config.log)?;
+    let metrics = qdl_shared::telemetry::install_metrics(&config.accelerator.metrics_listen)?;
+    let metrics = metrics.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
+    qdl_accelerator::server::run(config, |ready| {
+        // One machine-readable line on stdout: launchers (the lab, tests) wait for it.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "qdl-accelerator ready name={} listen={} metrics={} backend={} workers={}",
+            ready.name, ready.listen, metrics, ready.backend, ready.workers
+        );
+        let _ = out.flush();
+        tracing::info!(name = %ready.name, listen = %ready.listen, %metrics, backend = ready.backend, workers = ready.workers, "accelerator ready");
+    })
+    .context("accelerator failed")?;
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! The accelerator's `ConnectionActor`: one per data connection.
+//!
+//! Its pump reads every request that has arrived (each lands in its slot, leased), hands each to
+//! the connection's worker as a [`WorkItem`], takes the worker's answers from a bounded channel,
+//! queues one response frame per sample into the slot it came from, and flushes once per pass.
+//! The channel's capacity is the slot count, and every message in it holds at least one lease of
+//! this connection, so a worker never blocks on it.
+//!
+//! On [`Close`] (its session ended, or the node is shutting down) it stops reading requests,
+//! answers those in flight, flushes and stops. A protocol error closes this connection only.
+
+use std::sync::Arc;
+use std::task::Poll;
+
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
+use metrics::Counter;
+use qdl_shared::metrics::accelerator as m;
+use qdl_shared::transport::{TargetTransport, TransportError, TransportStats};
+use qdl_shared::wire::attach::SessionToken;
+use qdl_shared::wire::data::{DataErrorCode, DataHeader};
+use qdl_shared::workload::WorkloadSpec;
+use tokio::sync::mpsc;
+
+use super::registry::Registry;
+use crate::pump::{Nudge, Pump, Pumped};
+use crate::worker::{Input, Replies, ReplySink, WorkItem, WorkerSender, refuse};
+
+/// Asks the connection to finish its in-flight samples and close (its session ended).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close {
+    /// Why, for the log.
+    pub reason: &'static str,
+}
+
+struct ChannelSink {
+    tx: mpsc::Sender<Replies>,
+}
+
+impl ReplySink for ChannelSink {
+    fn deliver(&self, replies: Replies) {
+        match self.tx.try_send(replies) {
+            Ok(()) => {}
+            // The connection is gone: dropping the replies frees their slots.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(r)) => {
+                // Cannot happen (capacity = slots, each message holds a lease); never drop silently.
+                tracing::error!(samples = r.entries.len(), "reply channel full; answers dropped");
+            }
+        }
+    }
+}
+
+/// Everything a connection actor is built from.
+pub struct ConnectionParts {
+    /// "s<session>/c<index>", for logs.
+    pub label: String,
+    /// The session's token (to detach on close).
+    pub token: SessionToken,
+    /// The connection's index in its session.
+    pub index: u32,
+    /// The attached transport.
+    pub transport: Box<dyn TargetTransport>,
+    /// The worker serving this connection.
+    pub worker: WorkerSender,
+    /// The session's workload.
+    pub spec: Arc<WorkloadSpec>,
+    /// Slots in the ring (bounds the reply channel).
+    pub slots: u32,
+    /// The node's registry.
+    pub registry: Arc<Registry>,
+}
+
+/// The actor; see the module docs.
+pub struct ConnectionActor {
+    label: String,
+    token: SessionToken,
+    index: u32,
+    transport: Box<dyn TargetTransport>,
+    worker: WorkerSender,
+    spec: Arc<WorkloadSpec>,
+    sink: Arc<dyn ReplySink>,
+    replies: mpsc::Receiver<Replies>,
+    registry: Arc<Registry>,
+    draining: Option<&'static str>,
+    in_flight: usize,
+    refused: Vec<WorkItem>,
+    nudge: Nudge,
+    published: TransportStats,
+    received: Counter,
+    completed: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+}
+
+impl ConnectionActor {
+    /// Builds the actor (start it inside the arbiter that will run it).
+    pub fn new(p: ConnectionParts) -> ConnectionActor {
+        let (tx, rx) = mpsc::channel(p.slots as usize + 1);
+        ConnectionActor {
+            label: p.label,
+            token: p.token,
+            index: p.index,
+            transport: p.transport,
+            worker: p.worker,
+            spec: p.spec,
+            sink: Arc::new(ChannelSink { tx }),
+            replies: rx,
+            registry: p.registry,
+            draining: None,
+            in_flight: 0,
+            refused: Vec::new(),
+            nudge: Nudge::default(),
+            published: TransportStats::default(),
+            received: metrics::counter!(m::SAMPLES_RECEIVED),
+            completed: metrics::counter!(m::SAMPLES_COMPLETED),
+            bytes_in: metrics::counter!(m::BYTES_RECEIVED),
+            bytes_out: metrics::counter!(m::BYTES_SENT),
+        }
+    }
+
+    fn publish(&mut self) {
+        let s = self.transport.stats();
+        self.bytes_in.increment(s.bytes_received - self.published.bytes_received);
+        self.bytes_out.increment(s.bytes_sent - self.published.bytes_sent);
+        self.published = s;
+    }
+
+    /// Queues the response frames of one worker delivery.
+    fn answer(&mut self, replies: Replies) {
+        let n = replies.entries.len();
+        for (i, e) in replies.entries.iter().enumerate() {
+            match &replies.error {
+                None => {
+                    let out = replies.output(i);
+                    self.transport.push_response(DataHeader::response(e.slot, e.sample_id, out.len() as u32), out);
+                }
+                Some((code, msg)) => {
+                    let msg = msg.as_bytes();
+                    self.transport.push_response(DataHeader::error(e.slot, e.sample_id, *code, msg.len() as u32), msg);
+                    metrics::counter!(m::SAMPLE_ERRORS, "kind" => error_kind(*code)).increment(1);
+                }
+            }
+        }
+        self.in_flight -= n;
+        self.completed.increment(n as u64);
+        // `replies` (and the slot leases in it) drop here: the slots are free again.
+    }
+
+    fn fail(&mut self, err: TransportError, ctx: &mut Context<Self>) -> Poll<()> {
+        let kind = match &err {
+            TransportError::Closed => "closed",
+            TransportError::Io { .. } => "io",
+            _ => "protocol",
+        };
+        metrics::counter!(m::CONNECTION_ERRORS, "kind" => kind).increment(1);
+        if matches!(err, TransportError::Closed) {
+            tracing::info!(conn = %self.label, in_flight = self.in_flight, "data connection closed by the frontend");
+        } else {
+            tracing::warn!(conn = %self.label, in_flight = self.in_flight, "closing data connection: {err}");
+        }
+        ctx.stop();
+        Poll::Ready(())
+    }
+}
+
+fn error_kind(code: DataErrorCode) -> &'static str {
+    match code {
+        DataErrorCode::Overloaded => "overloaded",
+        DataErrorCode::BackendFailed => "backend",
+        DataErrorCode::ShuttingDown => "shutdown",
+        DataErrorCode::Unknown => "unknown",
+    }
+}
+
+impl Actor for ConnectionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.registry.connection_started();
+        tracing::debug!(conn = %self.label, "data connection attached");
+        ctx.spawn(Pump);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.publish();
+        self.registry.connection_stopped(&self.token, self.index);
+    }
+}
+
+impl Handler<Close> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Close, _ctx: &mut Context<Self>) {
+        self.draining.get_or_insert(msg.reason);
+        self.nudge.wake();
+    }
+}
+
+impl Pumped for ConnectionActor {
+    fn poll_pump(&mut self, ctx: &mut Context<Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        self.nudge.register(cx);
+        loop {
+            let mut progress = false;
+            if self.draining.is_none() {
+                let Self { transport, worker, spec, sink, in_flight, refused, .. } = self;
+                let mut submit = |req: qdl_shared::transport::Request| {
+                    let item = WorkItem {
+                        input: Input::Slot(req.slot),
+                        sample_id: req.header.sample_id,
+                        slot: req.header.slot,
+                        reply: sink.clone(),
+                        spec: spec.clone(),
+                    };
+                    *in_flight += 1;
+                    if let Err(item) = worker.try_submit(item) {
+                        refused.push(item);
+                    }
+                    Ok(())
+                };
+                match transport.poll_requests(cx, &mut submit) {
+                    Poll::Ready(Ok(n)) => {
+                        self.received.increment(n as u64);
+                        progress |= n > 0;
+                    }
+                    Poll::Ready(Err(e)) => return self.fail(e, ctx),
+                    Poll::Pending => {}
+                }
+                for item in self.refused.drain(..) {
+                    refuse(item, DataErrorCode::Overloaded, "the accelerator's queues are full");
+                }
+            }
+            while let Poll::Ready(Some(replies)) = self.replies.poll_recv(cx) {
+                self.answer(replies);
+                progress = true;
+            }
+            match self.transport.poll_flush(cx) {
+                Poll::Ready(Err(e)) => return self.fail(e, ctx),
+                Poll::Ready(Ok(())) | Poll::Pending => {}
+            }
+            if let Some(reason) = self.draining
+                && self.in_flight == 0
+                && self.transport.queued_bytes() == 0
+            {
+                tracing::info!(conn = %self.label, "data connection drained and closed: {reason}");
+                ctx.stop();
+                return Poll::Ready(());
+            }
+            if !progress {
+                self.publish();
+                return Poll::Pending;
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The accelerator's `ControlActor`: one per frontend session (control connection). It owns the
+//! sans-IO control [`Endpoint`] (through a [`ControlLink`]), opens the session in the
+//! [`Registry`] when asked, answers run-state changes (warming the workers up on `Warmup`), and
+//! when the session ends (goodbye, error, silence, shutdown) closes the session's data
+//! connections.
+
+use std::sync::Arc;
+use std::task::Poll;
+
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
+use qdl_shared::config::BackendConfig;
+use qdl_shared::control::{ControlError, Event};
+use qdl_shared::control_link::ControlLink;
+use qdl_shared::transport::TransportError;
+use qdl_shared::wire::attach::SessionToken;
+use qdl_shared::wire::message::{ErrorCode, RunState, SessionRequest};
+
+use super::connection::Close;
+use super::registry::Registry;
+use crate::pump::{Nudge, Pump, Pumped};
+use crate::worker::WorkerPool;
+
+/// The node is shutting down: end the session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// The actor; see the module docs.
+pub struct ControlActor {
+    link: ControlLink,
+    peer: String,
+    frontend: String,
+    registry: Arc<Registry>,
+    pool: Arc<WorkerPool>,
+    backend: Arc<BackendConfig>,
+    session: Option<(u64, SessionToken)>,
+    nudge: Nudge,
+}
+
+impl ControlActor {
+    /// A control actor for an accepted connection whose preamble was already read.
+    pub fn new(link: ControlLink, registry: Arc<Registry>, pool: Arc<WorkerPool>, backend: Arc<BackendConfig>) -> ControlActor {
+        let peer = link.peer().map(|p| p.to_string()).unwrap_or_else(|| "?".into());
+        ControlActor { link, peer, frontend: String::new(), registry, pool, backend, session: None, nudge: Nudge::default() }
+    }
+
+    fn configure(&mut self, req: SessionRequest) {
+        if let Err(e) = self.pool.check(&self.backend, &req.workload) {
+            tracing::warn!(peer = %self.peer, "refusing session: {e}");
+            self.link.endpoint.refuse(ErrorCode::Unsupported, e.to_string());
+            return;
+        }
+        let workers = self.pool.len() as u32;
+        match self.registry.open(&req, self.pool.max_batch() as u32, self.pool.backend(), workers) {
+            Ok((id, grant)) => {
+                tracing::info!(
+                    peer = %self.peer,
+                    frontend = %self.frontend,
+                    session = id,
+                    workload = %req.workload.name,
+                    connections = grant.connections,
+                    slots = grant.slots_per_connection,
+                    "session opened"
+                );
+                self.session = Some((id, grant.token));
+                if let Err(e) = self.link.endpoint.grant(grant) {
+                    tracing::error!(peer = %self.peer, "cannot grant session: {e}");
+                }
+            }
+            Err((code, msg)) => {
+                tracing::warn!(peer = %self.peer, "refusing session: {msg}");
+                self.link.endpoint.refuse(code, msg);
+            }
+        }
+    }
+
+    fn run_state(&mut self, request: u32, state: RunState, ctx: &mut Context<Self>) {
+        let session = self.session.map(|s| s.0).unwrap_or(0);
+        tracing::info!(session, ?state, "run state");
+        if state != RunState::Warmup {
+            let _ = self.link.endpoint.ack_run_state(request, state);
+            return;
+        }
+        let Some(spec) = self.session.and_then(|(_, t)| self.registry.spec(&t)) else { return };
+        let pool = self.pool.clone();
+        let warm = async move { pool.warmup(spec).await };
+        ctx.spawn(warm.into_actor(self).map(move |res, act, _ctx| {
+            match res {
+                Ok(()) => {
+                    let _ = act.link.endpoint.ack_run_state(request, state);
+                }
+                Err(e) => {
+                    tracing::error!(session, "warm-up failed: {e}");
+                    act.link.endpoint.refuse(ErrorCode::Internal, format!("warm-up failed: {e}"));
+                }
+            }
+            act.nudge.wake();
+        }));
+    }
+
+    fn on_event(&mut self, ev: Event, ctx: &mut Context<Self>) {
+        match ev {
+            Event::Hello { node } => {
+                tracing::debug!(peer = %self.peer, frontend = %node, "hello");
+                self.frontend = node;
+            }
+            Event::ConfigureRequested(req) => self.configure(req),
+            Event::RunState { request, state } => self.run_state(request, state, ctx),
+            Event::HeartbeatRtt(rtt) => tracing::trace!(peer = %self.peer, rtt_us = rtt.0 / 1000, "heartbeat"),
+            Event::Closed => tracing::info!(peer = %self.peer, frontend = %self.frontend, "frontend said goodbye"),
+            Event::Failed(ControlError::Refused { .. }) => {}
+            Event::Failed(e) => tracing::warn!(peer = %self.peer, frontend = %self.frontend, "control session failed: {e}"),
+            // Client-side events never reach a server endpoint.
+            Event::Welcomed { .. } | Event::Established(_) | Event::Name { .. } | Event::RunStateAck { .. } => {}
+        }
+    }
+}
+
+impl Actor for ControlActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.spawn(Pump);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        if let Some((id, token)) = self.session.take() {
+            let conns = self.registry.close(&token);
+            tracing::info!(session = id, connections = conns.len(), "session closed");
+            for c in conns {
+                c.do_send(Close { reason: "its session ended" });
+            }
+        }
+    }
+}
+
+impl Handler<Shutdown> for ControlActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, _ctx: &mut Context<Self>) {
+        self.link.endpoint.refuse(ErrorCode::ShuttingDown, "the accelerator is shutting down".into());
+        self.nudge.wake();
+    }
+}
+
+impl Pumped for ControlActor {
+    fn poll_pump(&mut self, ctx: &mut Context<Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        self.nudge.register(cx);
+        loop {
+            let io = self.link.poll_io(cx);
+            while let Some(ev) = self.link.endpoint.poll_event() {
+                self.on_event(ev, ctx);
+            }
+            match io {
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(TransportError::Closed)) => {
+                    if !self.link.endpoint.is_done() {
+                        tracing::info!(peer = %self.peer, frontend = %self.frontend, "control connection closed by the frontend");
+                    }
+                }
+                Poll::Ready(Err(e)) => tracing::warn!(peer = %self.peer, "control connection failed: {e}"),
+                Poll::Pending if self.link.endpoint.has_transmit() => continue,
+                Poll::Pending if !self.link.finished() => return Poll::Pending,
+                Poll::Pending => {}
+            }
+            ctx.stop();
+            return Poll::Ready(());
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The accelerator node: listener, sessions and connections.
+//!
+//! ```text
+//! run() ── actix System (main thread) ───────────────────────────────────────────────
+//!   ├─ listener task: accept → read preamble ─┬─ control → ControlActor (System arbiter)
+//!   │                                          └─ data → check attach → ConnectionActor
+//!   ├─ ControlActor × session        (owns the session; on end: Close → its connections)
+//!   └─ io arbiters × accelerator.io_threads
+//!        └─ ConnectionActor × data connection ──▶ WorkerPool (GpuWorker threads)
+//! ```
+//! Shutdown (SIGTERM/SIGINT): the registry refuses new sessions, the listener stops, every
+//! ControlActor ends its session (its connections stop reading, answer what is in flight and
+//! close), `run` waits for that (at most [`DRAIN_TIMEOUT`]), stops the arbiters and the workers.
+//! A second signal exits at once.
+
+pub mod connection;
+pub mod control;
+pub mod registry;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::{Actor, Arbiter, WeakAddr};
+use qdl_shared::config::AcceleratorConfig;
+use qdl_shared::control::Endpoint;
+use qdl_shared::control_link::ControlLink;
+use qdl_shared::metrics::accelerator as m;
+use qdl_shared::slots::SlotArena;
+use qdl_shared::time::Nanos;
+use qdl_shared::transport::tcp::{TcpTarget, read_exact_or_closed, tune};
+use qdl_shared::wire::attach::{ATTACH_LEN, Attach, AttachStatus};
+use qdl_shared::wire::preamble::{PREAMBLE_LEN, Preamble, Role};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use self::connection::{ConnectionActor, ConnectionParts};
+use self::control::{ControlActor, Shutdown};
+use self::registry::Registry;
+use crate::worker::WorkerPool;
+
+/// How long a new connection may take to send its preamble (and attach block).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for sessions to drain.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors starting or running a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Worker threads could not be started.
+    #[error("cannot start worker threads: {0}")]
+    Workers(std::io::Error),
+}
+
+/// What a started node reports.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The node's name.
+    pub name: String,
+    /// The address it listens on (resolved, e.g. when the port was 0).
+    pub listen: SocketAddr,
+    /// Workers started.
+    pub workers: usize,
+    /// The backend.
+    pub backend: &'static str,
+}
+
+struct Shared {
+    config: AcceleratorConfig,
+    registry: Arc<Registry>,
+    pool: Arc<WorkerPool>,
+    backend: Arc<qdl_shared::config::BackendConfig>,
+    arbiters: Vec<actix::ArbiterHandle>,
+    next_arbiter: AtomicUsize,
+    controls: Mutex<Vec<WeakAddr<ControlActor>>>,
+}
+
+/// Runs an accelerator until SIGTERM/SIGINT, then drains and returns. `on_ready` is called once
+/// the node listens.
+pub fn run(config: AcceleratorConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), NodeError> {
+    let pool = Arc::new(WorkerPool::start(config.workers.count as usize, config.batcher, &config.backend).map_err(NodeError::Workers)?);
+    let registry = Registry::new(config.limits);
+    let system = actix::System::new();
+    let io: Vec<Arbiter> = (0..config.accelerator.io_threads).map(|_| Arbiter::new()).collect();
+    let shared = Arc::new(Shared {
+        registry: registry.clone(),
+        pool: pool.clone(),
+        backend: Arc::new(config.backend.clone()),
+        arbiters: io.iter().map(|a| a.handle()).collect(),
+        next_arbiter: AtomicUsize::new(0),
+        controls: Mutex::new(Vec::new()),
+        config,
+    });
+    let result = system.block_on(serve(shared.clone(), on_ready));
+    for a in &io {
+        a.stop();
+    }
+    for a in io {
+        let _ = a.join();
+    }
+    drop(shared);
+    match Arc::try_unwrap(pool) {
+        Ok(pool) => pool.shutdown(),
+        Err(_) => tracing::debug!("workers still referenced at exit; leaving them to the process exit"),
+    }
+    result
+}
+
+async fn serve(shared: Arc<Shared>, on_ready: impl FnOnce(&Ready)) -> Result<(), NodeError> {
+    let addr = shared.config.accelerator.listen.clone();
+    let listener = TcpListener::bind(&addr).await.map_err(|source| NodeError::Bind { addr: addr.clone(), source })?;
+    let local = listener.local_addr().map_err(|source| NodeError::Bind { addr, source })?;
+    qdl_shared::metrics::describe_accelerator();
+    on_ready(&Ready {
+        name: shared.config.accelerator.name.clone(),
+        listen: local,
+        workers: shared.pool.len(),
+        backend: shared.pool.backend(),
+    });
+    let accept = {
+        let shared = shared.clone();
+        actix::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        let shared = shared.clone();
+                        actix::spawn(async move { accept(stream, peer, shared).await });
+                    }
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        })
+    };
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining sessions (send the signal again to exit at once)");
+    actix::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    shared.registry.begin_shutdown();
+    accept.abort();
+    let controls = std::mem::take(&mut *shared.controls.lock().unwrap_or_else(|p| p.into_inner()));
+    for c in controls.into_iter().filter_map(|w| w.upgrade()) {
+        c.do_send(Shutdown);
+    }
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while shared.registry.sessions() > 0 || shared.registry.live_connections() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                sessions = shared.registry.sessions(),
+                connections = shared.registry.live_connections(),
+                "drain timed out; stopping anyway"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn refused(kind: &'static str) {
+    metrics::counter!(m::CONNECTION_ERRORS, "kind" => kind).increment(1);
+}
+
+/// Handles one accepted connection up to the point where an actor owns it.
+async fn accept(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    if let Err(e) = tune(&stream) {
+        tracing::debug!(%peer, "{e}");
+    }
+    let mut pre = [0u8; PREAMBLE_LEN];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_exact_or_closed(&mut stream, &mut pre)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "connection ended before its preamble: {e}");
+            return;
+        }
+        Err(_) => {
+            refused("handshake-timeout");
+            tracing::warn!(%peer, "no preamble within {HANDSHAKE_TIMEOUT:?}; closing");
+            return;
+        }
+    }
+    let preamble = match Preamble::parse(&pre) {
+        Ok(p) => p,
+        Err(e) => {
+            refused("preamble");
+            tracing::warn!(%peer, "refusing connection: {e}");
+            // Our preamble tells a peer of another version which version we speak.
+            let _ = stream.write_all(&Preamble::ours(Role::Control).encode()).await;
+            return;
+        }
+    };
+    match preamble.role {
+        Role::Control => {
+            let a = &shared.config.accelerator;
+            let endpoint = Endpoint::server_after_preamble(&a.name, shared.registry.limits(), shared.config.heartbeat.to_heartbeat(), Nanos::now());
+            let actor = ControlActor::new(ControlLink::new(stream, endpoint), shared.registry.clone(), shared.pool.clone(), shared.backend.clone());
+            let addr = actor.start();
+            let mut controls = shared.controls.lock().unwrap_or_else(|p| p.into_inner());
+            controls.retain(|w| w.upgrade().is_some());
+            controls.push(addr.downgrade());
+        }
+        Role::Data => attach_data(stream, peer, shared).await,
+    }
+}
+
+async fn attach_data(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let mut block = [0u8; ATTACH_LEN];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_exact_or_closed(&mut stream, &mut block)).await {
+        Ok(Ok(())) => {}
+        _ => {
+            refused("handshake-timeout");
+            tracing::warn!(%peer, "data connection sent no attach block; closing");
+            return;
+        }
+    }
+    let mut reply = Preamble::ours(Role::Data).encode().to_vec();
+    let attach = match Attach::parse(&block) {
+        Ok(a) => a,
+        Err(e) => {
+            refused("attach");
+            tracing::warn!(%peer, "refusing data connection: {e}");
+            return;
+        }
+    };
+    // Nothing is allocated for the connection before its token and index check out.
+    let grant = match shared.registry.attach(&attach) {
+        Ok(g) => g,
+        Err(status) => {
+            refused("attach");
+            tracing::warn!(%peer, connection = attach.connection, "refusing data connection: {}", status.describe());
+            reply.extend_from_slice(&status.encode());
+            let _ = stream.write_all(&reply).await;
+            return;
+        }
+    };
+    let sample_bytes = grant.spec.input_bytes();
+    let arena = match SlotArena::new(grant.slots, sample_bytes) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(%peer, "cannot allocate slots for a data connection: {e}");
+            shared.registry.detach(&attach.token, attach.connection);
+            return;
+        }
+    };
+    reply.extend_from_slice(&AttachStatus::Accepted.encode());
+    if let Err(e) = stream.write_all(&reply).await {
+        tracing::warn!(%peer, "data connection lost during attach: {e}");
+        shared.registry.detach(&attach.token, attach.connection);
+        return;
+    }
+    let std_stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(%peer, "cannot hand the data connection to an I/O thread: {e}");
+            shared.registry.detach(&attach.token, attach.connection);
+            return;
+        }
+    };
+    let arbiter = &shared.arbiters[shared.next_arbiter.fetch_add(1, Ordering::Relaxed) % shared.arbiters.len()];
+    let parts_shared = shared.clone();
+    let label = format!("s{}/c{}", grant.session, attach.connection);
+    let addr = ConnectionActor::start_in_arbiter(arbiter, move |_ctx| {
+        let stream = TcpStream::from_std(std_stream).expect("I/O arbiters run a tokio runtime with I/O enabled");
+        ConnectionActor::new(ConnectionParts {
+            label,
+            token: attach.token,
+            index: attach.connection,
+            transport: Box::new(TcpTarget::new(stream, arena, sample_bytes as u32)),
+            worker: parts_shared.pool.pick(),
+            spec: grant.spec,
+            slots: grant.slots,
+            registry: parts_shared.registry.clone(),
+        })
+    });
+    if !shared.registry.set_live(&attach.token, attach.connection, addr.clone()) {
+        addr.do_send(connection::Close { reason: "its session ended during attach" });
+    }
+}

@@ -1,0 +1,482 @@
+//! `GpuWorker`s: one thread per device, each owning a [`Batcher`] and a backend.
+//!
+//! ```text
+//!  ConnectionActor ──try_submit(WorkItem)──▶ [bounded channel] ──▶ GpuWorker thread
+//!        ▲                                                         │ Batcher: max batch / delay
+//!        │                                                         │ gather → backend.infer
+//!        └──────────── ReplySink::deliver(Replies) ◀───────────────┘ one delivery per sink per batch
+//! ```
+//!
+//! A sample's input travels as an [`Input`]: the slot lease it was received into (network), or a
+//! range of the frontend's sample buffer (the in-process baseline). The lease comes back with the
+//! reply, so the slot stays busy until its response is queued. The channel is bounded
+//! (`batcher.max_queue`); a full worker answers "overloaded" at once instead of queueing more.
+//!
+//! For the synthetic and echo backends a "device" is virtual: the worker thread stands for it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use metrics::{Gauge, Histogram};
+use qdl_shared::config::{BackendConfig, BatcherConfig};
+use qdl_shared::metrics::accelerator as m;
+use qdl_shared::slots::SlotLease;
+use qdl_shared::time::Nanos;
+use qdl_shared::transport::Payload;
+use qdl_shared::wire::data::DataErrorCode;
+use qdl_shared::workload::WorkloadSpec;
+
+use crate::backend::{self, Backend, BackendError};
+use crate::batcher::{BatchPolicy, Batcher};
+
+/// Where a sample's input bytes are.
+#[derive(Debug)]
+pub enum Input {
+    /// The accelerator slot it was received into.
+    Slot(SlotLease),
+    /// A range of a shared buffer (the frontend's sample buffer, in the local baseline).
+    Buffer(Payload),
+}
+
+impl Input {
+    /// The input bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Input::Slot(l) => l.bytes(),
+            Input::Buffer(p) => p.as_slice(),
+        }
+    }
+}
+
+/// Receives a worker's answers for the samples it submitted.
+pub trait ReplySink: Send + Sync {
+    /// The answers of one batch that belong to this sink. Must not block.
+    fn deliver(&self, replies: Replies);
+}
+
+/// One sample to infer.
+pub struct WorkItem {
+    /// Its input.
+    pub input: Input,
+    /// The frontend's correlation tag (echoed in the response).
+    pub sample_id: u64,
+    /// Slot index to answer into.
+    pub slot: u32,
+    /// Who receives the answer.
+    pub reply: Arc<dyn ReplySink>,
+    /// The session's workload; samples of different workloads never share a batch.
+    pub spec: Arc<WorkloadSpec>,
+}
+
+/// One answered sample.
+#[derive(Debug)]
+pub struct Reply {
+    /// The correlation tag.
+    pub sample_id: u64,
+    /// The slot to answer into.
+    pub slot: u32,
+    /// The input, handed back (dropping a slot lease frees the slot).
+    pub input: Input,
+}
+
+/// Answers of one batch for one sink: entry `i`'s output is `outputs[i*output_bytes..]`.
+#[derive(Debug)]
+pub struct Replies {
+    /// The samples answered.
+    pub entries: Vec<Reply>,
+    /// Their outputs, back to back (empty on error).
+    pub outputs: Vec<u8>,
+    /// Bytes per output.
+    pub output_bytes: usize,
+    /// Set if the samples failed instead.
+    pub error: Option<(DataErrorCode, String)>,
+}
+
+impl Replies {
+    /// The output of entry `i`.
+    pub fn output(&self, i: usize) -> &[u8] {
+        &self.outputs[i * self.output_bytes..(i + 1) * self.output_bytes]
+    }
+
+    fn failed(entries: Vec<Reply>, code: DataErrorCode, message: String) -> Replies {
+        Replies { entries, outputs: Vec::new(), output_bytes: 0, error: Some((code, message)) }
+    }
+}
+
+enum WorkerMsg {
+    Sample(WorkItem),
+    Warmup { spec: Arc<WorkloadSpec>, done: tokio::sync::oneshot::Sender<Result<(), BackendError>> },
+}
+
+/// The sending side of one worker's queue.
+#[derive(Clone)]
+pub struct WorkerSender {
+    tx: Sender<WorkerMsg>,
+    index: usize,
+}
+
+impl WorkerSender {
+    /// Queues a sample without blocking; a full (or stopped) worker hands it back.
+    pub fn try_submit(&self, item: WorkItem) -> Result<(), WorkItem> {
+        match self.tx.try_send(WorkerMsg::Sample(item)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(WorkerMsg::Sample(i)) | TrySendError::Disconnected(WorkerMsg::Sample(i))) => Err(i),
+            Err(_) => unreachable!("only samples are sent here"),
+        }
+    }
+
+    /// The worker's index.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+/// Answers `item` with an error right away (used when it cannot be queued).
+pub fn refuse(item: WorkItem, code: DataErrorCode, message: &str) {
+    let reply = Reply { sample_id: item.sample_id, slot: item.slot, input: item.input };
+    item.reply.deliver(Replies::failed(vec![reply], code, message.to_string()));
+}
+
+/// The workers of a node.
+pub struct WorkerPool {
+    senders: Vec<WorkerSender>,
+    threads: Vec<JoinHandle<()>>,
+    next: AtomicUsize,
+    max_batch: usize,
+    backend: &'static str,
+}
+
+impl WorkerPool {
+    /// Starts `count` workers, each with its own batcher and backend instance.
+    pub fn start(count: usize, batcher: BatcherConfig, backend_cfg: &BackendConfig) -> std::io::Result<WorkerPool> {
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        let mut max_batch = batcher.max_batch as usize;
+        let mut backend_name = "";
+        for index in 0..count.max(1) {
+            let backend = backend::build(backend_cfg);
+            backend_name = backend.name();
+            if let Some(limit) = backend.max_batch() {
+                max_batch = max_batch.min(limit);
+            }
+            let policy = BatchPolicy {
+                max_batch,
+                max_queue_delay: Nanos::from_micros(batcher.max_queue_delay_us),
+                max_queue: batcher.max_queue as usize,
+            };
+            let (tx, rx) = crossbeam_channel::bounded(batcher.max_queue as usize);
+            let worker = GpuWorker::new(index, policy, backend, rx);
+            threads.push(std::thread::Builder::new().name(format!("qdl-worker-{index}")).spawn(move || worker.run())?);
+            senders.push(WorkerSender { tx, index });
+        }
+        Ok(WorkerPool { senders, threads, next: AtomicUsize::new(0), max_batch, backend: backend_name })
+    }
+
+    /// Workers in the pool.
+    pub fn len(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Whether the pool is empty (never, once started).
+    pub fn is_empty(&self) -> bool {
+        self.senders.is_empty()
+    }
+
+    /// The largest batch any worker forms.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// The backend's name.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// The next worker in round-robin order (each new connection gets one).
+    pub fn pick(&self) -> WorkerSender {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
+        self.senders[i].clone()
+    }
+
+    /// Checks that every worker's backend can serve `spec`.
+    pub fn check(&self, backend_cfg: &BackendConfig, spec: &WorkloadSpec) -> Result<(), BackendError> {
+        backend::build(backend_cfg).check(spec)
+    }
+
+    /// Warms every worker up for `spec` and waits until all are done.
+    pub async fn warmup(&self, spec: Arc<WorkloadSpec>) -> Result<(), BackendError> {
+        let mut waits = Vec::new();
+        for s in &self.senders {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            s.tx.try_send(WorkerMsg::Warmup { spec: spec.clone(), done })
+                .map_err(|_| BackendError::Failed("worker busy or stopped; warm up before the run".into()))?;
+            waits.push(wait);
+        }
+        for w in waits {
+            w.await.map_err(|_| BackendError::Failed("worker stopped during warm-up".into()))??;
+        }
+        Ok(())
+    }
+
+    /// Stops the workers after they have answered everything queued, and waits for them. Workers
+    /// stop once every [`WorkerSender`] (the pool's and those handed out) is dropped.
+    pub fn shutdown(self) {
+        drop(self.senders);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+struct GpuWorker {
+    batcher: Batcher<WorkItem>,
+    backend: Box<dyn Backend>,
+    rx: Receiver<WorkerMsg>,
+    gather: Vec<u8>,
+    outputs: Vec<u8>,
+    batch: Vec<(WorkItem, Nanos)>,
+    batch_size: Histogram,
+    queue_delay: Histogram,
+    inference: Histogram,
+    queue_depth: Gauge,
+}
+
+fn same_spec(a: &WorkItem, b: &WorkItem) -> bool {
+    Arc::ptr_eq(&a.spec, &b.spec) || a.spec == b.spec
+}
+
+impl GpuWorker {
+    fn new(index: usize, policy: BatchPolicy, backend: Box<dyn Backend>, rx: Receiver<WorkerMsg>) -> GpuWorker {
+        let w = index.to_string();
+        GpuWorker {
+            batcher: Batcher::new(policy),
+            backend,
+            rx,
+            gather: Vec::new(),
+            outputs: Vec::new(),
+            batch: Vec::with_capacity(policy.max_batch),
+            batch_size: metrics::histogram!(m::BATCH_SIZE, "worker" => w.clone()),
+            queue_delay: metrics::histogram!(m::QUEUE_DELAY, "worker" => w.clone()),
+            inference: metrics::histogram!(m::INFERENCE, "worker" => w.clone()),
+            queue_depth: metrics::gauge!(m::QUEUE_DEPTH, "worker" => w),
+        }
+    }
+
+    fn run(mut self) {
+        // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack; the argument is a
+        // plain integer (1000 ns).
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong, 0, 0, 0) };
+        let mut open = true;
+        while open || !self.batcher.is_empty() {
+            let msg = if !open {
+                None
+            } else if self.batcher.is_empty() {
+                self.rx.recv().ok()
+            } else {
+                let deadline = self.batcher.poll_timeout().expect("queue is not empty");
+                let wait = deadline.since(Nanos::now());
+                match self.rx.recv_timeout(wait.as_duration()) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        open = false;
+                        None
+                    }
+                }
+            };
+            match msg {
+                Some(m) => self.handle(m),
+                None if self.batcher.is_empty() => open = false,
+                None => {}
+            }
+            while let Ok(m) = self.rx.try_recv() {
+                self.handle(m);
+            }
+            // Once the queue is closed, nothing will arrive: run what is left without waiting.
+            let now = if open { Nanos::now() } else { Nanos(u64::MAX / 2) };
+            let mut batch = std::mem::take(&mut self.batch);
+            while self.batcher.poll_batch(now, same_spec, &mut batch) {
+                self.run_batch(&mut batch);
+            }
+            self.batch = batch;
+            self.queue_depth.set(self.batcher.len() as f64);
+        }
+    }
+
+    fn handle(&mut self, msg: WorkerMsg) {
+        match msg {
+            WorkerMsg::Sample(item) => {
+                if let Err(item) = self.batcher.handle_arrival(item, Nanos::now()) {
+                    refuse(item, DataErrorCode::Overloaded, "the worker's queue is full");
+                }
+            }
+            WorkerMsg::Warmup { spec, done } => {
+                let _ = done.send(self.backend.warmup(&spec));
+            }
+        }
+    }
+
+    fn run_batch(&mut self, batch: &mut Vec<(WorkItem, Nanos)>) {
+        let n = batch.len();
+        let spec = batch[0].0.spec.clone();
+        let (ib, ob) = (spec.input_bytes(), spec.output_bytes as usize);
+        let started = Instant::now();
+        let now = Nanos::from_instant(started);
+        self.batch_size.record(n as f64);
+        for (_, at) in batch.iter() {
+            self.queue_delay.record(now.since(*at).as_secs_f64());
+        }
+        self.outputs.clear();
+        self.outputs.resize(n * ob, 0);
+        let result = {
+            let all_slots = batch.iter().all(|(it, _)| matches!(it.input, Input::Slot(_)));
+            let leases = batch.iter().filter_map(|(it, _)| match &it.input {
+                Input::Slot(l) => Some(l),
+                Input::Buffer(_) => None,
+            });
+            let input: &[u8] = match all_slots.then(|| SlotLease::contiguous(leases)).flatten() {
+                Some(span) => span,
+                None => {
+                    self.gather.clear();
+                    for (it, _) in batch.iter() {
+                        self.gather.extend_from_slice(it.input.bytes());
+                    }
+                    &self.gather
+                }
+            };
+            if input.len() != n * ib {
+                Err(BackendError::Failed(format!("batch input is {} bytes, expected {n} × {ib}", input.len())))
+            } else {
+                self.backend.infer(&spec, n, input, &mut self.outputs)
+            }
+        };
+        self.inference.record(started.elapsed().as_secs_f64());
+        self.deliver(batch, result, ob);
+    }
+
+    /// Hands each sink its answers: one delivery per sink per batch.
+    fn deliver(&mut self, batch: &mut Vec<(WorkItem, Nanos)>, result: Result<(), BackendError>, ob: usize) {
+        let mut groups: Vec<(Arc<dyn ReplySink>, Replies)> = Vec::new();
+        let error = result.err().map(|e| (DataErrorCode::BackendFailed, e.to_string()));
+        if let Some((_, msg)) = &error {
+            tracing::error!(worker = ?std::thread::current().name(), "{msg}");
+        }
+        for (i, (item, _)) in batch.drain(..).enumerate() {
+            let reply = Reply { sample_id: item.sample_id, slot: item.slot, input: item.input };
+            let g = match groups.iter().position(|(s, _)| Arc::ptr_eq(s, &item.reply)) {
+                Some(g) => g,
+                None => {
+                    let replies = Replies { entries: Vec::new(), outputs: Vec::new(), output_bytes: ob, error: error.clone() };
+                    groups.push((item.reply, replies));
+                    groups.len() - 1
+                }
+            };
+            let r = &mut groups[g].1;
+            r.entries.push(reply);
+            if r.error.is_none() {
+                r.outputs.extend_from_slice(&self.outputs[i * ob..(i + 1) * ob]);
+            }
+        }
+        for (sink, replies) in groups {
+            sink.deliver(replies);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qdl_shared::config::BackendKind;
+    use qdl_shared::slots::SlotArena;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<Replies>>);
+    impl ReplySink for Collect {
+        fn deliver(&self, replies: Replies) {
+            self.0.lock().unwrap().push(replies);
+        }
+    }
+
+    fn pool(max_batch: u32, delay_us: u64) -> WorkerPool {
+        let batcher = BatcherConfig { max_batch, max_queue_delay_us: delay_us, max_queue: 1024 };
+        WorkerPool::start(1, batcher, &BackendConfig { kind: BackendKind::Echo, ..Default::default() }).unwrap()
+    }
+
+    #[test]
+    fn answers_every_sample_with_its_reference_output_and_returns_the_slot() {
+        let spec = Arc::new(WorkloadSpec::bert());
+        let ib = spec.input_bytes();
+        let arena = SlotArena::new(32, ib).unwrap();
+        let sink = Arc::new(Collect::default());
+        let p = pool(8, 2000);
+        let w = p.pick();
+        for s in 0..20u32 {
+            let mut lease = arena.try_lease(s).unwrap();
+            lease.bytes_mut().fill(s as u8 + 1);
+            let item = WorkItem { input: Input::Slot(lease), sample_id: 100 + s as u64, slot: s, reply: sink.clone(), spec: spec.clone() };
+            w.try_submit(item).map_err(|_| "full").unwrap();
+        }
+        drop(w);
+        p.shutdown();
+        let got = sink.0.lock().unwrap();
+        let mut seen = 0;
+        for r in got.iter() {
+            assert!(r.error.is_none());
+            assert!(r.entries.len() <= 8);
+            for (i, e) in r.entries.iter().enumerate() {
+                let mut expected = [0u8; 8];
+                qdl_shared::workload::reference_output(spec.output_kind, &vec![e.slot as u8 + 1; ib], &mut expected);
+                assert_eq!(r.output(i), expected);
+                assert_eq!(e.sample_id, 100 + e.slot as u64);
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 20);
+        drop(got);
+        sink.0.lock().unwrap().clear();
+        assert_eq!(arena.leased(), 0, "every slot was freed once its reply was dropped");
+    }
+
+    #[test]
+    fn a_full_queue_refuses_instead_of_blocking() {
+        let spec = Arc::new(WorkloadSpec::resnet50());
+        let sink = Arc::new(Collect::default());
+        struct Src(Vec<u8>);
+        impl qdl_shared::transport::PayloadSource for Src {
+            fn bytes(&self) -> &[u8] {
+                &self.0
+            }
+        }
+        let src: Arc<dyn qdl_shared::transport::PayloadSource> = Arc::new(Src(vec![0; spec.input_bytes()]));
+        let batcher = BatcherConfig { max_batch: 1, max_queue_delay_us: 0, max_queue: 1 };
+        let mut backend = BackendConfig::default();
+        backend.synthetic.default = qdl_shared::config::LatencyModel { fixed_us: 50_000.0, per_sample_us: 0.0 };
+        let p = WorkerPool::start(1, batcher, &backend).unwrap();
+        let w = p.pick();
+        let mut refused = 0;
+        for i in 0..20 {
+            let item = WorkItem {
+                input: Input::Buffer(Payload::new(src.clone(), 0, spec.input_bytes()).unwrap()),
+                sample_id: i,
+                slot: i as u32,
+                reply: sink.clone(),
+                spec: spec.clone(),
+            };
+            if let Err(item) = w.try_submit(item) {
+                refused += 1;
+                refuse(item, DataErrorCode::Overloaded, "full");
+            }
+        }
+        drop(w);
+        p.shutdown();
+        assert!(refused > 0);
+        let got = sink.0.lock().unwrap();
+        let answered: usize = got.iter().map(|r| r.entries.len()).sum();
+        assert_eq!(answered, 20, "refused samples are answered too, never dropped");
+        assert!(got.iter().any(|r| r.error.as_ref().is_some_and(|e| e.0 == DataErrorCode::Overloaded)));
+    }
+}

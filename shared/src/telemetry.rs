@@ -1,0 +1,79 @@
+//! Logs and metrics set-up shared by both binaries.
+
+use std::net::SocketAddr;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Errors setting up telemetry.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The log filter does not parse.
+    #[error("invalid log filter {filter:?}: {reason}")]
+    Filter {
+        /// The filter.
+        filter: String,
+        /// Why.
+        reason: String,
+    },
+    /// The metrics address does not parse.
+    #[error("invalid metrics address {0:?}")]
+    Address(String),
+    /// The Prometheus exporter could not start (e.g. the port is taken).
+    #[error("cannot serve metrics on {addr}: {reason}")]
+    Exporter {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Installs the global `tracing` subscriber: `RUST_LOG` if set, else the configured filter;
+/// text or JSON lines on stderr.
+pub fn init_logging(cfg: &LogConfig) -> Result<(), TelemetryError> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => v,
+        _ => cfg.filter.clone(),
+    };
+    let env = EnvFilter::try_new(&filter).map_err(|e| TelemetryError::Filter { filter: filter.clone(), reason: e.to_string() })?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(env).with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
+    // A second initialisation (tests that run several nodes in one process) is harmless.
+    let _ = match cfg.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    Ok(())
+}
+
+/// Starts the Prometheus exporter on `addr` ("" = metrics disabled; the recorder is still
+/// installed so handles are cheap no-ops). Returns the address it serves on.
+pub fn install_metrics(addr: &str) -> Result<Option<SocketAddr>, TelemetryError> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let mut builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), crate::metrics::LATENCY_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), crate::metrics::BATCH_BUCKETS))
+        .map_err(|e| TelemetryError::Exporter { addr: addr.to_string(), reason: e.to_string() })?;
+    if addr.is_empty() {
+        // Without a listener nothing scrapes: keep a recorder anyway (handles stay cheap) and run
+        // its upkeep, which drains histogram samples that would otherwise accumulate.
+        if let Ok(handle) = builder.install_recorder() {
+            let _ = std::thread::Builder::new().name("qdl-metrics-upkeep".into()).spawn(move || {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    handle.run_upkeep();
+                }
+            });
+        }
+        return Ok(None);
+    }
+    let sock: SocketAddr = addr.parse().map_err(|_| TelemetryError::Address(addr.to_string()))?;
+    // Bind first so a taken port is reported here, clearly, rather than from a background thread.
+    let probe = std::net::TcpListener::bind(sock).map_err(|e| TelemetryError::Exporter { addr: addr.to_string(), reason: e.to_string() })?;
+    let bound = probe.local_addr().map_err(|e| TelemetryError::Exporter { addr: addr.to_string(), reason: e.to_string() })?;
+    drop(probe);
+    builder = builder.with_http_listener(bound);
+    builder.install().map_err(|e| TelemetryError::Exporter { addr: bound.to_string(), reason: e.to_string() })?;
+    Ok(Some(bound))
+}
