@@ -201,6 +201,11 @@ impl WorkerPool {
         self.senders[i].clone()
     }
 
+    /// Worker `i` (modulo the pool's size).
+    pub fn sender(&self, i: usize) -> WorkerSender {
+        self.senders[i % self.senders.len()].clone()
+    }
+
     /// Checks that every worker's backend can serve `spec`.
     pub fn check(&self, backend_cfg: &BackendConfig, spec: &WorkloadSpec) -> Result<(), BackendError> {
         backend::build(backend_cfg).check(spec)

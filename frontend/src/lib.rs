@@ -1,1 +1,38 @@
+//! # qdl-frontend: the LoadGen node and its Query Dispatch Library (QDL)
+//!
+//! # Layout
+//! - [`sut`]: the one SUT LoadGen sees ("qdl Network SUT (…)", named by asking every
+//!   accelerator) and the QSL.
+//! - [`issuer`]: the `QueryIssuer` (splits queries into per-sample submissions, arbitrates among
+//!   connections, applies credit back-pressure) and its lanes.
+//! - [`connection`]: the `ConnectionActor` per data connection with its `TransactionTracker`.
+//! - [`client`]: the `AcceleratorClient` actor per accelerator control connection.
+//! - [`local`]: the in-process transport of the local baseline.
+//! - [`qsl`] and [`npy`]: sample generation and loading into one long-lived buffer.
+//! - [`report`]: report.json and LoadGen log parsing.
+//! - The binary (`src/main.rs`, `src/app/`): the `run`, `lab`, `bench` and `check-accuracy`
+//!   commands.
+//!
+//! # Supervision tree (one `run`)
+//! ```text
+//! main thread ── LoadGen StartTest (blocks) ── callbacks on LoadGen's threads:
+//!     IssueQuery → QueryIssuer (sync) ──lanes──▶ ConnectionActor pumps
+//!     Name       → QueryName to every AcceleratorClient (a network round trip)
+//! "qdl-io" thread: actix System
+//!   ├─ AcceleratorClient × accelerator   (control: session, heartbeats, run state)
+//!   └─ io arbiters × frontend.io_threads
+//!        └─ ConnectionActor × connection (tracker, transport; completes to LoadGen)
+//! ```
+//! A lost accelerator or a protocol violation ends the run with a clear error (its samples
+//! could not be completed otherwise).
 
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod connection;
+pub mod issuer;
+pub mod local;
+pub mod npy;
+pub mod qsl;
+pub mod report;
+pub mod sut;

@@ -1,0 +1,482 @@
+//! `qdl-frontend run`: one LoadGen test, over the network or in-process (`--local`).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Addr};
+use anyhow::{Context as _, anyhow, bail};
+use futures::future::join_all;
+use qdl_accelerator::worker::WorkerPool;
+use qdl_frontend::client::{AcceleratorClient, ClientError, Close as CloseClient, Established, SetRunState};
+use qdl_frontend::connection::{Close, ConnectionActor, ConnectionParts, FailureHandler, GetStats};
+use qdl_frontend::issuer::{CreditGate, Dispatcher, Lane, QueryIssuer};
+use qdl_frontend::local::LocalTransport;
+use qdl_frontend::qsl::{SampleSource, SampleStore};
+use qdl_frontend::report::{AcceleratorReport, FrontendReport, RunReport, parse_detail_log};
+use qdl_frontend::sut::{QdlQsl, QdlSut, SutName, duplicate_names, network_sut_name};
+use qdl_loadgen::{LogSettings, Scenario, TestMode, TestSettings};
+use qdl_shared::config::{AcceleratorConfig, FrontendConfig, ModeName, ScenarioName};
+use qdl_shared::transport::tcp::{TcpInitiator, connect_data};
+use qdl_shared::wire::attach::Attach;
+use qdl_shared::wire::message::{RunState, SessionRequest};
+use qdl_shared::workload::WorkloadSpec;
+use tokio::net::TcpStream;
+
+use super::io::Io;
+use super::progress::{Progress, ProgressMode, thousands};
+
+/// How long warm-up may take.
+const WARMUP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Everything `run` needs.
+pub struct RunOptions {
+    /// The frontend config, CLI overrides applied.
+    pub config: FrontendConfig,
+    /// Run the in-process baseline instead of going over the network.
+    pub local: bool,
+    /// The accelerator config the baseline runs (its batcher, workers, backend).
+    pub accelerator_config: AcceleratorConfig,
+    /// Progress output.
+    pub progress: ProgressMode,
+}
+
+fn scenario(s: ScenarioName) -> Scenario {
+    match s {
+        ScenarioName::Offline => Scenario::Offline,
+        ScenarioName::Server => Scenario::Server,
+        ScenarioName::SingleStream => Scenario::SingleStream,
+        ScenarioName::MultiStream => Scenario::MultiStream,
+    }
+}
+
+/// LoadGen settings: mlperf.conf (or user.conf on top of it), then the config's overrides.
+pub fn loadgen_settings(cfg: &FrontendConfig, model: &str) -> anyhow::Result<TestSettings> {
+    let l = &cfg.loadgen;
+    let sc = scenario(l.scenario);
+    let mut s = TestSettings::default();
+    s.scenario = sc;
+    match &l.user_conf {
+        Some(path) => s.apply_user_conf(path, model, sc)?,
+        None => s.apply_mlperf_conf(model, sc)?,
+    }
+    s.scenario = sc;
+    s.mode = match l.mode {
+        ModeName::Performance => TestMode::PerformanceOnly,
+        ModeName::Accuracy => TestMode::AccuracyOnly,
+    };
+    let ms_to_ns = |ms: f64| ms * 1e6;
+    if let Some(v) = l.min_duration_ms {
+        s.min_duration_ms = v;
+    }
+    if let Some(v) = l.max_duration_ms {
+        s.max_duration_ms = v;
+    }
+    if let Some(v) = l.min_query_count {
+        s.min_query_count = v;
+    }
+    if let Some(v) = l.max_query_count {
+        s.max_query_count = v;
+    }
+    if let Some(v) = l.server_target_qps {
+        s.server_target_qps = v;
+    }
+    if let Some(v) = l.server_target_latency_ms {
+        s.server_target_latency_ns = ms_to_ns(v) as u64;
+    }
+    if let Some(v) = l.offline_expected_qps {
+        s.offline_expected_qps = v;
+    }
+    if let Some(v) = l.single_stream_expected_latency_ms {
+        s.single_stream_expected_latency_ns = ms_to_ns(v);
+    }
+    if let Some(v) = l.multi_stream_expected_latency_ms {
+        s.multi_stream_expected_latency_ns = ms_to_ns(v);
+    }
+    if let Some(v) = l.multi_stream_samples_per_query {
+        s.multi_stream_samples_per_query = v;
+    }
+    if let Some(v) = l.accuracy_sample_count {
+        s.accuracy_sample_count_override = v;
+    }
+    if let Some(v) = l.performance_sample_count {
+        s.performance_sample_count_override = v;
+    }
+    Ok(s)
+}
+
+struct Connections {
+    lanes: Vec<Arc<Lane>>,
+    actors: Vec<Addr<ConnectionActor>>,
+    clients: Vec<Addr<AcceleratorClient>>,
+    accelerators: Vec<AcceleratorReport>,
+    pool: Option<Arc<WorkerPool>>,
+}
+
+struct Shared {
+    store: Arc<SampleStore>,
+    gate: Arc<CreditGate>,
+    failure: FailureHandler,
+    io: Vec<actix::ArbiterHandle>,
+}
+
+fn start_connection(shared: &Shared, k: usize, parts: impl FnOnce() -> ConnectionParts + Send + 'static) -> Addr<ConnectionActor> {
+    let arbiter = &shared.io[k % shared.io.len()];
+    ConnectionActor::start_in_arbiter(arbiter, move |_| ConnectionActor::new(parts()))
+}
+
+async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Shared>) -> anyhow::Result<Connections> {
+    let f = &cfg.frontend;
+    if f.accelerators.is_empty() {
+        bail!("no accelerator given: pass --accelerator HOST:PORT (or frontend.accelerators in the config), or --local");
+    }
+    let request = SessionRequest { workload: spec.clone(), connections: f.connections_per_accelerator, slots_per_connection: f.slots_per_connection };
+    let timeout = Duration::from_millis(f.connect_timeout_ms);
+    let hb = cfg.heartbeat.to_heartbeat();
+    let sessions = join_all(f.accelerators.iter().map(|a| {
+        AcceleratorClient::connect(a, &f.name, request.clone(), hb, timeout, shared.failure.clone())
+    }))
+    .await;
+    let mut clients: Vec<(Addr<AcceleratorClient>, Established)> = Vec::new();
+    let mut errors: Vec<ClientError> = Vec::new();
+    for s in sessions {
+        match s {
+            Ok(c) => clients.push(c),
+            Err(e) => errors.push(e),
+        }
+    }
+    if let Some(e) = errors.into_iter().next() {
+        for (c, _) in &clients {
+            c.do_send(CloseClient);
+        }
+        return Err(e.into());
+    }
+    let names: Vec<String> = clients.iter().map(|(_, e)| e.name.clone()).collect();
+    let dups = duplicate_names(&names);
+    if !dups.is_empty() {
+        for (c, _) in &clients {
+            c.do_send(CloseClient);
+        }
+        bail!("accelerator names must be unique (the SUT name lists them); duplicated: {}", dups.join(", "));
+    }
+    let mut out = Connections { lanes: Vec::new(), actors: Vec::new(), clients: Vec::new(), accelerators: Vec::new(), pool: None };
+    for (client, est) in clients {
+        let g = est.grant.clone();
+        if g.input_slot_bytes as usize != spec.input_bytes() || g.output_slot_bytes != spec.output_bytes {
+            bail!(
+                "accelerator {} granted slots of {}/{} bytes for a workload of {}/{} bytes",
+                est.name,
+                g.input_slot_bytes,
+                g.output_slot_bytes,
+                spec.input_bytes(),
+                spec.output_bytes
+            );
+        }
+        if g.slots_per_connection < f.slots_per_connection || g.connections < f.connections_per_accelerator {
+            tracing::warn!(
+                accelerator = %est.name,
+                "granted {} connections × {} slots (asked {} × {})",
+                g.connections,
+                g.slots_per_connection,
+                f.connections_per_accelerator,
+                f.slots_per_connection
+            );
+        }
+        for c in 0..g.connections {
+            let attach = Attach { token: g.token, connection: c };
+            let stream = connect_data(est.addr, attach, timeout)
+                .await
+                .with_context(|| format!("data connection {c} to accelerator {} ({})", est.name, est.addr))?;
+            let std_stream = stream.into_std().context("detaching the data connection")?;
+            let lane = Lane::new(format!("{}/{c}", est.name), g.slots_per_connection);
+            let (sh, l, name, slots, out_bytes) = (shared.clone(), lane.clone(), est.name.clone(), g.slots_per_connection, g.output_slot_bytes);
+            let k = out.actors.len();
+            out.actors.push(start_connection(&shared, k, move || ConnectionParts {
+                label: l.label().to_string(),
+                accelerator: name,
+                lane: l,
+                transport: Box::new(TcpInitiator::new(
+                    TcpStream::from_std(std_stream).expect("I/O arbiters run a tokio runtime with I/O enabled"),
+                    out_bytes,
+                )),
+                slots,
+                output_bytes: out_bytes,
+                store: sh.store.clone(),
+                gate: sh.gate.clone(),
+                on_failure: sh.failure.clone(),
+            }));
+            out.lanes.push(lane);
+        }
+        out.accelerators.push(AcceleratorReport {
+            address: est.addr.to_string(),
+            name: est.name.clone(),
+            connections: g.connections,
+            slots_per_connection: g.slots_per_connection,
+            backend: g.backend.clone(),
+            workers: g.workers,
+            max_batch: g.max_batch,
+        });
+        out.clients.push(client);
+    }
+    Ok(out)
+}
+
+fn connect_local(cfg: &FrontendConfig, acc: &AcceleratorConfig, spec: &WorkloadSpec, shared: &Arc<Shared>) -> anyhow::Result<Connections> {
+    let boxes = cfg.local.accelerators as usize;
+    let per_box = acc.workers.count as usize;
+    let pool = Arc::new(WorkerPool::start(boxes * per_box, acc.batcher, &acc.backend).context("starting local workers")?);
+    pool.check(&acc.backend, spec)?;
+    let spec = Arc::new(spec.clone());
+    let slots = cfg.frontend.slots_per_connection.min(acc.limits.max_slots_per_connection);
+    let conns = cfg.frontend.connections_per_accelerator;
+    let mut out = Connections { lanes: Vec::new(), actors: Vec::new(), clients: Vec::new(), accelerators: Vec::new(), pool: Some(pool.clone()) };
+    for b in 0..boxes {
+        let name = format!("local-{b}");
+        for c in 0..conns as usize {
+            // Connections of one box share that box's workers, as they would on a real accelerator.
+            let worker = pool.sender(b * per_box + c % per_box);
+            let lane = Lane::new(format!("{name}/{c}"), slots);
+            let (sh, l, sp, acc_name) = (shared.clone(), lane.clone(), spec.clone(), name.clone());
+            let k = out.actors.len();
+            out.actors.push(start_connection(shared, k, move || ConnectionParts {
+                label: l.label().to_string(),
+                accelerator: acc_name,
+                lane: l,
+                transport: Box::new(LocalTransport::new(worker, sp.clone(), slots)),
+                slots,
+                output_bytes: sp.output_bytes,
+                store: sh.store.clone(),
+                gate: sh.gate.clone(),
+                on_failure: sh.failure.clone(),
+            }));
+            out.lanes.push(lane);
+        }
+        out.accelerators.push(AcceleratorReport {
+            address: "in-process".into(),
+            name,
+            connections: conns,
+            slots_per_connection: slots,
+            backend: pool.backend().into(),
+            workers: per_box as u32,
+            max_batch: pool.max_batch() as u32,
+        });
+    }
+    Ok(out)
+}
+
+/// The failure handler of a run: a run whose samples can no longer complete cannot be saved, so
+/// it says why and exits (status 2) rather than leave LoadGen waiting forever.
+fn failure_handler(out: PathBuf) -> FailureHandler {
+    Arc::new(move |msg: String| {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "\nqdl-frontend: run failed: {msg}\nLoadGen's logs in {} are incomplete.", out.display());
+        let _ = err.flush();
+        // SAFETY: _exit ends the process at once without running C++ static destructors, which
+        // could block on LoadGen's logger threads that are still running the test.
+        unsafe { libc::_exit(2) };
+    })
+}
+
+/// Runs one test and returns its report (also written to the output directory).
+pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
+    let cfg = opts.config;
+    let spec = cfg.workload.resolve_spec()?;
+    let source = match &cfg.workload.dataset_dir {
+        Some(dir) => SampleSource::npy(&spec, dir)?,
+        None => SampleSource::generated(&spec, cfg.workload.seed),
+    };
+    let total = match (cfg.workload.total_samples, source.available()) {
+        (None, Some(n)) => n,
+        _ => cfg.workload.total() as usize,
+    };
+    let performance = (cfg.workload.performance() as usize).min(total);
+    let store = Arc::new(SampleStore::new(source, total, performance)?);
+    let out_dir = cfg.loadgen.output_dir.clone();
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let failure = failure_handler(out_dir.clone());
+    let settings = loadgen_settings(&cfg, &spec.name)?;
+
+    let io = Io::start(cfg.frontend.io_threads as usize)?;
+    let shared = Arc::new(Shared { store: store.clone(), gate: Arc::new(CreditGate::default()), failure: failure.clone(), io: io.io.clone() });
+    let conns = if opts.local {
+        connect_local(&cfg, &opts.accelerator_config, &spec, &shared)?
+    } else {
+        let (c, s, sh) = (cfg.clone(), spec.clone(), shared.clone());
+        match io.block_on(connect_network(c, s, sh))? {
+            Ok(c) => c,
+            Err(e) => {
+                io.stop();
+                return Err(e);
+            }
+        }
+    };
+    let where_ = if opts.local { "in-process" } else { "over the network" };
+    tracing::info!(
+        workload = %spec.name,
+        scenario = cfg.loadgen.scenario.as_str(),
+        mode = cfg.loadgen.mode.as_str(),
+        connections = conns.lanes.len(),
+        "connected {where_}"
+    );
+
+    // Warm-up, then the test.
+    if cfg.frontend.warmup {
+        let started = Instant::now();
+        if let Some(pool) = &conns.pool {
+            let (p, s) = (pool.clone(), Arc::new(spec.clone()));
+            io.block_on(async move { p.warmup(s).await })??;
+        } else {
+            set_run_state(&io, &conns.clients, RunState::Warmup)?;
+        }
+        tracing::info!(ms = started.elapsed().as_millis() as u64, "accelerators warmed up");
+    }
+    let dispatcher = Dispatcher::for_config(cfg.frontend.dispatch, cfg.loadgen.scenario == ScenarioName::Offline);
+    let no_lane = failure.clone();
+    let issuer = Arc::new(QueryIssuer::new(conns.lanes.clone(), dispatcher, shared.gate.clone(), Box::new(move |m: &str| no_lane(m.to_string()))));
+    let sut_name = if opts.local {
+        SutName::Local(format!("qdl Local SUT ({} x {} in-process)", conns.accelerators.len(), conns.accelerators[0].backend))
+    } else {
+        SutName::Network(conns.clients.clone())
+    };
+    let sut = QdlSut { issuer: issuer.clone(), name: sut_name };
+    let qsl = QdlQsl { store: store.clone(), on_failure: failure.clone() };
+    let mut log = LogSettings::new(&out_dir);
+    log.enable_trace = cfg.loadgen.trace;
+    if !opts.local {
+        set_run_state(&io, &conns.clients, RunState::Start)?;
+    }
+    let label = format!("{} {} {} {}", spec.name, cfg.loadgen.scenario.as_str(), cfg.loadgen.mode.as_str(), if opts.local { "local" } else { "network" });
+    let progress = {
+        let i = issuer.clone();
+        Progress::start(opts.progress, label, move || (i.issued(), i.completed()))
+    };
+    let started = Instant::now();
+    qdl_loadgen::start_test(&sut, &qsl, &settings, &log)?;
+    let wall = started.elapsed();
+    drop(progress);
+
+    // Wind down: final stats, goodbyes, stop.
+    if !opts.local {
+        if let Err(e) = set_run_state(&io, &conns.clients, RunState::Done) {
+            tracing::warn!("{e}");
+        }
+    }
+    let actors = conns.actors.clone();
+    let stats = io.block_on(async move { join_all(actors.iter().map(|a| a.send(GetStats))).await })?;
+    let stats: Vec<_> = stats.into_iter().filter_map(Result::ok).collect();
+    for a in &conns.actors {
+        a.do_send(Close);
+    }
+    for c in &conns.clients {
+        c.do_send(CloseClient);
+    }
+    let sut_name = match &sut.name {
+        SutName::Local(n) => n.clone(),
+        SutName::Network(_) => network_sut_name(&conns.accelerators.iter().map(|a| a.name.clone()).collect::<Vec<_>>()),
+    };
+    // Give the goodbyes a moment to leave before the system stops.
+    std::thread::sleep(Duration::from_millis(50));
+    io.stop();
+    if let Some(pool) = conns.pool {
+        if let Ok(pool) = Arc::try_unwrap(pool) {
+            pool.shutdown();
+        }
+    }
+
+    let loadgen = parse_detail_log(&out_dir.join("mlperf_log_detail.txt")).context("reading LoadGen's detail log")?;
+    let frontend = FrontendReport {
+        wall_seconds: wall.as_secs_f64(),
+        samples_issued: issuer.issued(),
+        samples_completed: issuer.completed(),
+        sample_errors: stats.iter().map(|s| s.errors).sum(),
+        bytes_sent: stats.iter().map(|s| s.bytes_sent).sum(),
+        bytes_received: stats.iter().map(|s| s.bytes_received).sum(),
+        write_calls: stats.iter().map(|s| s.write_calls).sum(),
+        dispatch: format!("{dispatcher:?}"),
+        connections: stats,
+    };
+    let report = RunReport {
+        qdl_version: env!("CARGO_PKG_VERSION").into(),
+        loadgen_version: qdl_loadgen::version(),
+        network: !opts.local,
+        sut_name,
+        workload: spec,
+        dataset: store.source().info().clone(),
+        total_samples: store.total(),
+        performance_samples: store.performance(),
+        scenario: cfg.loadgen.scenario,
+        mode: cfg.loadgen.mode,
+        accelerators: conns.accelerators,
+        loadgen,
+        frontend,
+    };
+    report.write(&out_dir).context("writing report.json")?;
+    Ok(report)
+}
+
+fn set_run_state(io: &Io, clients: &[Addr<AcceleratorClient>], state: RunState) -> anyhow::Result<()> {
+    let clients = clients.to_vec();
+    let results = io.block_on(async move {
+        let all = join_all(clients.iter().map(|c| c.send(SetRunState(state))));
+        tokio::time::timeout(WARMUP_TIMEOUT, all).await
+    })?;
+    let results = results.map_err(|_| anyhow!("accelerators did not acknowledge {state:?} within {WARMUP_TIMEOUT:?}"))?;
+    for r in results {
+        r.map_err(|e| anyhow!("{e}"))?.map_err(|e| anyhow!("{e}"))?;
+    }
+    Ok(())
+}
+
+fn human_bytes(b: f64) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = b;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < units.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", units[u])
+}
+
+fn ms(ns: Option<f64>) -> String {
+    ns.map(|v| format!("{:.2} ms", v / 1e6)).unwrap_or_else(|| "-".into())
+}
+
+/// Prints the run's summary table.
+pub fn print_summary(r: &RunReport, out_dir: &std::path::Path) {
+    let l = &r.loadgen;
+    let f = &r.frontend;
+    let where_ = if r.network { format!("over the network ({} accelerators)", r.accelerators.len()) } else { "in-process (local baseline)".into() };
+    println!("qdl run: {} {} {} {where_}", r.workload.name, r.scenario.as_str(), r.mode.as_str());
+    let row = |k: &str, v: String| println!("  {k:<22} {v}");
+    row("SUT", r.sut_name.clone());
+    if r.mode == ModeName::Performance {
+        let mut verdict = l.validity.clone().unwrap_or_else(|| "-".into());
+        if !l.invalid_reasons.is_empty() {
+            verdict = format!("{verdict} ({})", l.invalid_reasons.join("; "));
+        }
+        row("result", verdict);
+        row("samples/s", l.throughput().map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into()));
+        if let Some(s) = l.scheduled_samples_per_second {
+            row("scheduled samples/s", format!("{s:.1}"));
+        }
+        row(
+            "latency p50/p99/max",
+            format!("{} / {} / {}", ms(l.latency_ns.get("50.00").copied()), ms(l.p99_ns()), ms(l.latency_ns.get("max").copied())),
+        );
+    }
+    row("samples", format!("{} completed, {} failed", thousands(f.samples_completed), thousands(f.sample_errors)));
+    if r.network {
+        let secs = f.wall_seconds.max(1e-9);
+        row(
+            "bytes sent / received",
+            format!("{} ({}/s) / {}", human_bytes(f.bytes_sent as f64), human_bytes(f.bytes_sent as f64 / secs), human_bytes(f.bytes_received as f64)),
+        );
+        row("writes per sample", format!("{:.3}", f.write_calls as f64 / f.samples_completed.max(1) as f64));
+    }
+    for e in &l.errors {
+        row("LoadGen error", e.clone());
+    }
+    row("logs", out_dir.display().to_string());
+}

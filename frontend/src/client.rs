@@ -1,0 +1,274 @@
+//! `AcceleratorClient`: the frontend's actor for one accelerator's control connection. It owns
+//! the sans-IO control [`Endpoint`] (through a [`ControlLink`]), establishes the session, answers
+//! typed requests (the accelerator's name, run-state changes) and reports a dead or failed
+//! accelerator to the run.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::task::Poll;
+use std::time::Duration;
+
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, ResponseFuture};
+use qdl_accelerator::pump::{Nudge, Pump, Pumped};
+use qdl_shared::control::{ControlError, Endpoint, Event, Heartbeat};
+use qdl_shared::control_link::ControlLink;
+use qdl_shared::metrics::frontend as m;
+use qdl_shared::time::Nanos;
+use qdl_shared::transport::TransportError;
+use qdl_shared::wire::message::{Limits, RunState, SessionGrant, SessionRequest};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use crate::connection::FailureHandler;
+
+/// Errors talking to an accelerator's control connection.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The address could not be resolved or connected.
+    #[error("cannot connect to accelerator {addr}: {reason}")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// No answer in time.
+    #[error("accelerator {addr}: timed out {what}")]
+    Timeout {
+        /// The address.
+        addr: String,
+        /// What was awaited.
+        what: &'static str,
+    },
+    /// The control session failed (version mismatch, refusal, protocol error, silence).
+    #[error("accelerator {addr}: {error}")]
+    Control {
+        /// The address.
+        addr: String,
+        /// The failure.
+        error: ControlError,
+    },
+    /// The connection closed.
+    #[error("accelerator {addr}: the control connection closed")]
+    Closed {
+        /// The address.
+        addr: String,
+    },
+}
+
+/// What an established session gives the run.
+#[derive(Debug, Clone)]
+pub struct Established {
+    /// The accelerator's name (from Welcome).
+    pub name: String,
+    /// Its limits.
+    pub limits: Limits,
+    /// The session granted.
+    pub grant: SessionGrant,
+    /// The resolved address.
+    pub addr: SocketAddr,
+}
+
+/// Asks the accelerator for its name (a network round trip).
+#[derive(Message)]
+#[rtype(result = "Result<String, ClientError>")]
+pub struct QueryName;
+
+/// Moves the run to a state; resolves when the accelerator acknowledged it.
+#[derive(Message)]
+#[rtype(result = "Result<(), ClientError>")]
+pub struct SetRunState(pub RunState);
+
+/// Ends the session politely (the run is over).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close;
+
+/// The actor; see the module docs.
+pub struct AcceleratorClient {
+    link: ControlLink,
+    addr: String,
+    name: String,
+    established: Option<oneshot::Sender<Result<(String, Limits, SessionGrant), ClientError>>>,
+    welcome: Option<(String, Limits)>,
+    names: HashMap<u32, oneshot::Sender<Result<String, ClientError>>>,
+    states: HashMap<u32, oneshot::Sender<Result<(), ClientError>>>,
+    on_failure: FailureHandler,
+    closing: bool,
+    nudge: Nudge,
+}
+
+impl AcceleratorClient {
+    /// Connects to `addr`, says hello and asks for `request`; resolves once the session is granted.
+    pub async fn connect(
+        addr: &str,
+        node: &str,
+        request: SessionRequest,
+        heartbeat: Heartbeat,
+        timeout: Duration,
+        on_failure: FailureHandler,
+    ) -> Result<(Addr<AcceleratorClient>, Established), ClientError> {
+        let connect_err = |reason: String| ClientError::Connect { addr: addr.to_string(), reason };
+        let sock = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| connect_err(e.to_string()))?
+            .next()
+            .ok_or_else(|| connect_err("the name resolves to no address".into()))?;
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(sock))
+            .await
+            .map_err(|_| ClientError::Timeout { addr: addr.to_string(), what: "connecting" })?
+            .map_err(|e| connect_err(e.to_string()))?;
+        qdl_shared::transport::tcp::tune(&stream).map_err(|e| connect_err(e.to_string()))?;
+        let endpoint = Endpoint::client(node, request, heartbeat, Nanos::now());
+        let (tx, rx) = oneshot::channel();
+        let actor = AcceleratorClient {
+            link: ControlLink::new(stream, endpoint),
+            addr: addr.to_string(),
+            name: addr.to_string(),
+            established: Some(tx),
+            welcome: None,
+            names: HashMap::new(),
+            states: HashMap::new(),
+            on_failure,
+            closing: false,
+            nudge: Nudge::default(),
+        }
+        .start();
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok((name, limits, grant)))) => Ok((actor, Established { name, limits, grant, addr: sock })),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(ClientError::Closed { addr: addr.to_string() }),
+            Err(_) => {
+                actor.do_send(Close);
+                Err(ClientError::Timeout { addr: addr.to_string(), what: "waiting for the session to be granted" })
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Welcomed { name, limits } => {
+                self.name = name.clone();
+                self.welcome = Some((name, limits));
+            }
+            Event::Established(grant) => {
+                metrics::gauge!(m::ACCELERATOR_UP, "accelerator" => self.name.clone()).set(1.0);
+                if let (Some(tx), Some((name, limits))) = (self.established.take(), self.welcome.clone()) {
+                    let _ = tx.send(Ok((name, limits, grant)));
+                }
+            }
+            Event::Name { request, name } => {
+                if let Some(tx) = self.names.remove(&request) {
+                    let _ = tx.send(Ok(name));
+                }
+            }
+            Event::RunStateAck { request, .. } => {
+                if let Some(tx) = self.states.remove(&request) {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            Event::HeartbeatRtt(rtt) => {
+                metrics::gauge!(m::HEARTBEAT_RTT, "accelerator" => self.name.clone()).set(rtt.as_secs_f64());
+            }
+            Event::Closed => self.fail(ClientError::Closed { addr: self.addr.clone() }),
+            Event::Failed(error) => self.fail(ClientError::Control { addr: self.addr.clone(), error }),
+            // Server-side events never reach a client endpoint.
+            Event::Hello { .. } | Event::ConfigureRequested(_) | Event::RunState { .. } => {}
+        }
+    }
+
+    /// The session is over: answer every waiter, and report it if the run did not ask for it.
+    fn fail(&mut self, err: ClientError) {
+        metrics::gauge!(m::ACCELERATOR_UP, "accelerator" => self.name.clone()).set(0.0);
+        if let Some(tx) = self.established.take() {
+            let _ = tx.send(Err(err.clone()));
+        } else if !self.closing {
+            (self.on_failure)(format!("lost accelerator {} ({}): {err}", self.name, self.addr));
+        }
+        for (_, tx) in self.names.drain() {
+            let _ = tx.send(Err(err.clone()));
+        }
+        for (_, tx) in self.states.drain() {
+            let _ = tx.send(Err(err.clone()));
+        }
+    }
+}
+
+impl Actor for AcceleratorClient {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.spawn(Pump);
+    }
+}
+
+impl Handler<QueryName> for AcceleratorClient {
+    type Result = ResponseFuture<Result<String, ClientError>>;
+
+    fn handle(&mut self, _: QueryName, _ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        match self.link.endpoint.query_name() {
+            Ok(request) => {
+                self.names.insert(request, tx);
+            }
+            Err(error) => {
+                let _ = tx.send(Err(ClientError::Control { addr: self.addr.clone(), error }));
+            }
+        }
+        self.nudge.wake();
+        let addr = self.addr.clone();
+        Box::pin(async move { rx.await.unwrap_or(Err(ClientError::Closed { addr })) })
+    }
+}
+
+impl Handler<SetRunState> for AcceleratorClient {
+    type Result = ResponseFuture<Result<(), ClientError>>;
+
+    fn handle(&mut self, msg: SetRunState, _ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        match self.link.endpoint.set_run_state(msg.0) {
+            Ok(request) => {
+                self.states.insert(request, tx);
+            }
+            Err(error) => {
+                let _ = tx.send(Err(ClientError::Control { addr: self.addr.clone(), error }));
+            }
+        }
+        self.nudge.wake();
+        let addr = self.addr.clone();
+        Box::pin(async move { rx.await.unwrap_or(Err(ClientError::Closed { addr })) })
+    }
+}
+
+impl Handler<Close> for AcceleratorClient {
+    type Result = ();
+
+    fn handle(&mut self, _: Close, _ctx: &mut Context<Self>) {
+        self.closing = true;
+        self.link.endpoint.close();
+        self.nudge.wake();
+    }
+}
+
+impl Pumped for AcceleratorClient {
+    fn poll_pump(&mut self, ctx: &mut Context<Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        self.nudge.register(cx);
+        loop {
+            let io = self.link.poll_io(cx);
+            while let Some(ev) = self.link.endpoint.poll_event() {
+                self.on_event(ev);
+            }
+            match io {
+                Poll::Ready(Ok(())) => continue,
+                Poll::Pending if self.link.endpoint.has_transmit() => continue,
+                Poll::Pending if !self.link.finished() => return Poll::Pending,
+                Poll::Pending => {}
+                Poll::Ready(Err(TransportError::Closed)) if self.link.endpoint.is_done() => {}
+                Poll::Ready(Err(TransportError::Closed)) => self.fail(ClientError::Closed { addr: self.addr.clone() }),
+                Poll::Ready(Err(e)) => self.fail(ClientError::Connect { addr: self.addr.clone(), reason: e.to_string() }),
+            }
+            ctx.stop();
+            return Poll::Ready(());
+        }
+    }
+}

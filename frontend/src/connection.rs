@@ -1,0 +1,342 @@
+//! The frontend's `ConnectionActor`: one per data connection (or per in-process lane of the
+//! local baseline). It owns its [`TransactionTracker`] — no lock, no message per sample.
+//!
+//! Each pump pass:
+//! 1. takes every response that has arrived: the tracker validates (slot, sample id) and frees
+//!    the slot; the output is written into the same slot of the response ring (as an RDMA write
+//!    would place it) and all of them go to LoadGen in one `QuerySamplesComplete`;
+//! 2. takes every submission the QueryIssuer queued on its lane: a slot from the tracker, a
+//!    request frame pointing straight into the loaded sample buffer;
+//! 3. flushes all queued frames with as few writes as possible.
+//!
+//! A protocol violation or a lost connection cannot be recovered here (its samples would be
+//! lost), so it is reported to the run through the failure callback, which ends the run with a
+//! clear error.
+
+use std::sync::Arc;
+use std::task::Poll;
+
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, MessageResult};
+use metrics::{Counter, Gauge, Histogram};
+use qdl_accelerator::pump::{Nudge, Pump, Pumped};
+use qdl_loadgen::{CompletionBuffer, ResponseId};
+use qdl_shared::metrics::frontend as m;
+use qdl_shared::time::Nanos;
+use qdl_shared::tracker::TransactionTracker;
+use qdl_shared::transport::{InitiatorTransport, Payload, PayloadSource, TransportError, TransportStats};
+use qdl_shared::wire::data::{DataErrorCode, DataHeader, FrameKind};
+use serde::{Deserialize, Serialize};
+
+use crate::issuer::{CreditGate, Lane};
+use crate::qsl::SampleStore;
+
+/// Reports a failure that ends the run.
+pub type FailureHandler = Arc<dyn Fn(String) + Send + Sync>;
+
+/// Stops the connection (the run is over).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close;
+
+/// Asks for the connection's counters.
+#[derive(Message)]
+#[rtype(result = "ConnectionStats")]
+pub struct GetStats;
+
+/// A connection's counters, for report.json.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionStats {
+    /// The connection's label.
+    pub label: String,
+    /// Samples completed.
+    pub completed: u64,
+    /// Samples the accelerator answered with an error.
+    pub errors: u64,
+    /// Transport counters.
+    pub bytes_sent: u64,
+    /// Bytes read.
+    pub bytes_received: u64,
+    /// Write calls.
+    pub write_calls: u64,
+    /// Read calls.
+    pub read_calls: u64,
+}
+
+/// Everything a connection actor is built from.
+pub struct ConnectionParts {
+    /// e.g. "acc-0/1".
+    pub label: String,
+    /// The metrics label of its accelerator.
+    pub accelerator: String,
+    /// Its lane in the QueryIssuer.
+    pub lane: Arc<Lane>,
+    /// The attached transport.
+    pub transport: Box<dyn InitiatorTransport>,
+    /// Slots granted (the tracker's size; equals the lane's credits).
+    pub slots: u32,
+    /// Output bytes per sample.
+    pub output_bytes: u32,
+    /// The loaded samples.
+    pub store: Arc<SampleStore>,
+    /// Where the issue thread waits for credits.
+    pub gate: Arc<CreditGate>,
+    /// Ends the run on an unrecoverable failure.
+    pub on_failure: FailureHandler,
+}
+
+struct Done {
+    id: ResponseId,
+    slot: u32,
+    len: u32,
+    error: bool,
+}
+
+/// The actor; see the module docs.
+pub struct ConnectionActor {
+    label: String,
+    lane: Arc<Lane>,
+    transport: Box<dyn InitiatorTransport>,
+    tracker: TransactionTracker<ResponseId>,
+    ring: Vec<u8>,
+    output_bytes: usize,
+    store: Arc<SampleStore>,
+    gate: Arc<CreditGate>,
+    on_failure: FailureHandler,
+    completions: CompletionBuffer,
+    done: Vec<Done>,
+    nudge: Nudge,
+    stats: ConnectionStats,
+    published: TransportStats,
+    completed: Counter,
+    errors: Counter,
+    latency: Histogram,
+    in_flight: Gauge,
+    free_slots: Gauge,
+    bytes_sent: Counter,
+    bytes_received: Counter,
+    write_calls: Counter,
+}
+
+impl ConnectionActor {
+    /// Builds the actor (start it inside the arbiter that will run it).
+    pub fn new(p: ConnectionParts) -> ConnectionActor {
+        let label = p.label.clone();
+        ConnectionActor {
+            lane: p.lane,
+            transport: p.transport,
+            tracker: TransactionTracker::new(p.slots),
+            ring: vec![0; p.slots as usize * p.output_bytes as usize],
+            output_bytes: p.output_bytes as usize,
+            store: p.store,
+            gate: p.gate,
+            on_failure: p.on_failure,
+            completions: CompletionBuffer::with_capacity(1024),
+            done: Vec::with_capacity(1024),
+            nudge: Nudge::default(),
+            stats: ConnectionStats { label: label.clone(), ..Default::default() },
+            published: TransportStats::default(),
+            completed: metrics::counter!(m::SAMPLES_COMPLETED),
+            errors: metrics::counter!(m::SAMPLE_ERRORS, "kind" => "accelerator"),
+            latency: metrics::histogram!(m::LATENCY),
+            in_flight: metrics::gauge!(m::IN_FLIGHT, "connection" => label.clone()),
+            free_slots: metrics::gauge!(m::FREE_SLOTS, "connection" => label.clone()),
+            bytes_sent: metrics::counter!(m::BYTES_SENT, "accelerator" => p.accelerator.clone()),
+            bytes_received: metrics::counter!(m::BYTES_RECEIVED, "accelerator" => p.accelerator.clone()),
+            write_calls: metrics::counter!(m::WRITE_CALLS, "accelerator" => p.accelerator),
+            label,
+        }
+    }
+
+    fn publish(&mut self) {
+        let s = self.transport.stats();
+        self.bytes_sent.increment(s.bytes_sent - self.published.bytes_sent);
+        self.bytes_received.increment(s.bytes_received - self.published.bytes_received);
+        self.write_calls.increment(s.write_calls - self.published.write_calls);
+        self.published = s;
+        self.in_flight.set(self.tracker.in_flight() as f64);
+        self.free_slots.set(self.tracker.free_slots() as f64);
+    }
+
+    /// Takes every response available; returns how many samples completed.
+    fn receive(&mut self, cx: &mut std::task::Context<'_>) -> Result<usize, TransportError> {
+        let mut total = 0;
+        loop {
+            let now = Nanos::now();
+            let Self { transport, tracker, ring, output_bytes, done, latency, label, .. } = self;
+            let ob = *output_bytes;
+            let mut on_response = |h: &DataHeader, payload: &[u8]| {
+                let c = tracker
+                    .handle_response(h.slot, h.sample_id, now)
+                    .map_err(|e| TransportError::Protocol(e.to_string()))?;
+                latency.record(c.latency.as_secs_f64());
+                let error = h.kind == FrameKind::Error;
+                let len = if error {
+                    tracing::warn!(conn = %label, code = ?DataErrorCode::from_u32(h.aux), "sample failed on the accelerator: {}", String::from_utf8_lossy(payload));
+                    0
+                } else {
+                    if payload.len() > ob {
+                        return Err(TransportError::Protocol(format!("response of {} bytes; outputs are {ob} bytes", payload.len())));
+                    }
+                    let at = c.slot as usize * ob;
+                    ring[at..at + payload.len()].copy_from_slice(payload);
+                    payload.len()
+                };
+                done.push(Done { id: c.payload, slot: c.slot, len: len as u32, error });
+                Ok(())
+            };
+            let n = match transport.poll_responses(cx, &mut on_response) {
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => {
+                    self.complete();
+                    return Err(e);
+                }
+                Poll::Pending => 0,
+            };
+            total += self.complete();
+            if n == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Hands the samples in `done` to LoadGen in one call and frees their credits.
+    fn complete(&mut self) -> usize {
+        let n = self.done.len();
+        if n == 0 {
+            return 0;
+        }
+        let mut errors = 0;
+        {
+            let mut batch = self.completions.batch();
+            for d in self.done.drain(..) {
+                errors += d.error as u64;
+                let at = d.slot as usize * self.output_bytes;
+                batch.push(d.id, &self.ring[at..at + d.len as usize]);
+            }
+        }
+        self.lane.release(n as u32);
+        self.gate.notify();
+        self.completed.increment(n as u64);
+        self.stats.completed += n as u64;
+        if errors > 0 {
+            self.errors.increment(errors);
+            self.stats.errors += errors;
+        }
+        n
+    }
+
+    /// Turns queued submissions into request frames; returns how many.
+    fn submit(&mut self) -> usize {
+        if !self.lane.has_work() {
+            return 0;
+        }
+        let set = self.store.current();
+        let now = Nanos::now();
+        let mut n = 0;
+        while let Some(sub) = self.lane.pop() {
+            let Some((set, offset)) = set.as_ref().and_then(|s| s.offset(sub.index).map(|o| (s, o))) else {
+                // LoadGen only issues loaded samples; answering keeps LoadGen whole if it ever did not.
+                tracing::error!(conn = %self.label, index = sub.index, "LoadGen issued a sample that is not loaded; failing it");
+                self.done.push(Done { id: sub.id, slot: 0, len: 0, error: true });
+                continue;
+            };
+            let len = set.sample_bytes();
+            let source: Arc<dyn PayloadSource> = set.clone();
+            let payload = Payload::new(source, offset, len).expect("offset comes from the set itself");
+            let sample_id = sub.id.raw();
+            match self.tracker.handle_submit(sample_id, sub.id, now) {
+                Ok(slot) => {
+                    self.transport.push_request(DataHeader::request(slot, sample_id, len as u32, sub.index as u32), payload);
+                    n += 1;
+                }
+                Err((e, id)) => {
+                    // Credits equal slots, so this is a bug; never lose the sample over it.
+                    tracing::error!(conn = %self.label, "{e}; failing the sample");
+                    self.done.push(Done { id, slot: 0, len: 0, error: true });
+                }
+            }
+        }
+        n
+    }
+
+    fn fail(&mut self, err: TransportError, ctx: &mut Context<Self>) -> Poll<()> {
+        self.lane.close();
+        let kind = match &err {
+            TransportError::Closed => "closed",
+            TransportError::Io { .. } => "io",
+            _ => "protocol",
+        };
+        metrics::counter!(m::CONNECTION_ERRORS, "kind" => kind).increment(1);
+        let in_flight = self.tracker.in_flight();
+        if in_flight > 0 || self.lane.has_work() {
+            (self.on_failure)(format!("data connection {} failed with {in_flight} samples in flight: {err}", self.label));
+        } else {
+            tracing::info!(conn = %self.label, "data connection closed: {err}");
+        }
+        ctx.stop();
+        Poll::Ready(())
+    }
+}
+
+impl Actor for ConnectionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.spawn(Pump);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.publish();
+        self.lane.close();
+    }
+}
+
+impl Handler<Close> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Close, ctx: &mut Context<Self>) {
+        self.lane.close();
+        ctx.stop();
+    }
+}
+
+impl Handler<GetStats> for ConnectionActor {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _ctx: &mut Context<Self>) -> MessageResult<GetStats> {
+        let s = self.transport.stats();
+        let mut stats = self.stats.clone();
+        stats.bytes_sent = s.bytes_sent;
+        stats.bytes_received = s.bytes_received;
+        stats.write_calls = s.write_calls;
+        stats.read_calls = s.read_calls;
+        MessageResult(stats)
+    }
+}
+
+impl Pumped for ConnectionActor {
+    fn poll_pump(&mut self, ctx: &mut Context<Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        self.nudge.register(cx);
+        loop {
+            let received = match self.receive(cx) {
+                Ok(n) => n,
+                Err(e) => return self.fail(e, ctx),
+            };
+            let sent = self.submit();
+            // Samples failed while submitting are completed right away.
+            self.complete();
+            if let Poll::Ready(Err(e)) = self.transport.poll_flush(cx) {
+                return self.fail(e, ctx);
+            }
+            if received == 0 && sent == 0 {
+                self.lane.register(cx.waker());
+                // A submission may have arrived between the last pop and the registration.
+                if self.lane.has_work() {
+                    continue;
+                }
+                self.publish();
+                return Poll::Pending;
+            }
+        }
+    }
+}

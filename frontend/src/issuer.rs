@@ -1,0 +1,340 @@
+//! The `QueryIssuer`: turns LoadGen's queries into per-sample submissions and arbitrates among
+//! connections.
+//!
+//! It runs synchronously on LoadGen's issue thread (no actor hop): for each sample it picks a
+//! [`Lane`] (a connection's submission side) with the [`Dispatcher`] policy, reserves one of the
+//! lane's credits (= free slots of its tracker), pushes the sample into the lane's bounded
+//! lock-free queue and wakes the lane's `ConnectionActor`. Nothing is batched or cached: each
+//! sample becomes its own transaction (Network division rules). When every lane is out of
+//! credits the issue thread waits on the [`CreditGate`] — back-pressure that LoadGen measures,
+//! never an unbounded queue.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
+use futures::task::AtomicWaker;
+use metrics::Counter;
+use qdl_loadgen::IssuedSamples;
+use qdl_shared::config::Dispatch;
+use qdl_shared::metrics::frontend as m;
+
+/// One sample handed to a connection: LoadGen's token and the sample's QSL index.
+pub type Submission = qdl_loadgen::QuerySample;
+
+/// The issuer's side of one connection: a bounded queue, credits and a waker.
+pub struct Lane {
+    label: String,
+    queue: ArrayQueue<Submission>,
+    reserved: AtomicU32,
+    capacity: u32,
+    waker: AtomicWaker,
+    open: AtomicBool,
+    completed: AtomicU64,
+}
+
+impl Lane {
+    /// A lane with `capacity` credits (the connection's slot count).
+    pub fn new(label: impl Into<String>, capacity: u32) -> Arc<Lane> {
+        let capacity = capacity.max(1);
+        Arc::new(Lane {
+            label: label.into(),
+            queue: ArrayQueue::new(capacity as usize),
+            reserved: AtomicU32::new(0),
+            capacity,
+            waker: AtomicWaker::new(),
+            open: AtomicBool::new(true),
+            completed: AtomicU64::new(0),
+        })
+    }
+
+    /// The connection's label.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Credits in use: samples queued or in flight.
+    pub fn in_flight(&self) -> u32 {
+        self.reserved.load(Ordering::Acquire)
+    }
+
+    /// Credits in total.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Whether the lane accepts samples.
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Samples completed through this lane.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+    }
+
+    fn try_reserve(&self) -> bool {
+        let prev = self.reserved.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.capacity || !self.is_open() {
+            self.reserved.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// The connection takes the next submission.
+    pub fn pop(&self) -> Option<Submission> {
+        self.queue.pop()
+    }
+
+    /// Whether submissions are waiting.
+    pub fn has_work(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// The connection will be woken when a submission arrives.
+    pub fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+    }
+
+    /// `n` samples completed: their credits are free again.
+    pub fn release(&self, n: u32) {
+        self.reserved.fetch_sub(n, Ordering::AcqRel);
+        self.completed.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The connection is gone: no more samples go to it.
+    pub fn close(&self) {
+        self.open.store(false, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn wake(&self) {
+        self.waker.wake();
+    }
+}
+
+/// The arbitration policy, sans-IO: picks a lane from a view of the lanes' credits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatcher {
+    /// Each lane in turn, skipping full ones.
+    RoundRobin,
+    /// The lane with the fewest samples in flight (NVIDIA's "smart balance").
+    LeastInFlight,
+}
+
+impl Dispatcher {
+    /// The policy for `dispatch` in `scenario` ("auto": round-robin in Offline).
+    pub fn for_config(dispatch: Dispatch, offline: bool) -> Dispatcher {
+        match dispatch {
+            Dispatch::RoundRobin => Dispatcher::RoundRobin,
+            Dispatch::LeastInFlight => Dispatcher::LeastInFlight,
+            Dispatch::Auto if offline => Dispatcher::RoundRobin,
+            Dispatch::Auto => Dispatcher::LeastInFlight,
+        }
+    }
+
+    /// Picks among `n` lanes, starting the scan at `start`; `view(i)` gives lane `i`'s
+    /// (in flight, capacity, open). `None` when every lane is full or closed.
+    pub fn pick(self, n: usize, start: usize, view: impl Fn(usize) -> (u32, u32, bool)) -> Option<usize> {
+        let mut best: Option<(usize, u32)> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let (in_flight, capacity, open) = view(i);
+            if !open || in_flight >= capacity {
+                continue;
+            }
+            match self {
+                Dispatcher::RoundRobin => return Some(i),
+                Dispatcher::LeastInFlight => {
+                    if best.is_none_or(|(_, b)| in_flight < b) {
+                        best = Some((i, in_flight));
+                    }
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+}
+
+/// Where the issue thread waits when every lane is out of credits.
+#[derive(Default)]
+pub struct CreditGate {
+    waiting: AtomicBool,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl CreditGate {
+    /// Waits until `ready()` or `timeout`. `ready` is re-checked after announcing the wait, so a
+    /// release that races with the wait is never missed.
+    pub fn wait(&self, ready: impl Fn() -> bool, timeout: Duration) {
+        let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.waiting.store(true, Ordering::SeqCst);
+        if ready() {
+            self.waiting.store(false, Ordering::SeqCst);
+            return;
+        }
+        let _ = self.cv.wait_timeout(guard, timeout);
+    }
+
+    /// Credits were released: wakes the issue thread if it waits (a relaxed check otherwise).
+    pub fn notify(&self) {
+        if self.waiting.swap(false, Ordering::SeqCst) {
+            let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.cv.notify_all();
+        }
+    }
+}
+
+/// What the issuer does when no lane is left at all.
+pub type NoLaneHandler = Box<dyn Fn(&str) + Send + Sync>;
+
+/// The QueryIssuer; see the module docs.
+pub struct QueryIssuer {
+    lanes: Vec<Arc<Lane>>,
+    dispatcher: Dispatcher,
+    next: AtomicUsize,
+    gate: Arc<CreditGate>,
+    issued: Counter,
+    waits: Counter,
+    issued_total: AtomicU64,
+    on_no_lane: NoLaneHandler,
+}
+
+impl QueryIssuer {
+    /// An issuer over `lanes`; `gate` is the one the connections notify.
+    pub fn new(lanes: Vec<Arc<Lane>>, dispatcher: Dispatcher, gate: Arc<CreditGate>, on_no_lane: NoLaneHandler) -> QueryIssuer {
+        QueryIssuer {
+            lanes,
+            dispatcher,
+            next: AtomicUsize::new(0),
+            gate,
+            issued: metrics::counter!(m::SAMPLES_ISSUED),
+            waits: metrics::counter!(m::ISSUE_WAITS),
+            issued_total: AtomicU64::new(0),
+            on_no_lane,
+        }
+    }
+
+    /// The lanes.
+    pub fn lanes(&self) -> &[Arc<Lane>] {
+        &self.lanes
+    }
+
+    /// Samples issued so far.
+    pub fn issued(&self) -> u64 {
+        self.issued_total.load(Ordering::Relaxed)
+    }
+
+    /// Samples completed so far (all lanes).
+    pub fn completed(&self) -> u64 {
+        self.lanes.iter().map(|l| l.completed()).sum()
+    }
+
+    /// Places every sample of one LoadGen query; blocks while every lane is out of credits.
+    pub fn issue(&self, samples: IssuedSamples<'_>) {
+        let n = samples.len() as u64;
+        let lanes = &self.lanes;
+        for sample in samples {
+            let mut sample = Some(sample);
+            while let Some(s) = sample.take() {
+                let start = self.next.load(Ordering::Relaxed);
+                let view = |i: usize| (lanes[i].in_flight(), lanes[i].capacity, lanes[i].is_open());
+                match self.dispatcher.pick(lanes.len(), start, view) {
+                    Some(i) if lanes[i].try_reserve() => {
+                        self.next.store(i + 1, Ordering::Relaxed);
+                        // Cannot fail: a reserved credit guarantees room in the queue.
+                        if let Err(back) = lanes[i].queue.push(s) {
+                            lanes[i].release(1);
+                            sample = Some(back);
+                            continue;
+                        }
+                        lanes[i].wake();
+                    }
+                    Some(_) => sample = Some(s),
+                    None if lanes.iter().all(|l| !l.is_open()) => {
+                        (self.on_no_lane)("no accelerator connection is left");
+                        return;
+                    }
+                    None => {
+                        self.waits.increment(1);
+                        let any_free = || lanes.iter().any(|l| l.is_open() && l.in_flight() < l.capacity);
+                        self.gate.wait(any_free, Duration::from_millis(5));
+                        sample = Some(s);
+                    }
+                }
+            }
+        }
+        self.issued.increment(n);
+        self.issued_total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// LoadGen's FlushQueries: every sample is already on its way; make sure every lane is awake.
+    pub fn flush(&self) {
+        for l in &self.lanes {
+            l.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_robin_rotates_and_skips_full_or_closed_lanes() {
+        let lanes = [(0, 2, true), (2, 2, false), (1, 2, true), (0, 2, false)];
+        let view = |i: usize| lanes[i];
+        let d = Dispatcher::RoundRobin;
+        assert_eq!(d.pick(4, 0, view), Some(0));
+        assert_eq!(d.pick(4, 1, view), Some(2));
+        assert_eq!(d.pick(4, 3, view), Some(0));
+        let full = |_| (2, 2, true);
+        assert_eq!(d.pick(4, 0, full), None);
+    }
+
+    #[test]
+    fn least_in_flight_picks_the_emptiest_open_lane() {
+        let lanes = [(5, 8, true), (1, 8, false), (3, 8, true), (3, 8, true)];
+        let d = Dispatcher::LeastInFlight;
+        assert_eq!(d.pick(4, 0, |i| lanes[i]), Some(2));
+        // Ties go to the first lane after the rotating start.
+        assert_eq!(d.pick(4, 3, |i| lanes[i]), Some(3));
+        assert_eq!(Dispatcher::for_config(Dispatch::Auto, true), Dispatcher::RoundRobin);
+        assert_eq!(Dispatcher::for_config(Dispatch::Auto, false), Dispatcher::LeastInFlight);
+    }
+
+    #[test]
+    fn lane_credits_bound_the_queue() {
+        let lane = Lane::new("x", 2);
+        assert!(lane.try_reserve() && lane.try_reserve());
+        assert!(!lane.try_reserve());
+        assert_eq!(lane.in_flight(), 2);
+        lane.release(1);
+        assert!(lane.try_reserve());
+        lane.close();
+        lane.release(2);
+        assert!(!lane.try_reserve(), "a closed lane takes nothing");
+    }
+
+    #[test]
+    fn gate_wakes_on_release_and_never_misses_one() {
+        let gate = Arc::new(CreditGate::default());
+        let lane = Lane::new("x", 1);
+        assert!(lane.try_reserve());
+        let (g, l) = (gate.clone(), lane.clone());
+        let t = std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            while l.in_flight() >= 1 {
+                g.wait(|| l.in_flight() < 1, Duration::from_secs(10));
+            }
+            start.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        lane.release(1);
+        gate.notify();
+        assert!(t.join().unwrap() < Duration::from_secs(5), "woken by notify, not by the timeout");
+    }
+}

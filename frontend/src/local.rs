@@ -1,0 +1,95 @@
+//! The in-process transport of the local ("Closed division") baseline: the same QueryIssuer,
+//! `ConnectionActor`, tracker, batcher, workers and backend as over the network, with the wire
+//! replaced by direct hand-offs. Requests become [`WorkItem`]s that point straight into the loaded
+//! sample buffer; the workers' replies come back through a bounded channel.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use qdl_accelerator::worker::{Input, Replies, ReplySink, WorkItem, WorkerSender, refuse};
+use qdl_shared::transport::{InitiatorTransport, Payload, TransportError, TransportStats};
+use qdl_shared::wire::data::{DataErrorCode, DataHeader};
+use qdl_shared::workload::WorkloadSpec;
+use tokio::sync::mpsc;
+
+struct ChannelSink(mpsc::Sender<Replies>);
+
+impl ReplySink for ChannelSink {
+    fn deliver(&self, replies: Replies) {
+        // Capacity is the lane's slot count and each message answers at least one of its samples,
+        // so this only fails once the connection is gone.
+        let _ = self.0.try_send(replies);
+    }
+}
+
+/// An in-process "connection" to one worker; see the module docs.
+pub struct LocalTransport {
+    worker: WorkerSender,
+    spec: Arc<WorkloadSpec>,
+    sink: Arc<dyn ReplySink>,
+    replies: mpsc::Receiver<Replies>,
+    stats: TransportStats,
+}
+
+impl LocalTransport {
+    /// A transport to `worker` for a lane of `slots` slots.
+    pub fn new(worker: WorkerSender, spec: Arc<WorkloadSpec>, slots: u32) -> LocalTransport {
+        let (tx, rx) = mpsc::channel(slots as usize + 1);
+        LocalTransport { worker, spec, sink: Arc::new(ChannelSink(tx)), replies: rx, stats: TransportStats::default() }
+    }
+}
+
+impl InitiatorTransport for LocalTransport {
+    fn push_request(&mut self, header: DataHeader, payload: Payload) {
+        self.stats.frames_sent += 1;
+        let item = WorkItem {
+            input: Input::Buffer(payload),
+            sample_id: header.sample_id,
+            slot: header.slot,
+            reply: self.sink.clone(),
+            spec: self.spec.clone(),
+        };
+        if let Err(item) = self.worker.try_submit(item) {
+            refuse(item, DataErrorCode::Overloaded, "the worker's queue is full");
+        }
+    }
+
+    fn queued(&self) -> usize {
+        0
+    }
+
+    fn poll_flush(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_responses(
+        &mut self,
+        cx: &mut Context<'_>,
+        on_response: &mut dyn FnMut(&DataHeader, &[u8]) -> Result<(), TransportError>,
+    ) -> Poll<Result<usize, TransportError>> {
+        let mut n = 0;
+        loop {
+            match self.replies.poll_recv(cx) {
+                Poll::Ready(Some(r)) => {
+                    for (i, e) in r.entries.iter().enumerate() {
+                        match &r.error {
+                            None => on_response(&DataHeader::response(e.slot, e.sample_id, r.output_bytes as u32), r.output(i))?,
+                            Some((code, msg)) => {
+                                on_response(&DataHeader::error(e.slot, e.sample_id, *code, msg.len() as u32), msg.as_bytes())?
+                            }
+                        }
+                    }
+                    n += r.entries.len();
+                    self.stats.frames_received += r.entries.len() as u64;
+                }
+                Poll::Ready(None) => return Poll::Ready(Err(TransportError::Closed)),
+                Poll::Pending => break,
+            }
+        }
+        if n > 0 { Poll::Ready(Ok(n)) } else { Poll::Pending }
+    }
+
+    fn stats(&self) -> TransportStats {
+        self.stats
+    }
+}

@@ -1,0 +1,201 @@
+//! `qdl-frontend`: runs the official MLPerf LoadGen against accelerators across the network.
+
+mod app;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use qdl_shared::config::{AcceleratorConfig, Dispatch, FrontendConfig, ModeName, ScenarioName};
+
+use app::progress::ProgressMode;
+
+/// Runs the official MLPerf LoadGen against accelerators across the network.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one LoadGen test over the network (or in-process with --local).
+    Run(RunArgs),
+    /// Check every response of an accuracy run against the reference outputs.
+    CheckAccuracy {
+        /// A run's output directory (holds report.json and mlperf_log_accuracy.json).
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Config file (TOML, see config/frontend.toml); flags below override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// An accelerator as HOST:PORT; repeat for several (replaces frontend.accelerators).
+    #[arg(long = "accelerator", short = 'a')]
+    accelerators: Vec<String>,
+    /// Workload (resnet50, bert, or a name described in [workload.spec]).
+    #[arg(long, short)]
+    workload: Option<String>,
+    /// LoadGen scenario.
+    #[arg(long, short, value_parser = ["offline", "server", "singlestream", "multistream"])]
+    scenario: Option<String>,
+    /// LoadGen mode.
+    #[arg(long, short, value_parser = ["performance", "accuracy"])]
+    mode: Option<String>,
+    /// Directory for LoadGen's logs and report.json.
+    #[arg(long, short)]
+    output_dir: Option<PathBuf>,
+    /// A LoadGen user.conf, applied after mlperf.conf.
+    #[arg(long)]
+    user_conf: Option<PathBuf>,
+    /// Run the in-process baseline ("Closed division"): same batcher, workers and backend, no network.
+    #[arg(long)]
+    local: bool,
+    /// The accelerator config the local baseline runs (overrides local.accelerator_config).
+    #[arg(long)]
+    accelerator_config: Option<PathBuf>,
+    /// Accelerators in the local box (overrides local.accelerators).
+    #[arg(long)]
+    local_accelerators: Option<u32>,
+    /// Data connections per accelerator.
+    #[arg(long)]
+    connections: Option<u32>,
+    /// Slots per connection.
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Dispatch policy.
+    #[arg(long, value_parser = ["auto", "round-robin", "least-in-flight"])]
+    dispatch: Option<String>,
+    /// Minimum test duration, ms.
+    #[arg(long)]
+    min_duration_ms: Option<u64>,
+    /// Minimum query count.
+    #[arg(long)]
+    min_query_count: Option<u64>,
+    /// Server target QPS.
+    #[arg(long)]
+    target_qps: Option<f64>,
+    /// Offline expected QPS.
+    #[arg(long)]
+    expected_qps: Option<f64>,
+    /// Samples in the QSL.
+    #[arg(long)]
+    total_samples: Option<u32>,
+    /// Samples loaded at once.
+    #[arg(long)]
+    performance_samples: Option<u32>,
+    /// Accuracy mode: only this many samples.
+    #[arg(long)]
+    accuracy_samples: Option<u64>,
+    /// Seed of the sample generator.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// A directory of .npy samples instead of generated ones.
+    #[arg(long)]
+    dataset: Option<PathBuf>,
+    /// Prometheus metrics address ("" disables).
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Progress output.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressMode,
+    /// Exit with status 3 when LoadGen judges the run INVALID.
+    #[arg(long)]
+    require_valid: bool,
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(v: &str) -> anyhow::Result<T> {
+    Ok(serde_json::from_value(serde_json::Value::String(v.to_string()))?)
+}
+
+fn frontend_config(a: &RunArgs) -> anyhow::Result<FrontendConfig> {
+    let mut c = match &a.config {
+        Some(p) => FrontendConfig::load(p)?,
+        None => FrontendConfig::default(),
+    };
+    if !a.accelerators.is_empty() {
+        c.frontend.accelerators = a.accelerators.clone();
+    }
+    if let Some(v) = &a.workload {
+        c.workload.name = v.clone();
+    }
+    if let Some(v) = &a.scenario {
+        c.loadgen.scenario = parse_enum::<ScenarioName>(v)?;
+    }
+    if let Some(v) = &a.mode {
+        c.loadgen.mode = parse_enum::<ModeName>(v)?;
+    }
+    if let Some(v) = &a.output_dir {
+        c.loadgen.output_dir = v.clone();
+    }
+    if let Some(v) = &a.user_conf {
+        c.loadgen.user_conf = Some(v.clone());
+    }
+    if let Some(v) = &a.accelerator_config {
+        c.local.accelerator_config = Some(v.clone());
+    }
+    if let Some(v) = a.local_accelerators {
+        c.local.accelerators = v;
+    }
+    if let Some(v) = a.connections {
+        c.frontend.connections_per_accelerator = v;
+    }
+    if let Some(v) = a.slots {
+        c.frontend.slots_per_connection = v;
+    }
+    if let Some(v) = &a.dispatch {
+        c.frontend.dispatch = parse_enum::<Dispatch>(v)?;
+    }
+    c.loadgen.min_duration_ms = a.min_duration_ms.or(c.loadgen.min_duration_ms);
+    c.loadgen.min_query_count = a.min_query_count.or(c.loadgen.min_query_count);
+    c.loadgen.server_target_qps = a.target_qps.or(c.loadgen.server_target_qps);
+    c.loadgen.offline_expected_qps = a.expected_qps.or(c.loadgen.offline_expected_qps);
+    c.loadgen.accuracy_sample_count = a.accuracy_samples.or(c.loadgen.accuracy_sample_count);
+    c.workload.total_samples = a.total_samples.or(c.workload.total_samples);
+    c.workload.performance_samples = a.performance_samples.or(c.workload.performance_samples);
+    if let Some(v) = a.seed {
+        c.workload.seed = v;
+    }
+    if let Some(v) = &a.dataset {
+        c.workload.dataset_dir = Some(v.clone());
+    }
+    if let Some(v) = &a.metrics_listen {
+        c.frontend.metrics_listen = v.clone();
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
+    let config = frontend_config(&a)?;
+    qdl_shared::telemetry::init_logging(&config.log)?;
+    qdl_shared::telemetry::install_metrics(&config.frontend.metrics_listen)?;
+    qdl_shared::metrics::describe_frontend();
+    let accelerator_config = match &config.local.accelerator_config {
+        Some(p) => AcceleratorConfig::load(p)?,
+        None => AcceleratorConfig::default(),
+    };
+    let out = config.loadgen.output_dir.clone();
+    let report = app::run::run(app::run::RunOptions { config, local: a.local, accelerator_config, progress: a.progress })?;
+    app::run::print_summary(&report, &out);
+    if a.require_valid && report.mode == ModeName::Performance && !report.loadgen.is_valid() {
+        return Ok(3);
+    }
+    Ok(0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run(a) => cmd_run(a)?,
+        Command::CheckAccuracy { dir } => {
+            let v = app::accuracy::check(&dir).with_context(|| format!("checking {}", dir.display()))?;
+            if app::accuracy::print(&v) { 0 } else { 1 }
+        }
+    };
+    std::process::exit(code);
+}

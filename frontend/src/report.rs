@@ -1,0 +1,233 @@
+//! What a run leaves beside LoadGen's logs: `report.json` ([`RunReport`]), and the parsing of
+//! LoadGen's `mlperf_log_detail.txt` into a [`LoadgenResult`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use qdl_shared::config::{ModeName, ScenarioName};
+use qdl_shared::workload::WorkloadSpec;
+use serde::{Deserialize, Serialize};
+
+use crate::connection::ConnectionStats;
+use crate::qsl::DatasetInfo;
+
+/// The file name of the report.
+pub const REPORT_FILE: &str = "report.json";
+
+/// LoadGen's verdict and figures, from its detail log.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadgenResult {
+    /// "VALID" or "INVALID" (performance mode).
+    pub validity: Option<String>,
+    /// Offline/SingleStream/MultiStream throughput, samples/s.
+    pub samples_per_second: Option<f64>,
+    /// Server: the scheduled rate, samples/s.
+    pub scheduled_samples_per_second: Option<f64>,
+    /// Server: the completed rate, samples/s.
+    pub completed_samples_per_second: Option<f64>,
+    /// Sample latencies, ns: "min", "max", "mean", and percentiles such as "99.00".
+    pub latency_ns: BTreeMap<String, f64>,
+    /// Whether the minimum duration was met.
+    pub min_duration_met: Option<bool>,
+    /// Whether the minimum query count was met.
+    pub min_queries_met: Option<bool>,
+    /// Whether the latency constraints were met.
+    pub perf_constraints_met: Option<bool>,
+    /// LoadGen's reasons for INVALID.
+    pub invalid_reasons: Vec<String>,
+    /// Errors LoadGen logged.
+    pub errors: Vec<String>,
+    /// Samples LoadGen counted in its result.
+    pub sample_count: Option<u64>,
+    /// LoadGen's QSL size as it reported it.
+    pub qsl_total: Option<u64>,
+}
+
+impl LoadgenResult {
+    /// The throughput figure for the scenario: completed samples/s where LoadGen reports it
+    /// (Server), else samples/s.
+    pub fn throughput(&self) -> Option<f64> {
+        self.completed_samples_per_second.or(self.samples_per_second)
+    }
+
+    /// The 99th percentile latency, ns.
+    pub fn p99_ns(&self) -> Option<f64> {
+        self.latency_ns.get("99.00").copied()
+    }
+
+    /// Whether LoadGen judged the run VALID.
+    pub fn is_valid(&self) -> bool {
+        self.validity.as_deref() == Some("VALID")
+    }
+}
+
+/// Parses `mlperf_log_detail.txt` (lines `:::MLLOG {json}`).
+pub fn parse_detail_log(path: &Path) -> std::io::Result<LoadgenResult> {
+    let text = std::fs::read_to_string(path)?;
+    let mut r = LoadgenResult::default();
+    for line in text.lines() {
+        let Some(json) = line.strip_prefix(":::MLLOG ") else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else { continue };
+        let key = v.get("key").and_then(|k| k.as_str()).unwrap_or_default();
+        let value = v.get("value").cloned().unwrap_or_default();
+        let f = value.as_f64();
+        let b = value.as_bool();
+        match key {
+            "result_validity" => r.validity = value.as_str().map(str::to_string),
+            "result_samples_per_second" => r.samples_per_second = f,
+            "result_scheduled_samples_per_sec" => r.scheduled_samples_per_second = f,
+            "result_completed_samples_per_sec" => r.completed_samples_per_second = f,
+            "result_min_duration_met" => r.min_duration_met = b,
+            "result_min_queries_met" => r.min_queries_met = b,
+            "result_perf_constraints_met" => r.perf_constraints_met = b,
+            "result_invalid_reason" => r.invalid_reasons.push(value.as_str().unwrap_or_default().to_string()),
+            "result_query_count" => r.sample_count = value.as_u64(),
+            "qsl_reported_total_count" => r.qsl_total = value.as_u64(),
+            "error_invalid_config" | "error_runtime" | "error_invalid_test_duration" => {
+                r.errors.push(format!("{key}: {}", value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string())))
+            }
+            "result_min_latency_ns" => insert(&mut r.latency_ns, "min", f),
+            "result_max_latency_ns" => insert(&mut r.latency_ns, "max", f),
+            "result_mean_latency_ns" => insert(&mut r.latency_ns, "mean", f),
+            k => {
+                // "result_99.00_percentile_latency_ns" (not the per-query or token variants).
+                if let Some(p) = k.strip_prefix("result_").and_then(|s| s.strip_suffix("_percentile_latency_ns")) {
+                    insert(&mut r.latency_ns, p, f);
+                } else if v.get("metadata").and_then(|m| m.get("is_error")).and_then(|e| e.as_bool()) == Some(true) {
+                    r.errors.push(format!("{k}: {value}"));
+                }
+            }
+        }
+    }
+    Ok(r)
+}
+
+fn insert(map: &mut BTreeMap<String, f64>, k: &str, v: Option<f64>) {
+    if let Some(v) = v {
+        map.insert(k.to_string(), v);
+    }
+}
+
+/// One accelerator of the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AcceleratorReport {
+    /// Its address ("in-process" for the baseline).
+    pub address: String,
+    /// Its name.
+    pub name: String,
+    /// Data connections.
+    pub connections: u32,
+    /// Slots per connection.
+    pub slots_per_connection: u32,
+    /// Backend.
+    pub backend: String,
+    /// Workers.
+    pub workers: u32,
+    /// Largest batch.
+    pub max_batch: u32,
+}
+
+/// The frontend's own figures.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FrontendReport {
+    /// Wall time of the LoadGen test, s.
+    pub wall_seconds: f64,
+    /// Samples LoadGen issued.
+    pub samples_issued: u64,
+    /// Samples completed back to LoadGen.
+    pub samples_completed: u64,
+    /// Samples the accelerators failed.
+    pub sample_errors: u64,
+    /// Bytes written on data connections.
+    pub bytes_sent: u64,
+    /// Bytes read on data connections.
+    pub bytes_received: u64,
+    /// Write calls on data connections.
+    pub write_calls: u64,
+    /// The dispatch policy used.
+    pub dispatch: String,
+    /// Per connection.
+    pub connections: Vec<ConnectionStats>,
+}
+
+/// `report.json`: everything about a run that LoadGen's logs do not hold, including what
+/// `check-accuracy` needs to rebuild every sample.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReport {
+    /// qdl's version.
+    pub qdl_version: String,
+    /// LoadGen's version.
+    pub loadgen_version: String,
+    /// Over the network (true) or the in-process baseline.
+    pub network: bool,
+    /// LoadGen's SUT name.
+    pub sut_name: String,
+    /// The workload's tensors.
+    pub workload: WorkloadSpec,
+    /// Where samples came from.
+    pub dataset: DatasetInfo,
+    /// QSL size.
+    pub total_samples: usize,
+    /// Samples loaded at once.
+    pub performance_samples: usize,
+    /// Scenario.
+    pub scenario: ScenarioName,
+    /// Mode.
+    pub mode: ModeName,
+    /// The accelerators.
+    pub accelerators: Vec<AcceleratorReport>,
+    /// LoadGen's verdict and figures.
+    pub loadgen: LoadgenResult,
+    /// The frontend's figures.
+    pub frontend: FrontendReport,
+}
+
+impl RunReport {
+    /// Reads `dir/report.json`.
+    pub fn read(dir: &Path) -> Result<RunReport, String> {
+        let path = dir.join(REPORT_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{} is not a qdl report: {e}", path.display()))
+    }
+
+    /// Writes `dir/report.json`.
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(dir.join(REPORT_FILE), text + "\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_loadgen_detail_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("mlperf_log_detail.txt");
+        std::fs::write(
+            &p,
+            [
+                r#":::MLLOG {"key": "result_validity", "value": "INVALID", "time_ms": 1.0, "namespace": "mlperf::logging", "event_type": "POINT_IN_TIME", "metadata": {"is_error": false, "is_warning": false, "file": "x", "line_no": 1, "pid": 1, "tid": 1}}"#,
+                r#":::MLLOG {"key": "result_samples_per_second", "value": 1234.5, "time_ms": 1.0}"#,
+                r#":::MLLOG {"key": "result_99.00_percentile_latency_ns", "value": 4000000, "time_ms": 1.0}"#,
+                r#":::MLLOG {"key": "result_99.00_percentile_per_query_latency_ns", "value": 9, "time_ms": 1.0}"#,
+                r#":::MLLOG {"key": "result_min_duration_met", "value": false, "time_ms": 1.0}"#,
+                r#":::MLLOG {"key": "result_invalid_reason", "value": "Reduce target QPS", "time_ms": 1.0}"#,
+                r#":::MLLOG {"key": "error_invalid_config", "value": "can't open file x", "time_ms": 1.0}"#,
+                "garbage line",
+                ":::MLLOG {not json",
+            ]
+            .join("\n"),
+        )
+        .unwrap();
+        let r = parse_detail_log(&p).unwrap();
+        assert!(!r.is_valid());
+        assert_eq!(r.throughput(), Some(1234.5));
+        assert_eq!(r.p99_ns(), Some(4e6));
+        assert_eq!(r.latency_ns.len(), 1, "per-query percentiles are not sample latencies");
+        assert_eq!(r.min_duration_met, Some(false));
+        assert_eq!(r.invalid_reasons, vec!["Reduce target QPS"]);
+        assert_eq!(r.errors.len(), 1);
+    }
+}
