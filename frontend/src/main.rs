@@ -22,11 +22,37 @@ struct Cli {
 enum Command {
     /// Run one LoadGen test over the network (or in-process with --local).
     Run(RunArgs),
+    /// The lab: two accelerators on loopback, each workload and scenario over the network and
+    /// in-process, and a table of the ratios (the README's first command).
+    Lab(LabArgs),
     /// Check every response of an accuracy run against the reference outputs.
     CheckAccuracy {
         /// A run's output directory (holds report.json and mlperf_log_accuracy.json).
         dir: PathBuf,
     },
+}
+
+#[derive(Args, Debug)]
+struct LabArgs {
+    /// Workloads to run.
+    #[arg(long, short, value_parser = ["resnet50", "bert", "all"], default_value = "all")]
+    workload: String,
+    /// Scenarios to run.
+    #[arg(long, short, value_parser = ["offline", "server", "all"], default_value = "all")]
+    scenario: String,
+    /// Where the lab writes its runs and lab-report.json.
+    #[arg(long, short, default_value = "lab-results")]
+    output_dir: PathBuf,
+    /// Minimum duration of each LoadGen test, ms.
+    #[arg(long, default_value_t = 5000)]
+    duration_ms: u64,
+    /// Accelerator config for the lab's accelerators (default: a synthetic device sized for a
+    /// 2-core machine, written to OUTPUT_DIR/accelerator.toml).
+    #[arg(long)]
+    accelerator_config: Option<PathBuf>,
+    /// Accelerators to start.
+    #[arg(long, default_value_t = 2)]
+    accelerators: usize,
 }
 
 #[derive(Args, Debug)]
@@ -192,6 +218,22 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(a) => cmd_run(a)?,
+        Command::Lab(a) => {
+            let all = |v: &str, options: &[&str]| -> Vec<String> {
+                if v == "all" { options.iter().map(|s| s.to_string()).collect() } else { vec![v.to_string()] }
+            };
+            let opts = app::lab::LabOptions {
+                workloads: all(&a.workload, &["resnet50", "bert"]),
+                scenarios: all(&a.scenario, &["offline", "server"]),
+                output_dir: a.output_dir.clone(),
+                duration_ms: a.duration_ms,
+                accelerator_config: a.accelerator_config,
+                accelerators: a.accelerators.max(1),
+            };
+            let report = app::lab::lab(opts)?;
+            app::lab::print_table(&report, &a.output_dir);
+            if report.rows.iter().all(|r| r.errors.is_empty()) { 0 } else { 1 }
+        }
         Command::CheckAccuracy { dir } => {
             let v = app::accuracy::check(&dir).with_context(|| format!("checking {}", dir.display()))?;
             if app::accuracy::print(&v) { 0 } else { 1 }

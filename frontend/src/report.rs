@@ -41,6 +41,8 @@ pub struct LoadgenResult {
     pub sample_count: Option<u64>,
     /// LoadGen's QSL size as it reported it.
     pub qsl_total: Option<u64>,
+    /// Samples an accuracy run issues (all of the QSL, or accuracy_sample_count_override).
+    pub accuracy_sample_count: Option<u64>,
 }
 
 impl LoadgenResult {
@@ -83,6 +85,7 @@ pub fn parse_detail_log(path: &Path) -> std::io::Result<LoadgenResult> {
             "result_invalid_reason" => r.invalid_reasons.push(value.as_str().unwrap_or_default().to_string()),
             "result_query_count" => r.sample_count = value.as_u64(),
             "qsl_reported_total_count" => r.qsl_total = value.as_u64(),
+            "effective_accuracy_sample_count" => r.accuracy_sample_count = value.as_u64(),
             "error_invalid_config" | "error_runtime" | "error_invalid_test_duration" => {
                 r.errors.push(format!("{key}: {}", value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string())))
             }

@@ -50,8 +50,8 @@ pub fn check(dir: &Path) -> anyhow::Result<Verdict> {
     let path = dir.join("mlperf_log_accuracy.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let entries: Vec<Entry> = serde_json::from_str(&text).with_context(|| format!("{} is not LoadGen's accuracy log", path.display()))?;
-    let expected = match report.loadgen.sample_count {
-        Some(n) if report.mode == qdl_shared::config::ModeName::Accuracy => n as usize,
+    let expected = match report.loadgen.accuracy_sample_count {
+        Some(n) if n > 0 => (n as usize).min(report.total_samples),
         _ => report.total_samples,
     };
     if report.mode != qdl_shared::config::ModeName::Accuracy {

@@ -1,6 +1,8 @@
 //! The commands of the `qdl-frontend` binary.
 
 pub mod accuracy;
+pub mod cluster;
 pub mod io;
+pub mod lab;
 pub mod progress;
 pub mod run;

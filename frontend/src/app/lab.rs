@@ -1,0 +1,321 @@
+//! `qdl-frontend lab`: the README's main job. Starts two accelerators on loopback, runs each
+//! chosen workload and scenario over the network and in-process ("accelerators in the box"),
+//! and prints a table like Table 1 of NVIDIA's Network-division article.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use qdl_frontend::report::RunReport;
+use qdl_shared::config::AcceleratorConfig;
+use serde::Serialize;
+
+use super::cluster::{Accelerators, Live, run_test};
+use super::progress::thousands;
+
+/// The lab's accelerator: a synthetic device sized so the whole lab fits a 2-core machine
+/// (about 3,000 ResNet-50 or 4,300 BERT samples/s per accelerator).
+pub const LAB_ACCELERATOR_TOML: &str = r#"# The accelerators of `qdl-frontend lab` (written here for reference; pass
+# --accelerator-config to the lab to use another).
+[limits]
+max_session_memory_bytes = 1073741824
+
+[batcher]
+max_batch = 16
+max_queue_delay_us = 1000
+
+[workers]
+count = 1
+
+[backend]
+kind = "synthetic"
+
+# ResNet-50: a batch of 16 takes 0.5 ms + 16 x 0.3 ms = 5.3 ms (about 3,000 samples/s).
+[backend.synthetic.workloads.resnet50]
+fixed_us = 500.0
+per_sample_us = 300.0
+
+# BERT: a batch of 16 takes 0.5 ms + 16 x 0.2 ms = 3.7 ms (about 4,300 samples/s).
+[backend.synthetic.workloads.bert]
+fixed_us = 500.0
+per_sample_us = 200.0
+"#;
+
+/// Lab options.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Workloads to run.
+    pub workloads: Vec<String>,
+    /// Scenarios to run ("offline", "server").
+    pub scenarios: Vec<String>,
+    /// Where everything goes.
+    pub output_dir: PathBuf,
+    /// Minimum duration of each test, ms.
+    pub duration_ms: u64,
+    /// Accelerator config (default: [`LAB_ACCELERATOR_TOML`]).
+    pub accelerator_config: Option<PathBuf>,
+    /// Accelerators to start.
+    pub accelerators: usize,
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabRow {
+    /// Workload.
+    pub workload: String,
+    /// Scenario.
+    pub scenario: String,
+    /// Network: samples/s.
+    pub network_samples_per_second: Option<f64>,
+    /// Local: samples/s.
+    pub local_samples_per_second: Option<f64>,
+    /// Network / local.
+    pub ratio: Option<f64>,
+    /// Network: p99 latency, ms.
+    pub network_p99_ms: Option<f64>,
+    /// Local: p99 latency, ms.
+    pub local_p99_ms: Option<f64>,
+    /// LoadGen validity, network.
+    pub network_valid: Option<bool>,
+    /// LoadGen validity, local.
+    pub local_valid: Option<bool>,
+    /// Server target QPS used.
+    pub target_qps: Option<f64>,
+    /// Errors, if a test failed.
+    pub errors: Vec<String>,
+}
+
+/// lab-report.json.
+#[derive(Debug, Serialize)]
+pub struct LabReport {
+    /// The rows.
+    pub rows: Vec<LabRow>,
+    /// Accelerators used.
+    pub accelerators: Vec<String>,
+    /// The accelerator config (TOML).
+    pub accelerator_config: String,
+    /// Minimum duration per test, ms.
+    pub duration_ms: u64,
+    /// Wall time, s.
+    pub wall_seconds: f64,
+}
+
+/// Modelled capacity of all accelerators for `workload`, samples/s.
+pub fn modelled_capacity(cfg: &AcceleratorConfig, workload: &str, accelerators: usize) -> f64 {
+    let b = cfg.batcher.max_batch as usize;
+    let model = cfg.backend.synthetic.model_for(workload);
+    let per_worker = b as f64 / (model.batch_ns(b) as f64 / 1e9).max(1e-9);
+    match cfg.backend.kind {
+        qdl_shared::config::BackendKind::Synthetic => per_worker * cfg.workers.count as f64 * accelerators as f64,
+        qdl_shared::config::BackendKind::Echo => 50_000.0,
+    }
+}
+
+fn slots_for(workload: &str) -> &'static str {
+    // Enough for the modelled rates times the latency, without touching a GiB of slots.
+    if workload == "resnet50" { "512" } else { "2048" }
+}
+
+/// Shows progress of one test: a live line on a terminal, a start/end line otherwise.
+struct Display {
+    terminal: bool,
+}
+
+impl Display {
+    fn run(&self, label: &str, planned_s: f64, f: impl FnOnce(&(dyn Fn(Live) + Sync)) -> anyhow::Result<RunReport>) -> anyhow::Result<RunReport> {
+        let started = Instant::now();
+        let result = if self.terminal {
+            let bar = indicatif::ProgressBar::new((planned_s * 10.0) as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{prefix:36} [{bar:24}] {msg}")
+                    .expect("static template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(label.to_string());
+            let update = |l: Live| {
+                bar.set_position(((l.elapsed_s * 10.0) as u64).min(bar.length().unwrap_or(0)));
+                let rate = if l.elapsed_s > 0.0 { l.completed as f64 / l.elapsed_s } else { 0.0 };
+                bar.set_message(format!("{:>5.1} s  {} samples  {}/s", l.elapsed_s, thousands(l.completed), thousands(rate as u64)));
+            };
+            let r = f(&update);
+            bar.finish_and_clear();
+            r
+        } else {
+            eprintln!("lab: {label} ...");
+            f(&|_| {})
+        };
+        let took = started.elapsed().as_secs_f64();
+        match &result {
+            Ok(r) => eprintln!(
+                "lab: {label}: {} samples/s, {} ({took:.1} s)",
+                r.loadgen.throughput().map(|t| format!("{t:.0}")).unwrap_or_else(|| "-".into()),
+                r.loadgen.validity.as_deref().unwrap_or("-")
+            ),
+            Err(e) => eprintln!("lab: {label}: FAILED: {e:#}"),
+        }
+        result
+    }
+}
+
+/// Runs the lab; returns the report (also written to `output_dir/lab-report.json`).
+pub fn lab(opts: LabOptions) -> anyhow::Result<LabReport> {
+    let started = Instant::now();
+    let out = &opts.output_dir;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let (acc_path, acc_text) = match &opts.accelerator_config {
+        Some(p) => (p.clone(), std::fs::read_to_string(p)?),
+        None => {
+            let p = out.join("accelerator.toml");
+            std::fs::write(&p, LAB_ACCELERATOR_TOML)?;
+            (p, LAB_ACCELERATOR_TOML.to_string())
+        }
+    };
+    let acc_cfg = AcceleratorConfig::load(&acc_path)?;
+    let accs = Accelerators::start(opts.accelerators, &acc_path, "lab-acc", &[], out)?;
+    eprintln!(
+        "lab: {} accelerators on {} (metrics: {}); results in {}",
+        accs.addrs.len(),
+        accs.addrs.join(", "),
+        accs.metrics.join(", "),
+        out.display()
+    );
+    let display = Display { terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()) };
+    let total = opts.workloads.len() * opts.scenarios.len() * 2;
+    let mut n = 0;
+    let mut rows = Vec::new();
+    for w in &opts.workloads {
+        let capacity = modelled_capacity(&acc_cfg, w, opts.accelerators);
+        let mut local_offline: Option<f64> = None;
+        for sc in &opts.scenarios {
+            let mut row = LabRow {
+                workload: w.clone(),
+                scenario: sc.clone(),
+                network_samples_per_second: None,
+                local_samples_per_second: None,
+                ratio: None,
+                network_p99_ms: None,
+                local_p99_ms: None,
+                network_valid: None,
+                local_valid: None,
+                target_qps: None,
+                errors: Vec::new(),
+            };
+            let mut args: Vec<String> = vec![
+                "--workload".into(),
+                w.clone(),
+                "--scenario".into(),
+                sc.clone(),
+                "--min-duration-ms".into(),
+                opts.duration_ms.to_string(),
+                "--slots".into(),
+                slots_for(w).into(),
+                "--connections".into(),
+                "2".into(),
+            ];
+            if sc == "offline" {
+                args.extend(["--expected-qps".into(), format!("{:.0}", capacity * 1.1)]);
+            } else {
+                // Server at 70% of what the box sustains offline: VALID on both paths.
+                let target = 0.7 * local_offline.unwrap_or(capacity * 0.9);
+                row.target_qps = Some(target);
+                args.extend(["--target-qps".into(), format!("{target:.0}"), "--min-query-count".into(), "100".into()]);
+            }
+            for local in [true, false] {
+                n += 1;
+                let kind = if local { "local" } else { "network" };
+                let label = format!("[{n}/{total}] {w} {sc} {kind}");
+                let dir = out.join(format!("{w}-{sc}-{kind}"));
+                let mut a = args.clone();
+                if local {
+                    a.extend([
+                        "--local".into(),
+                        "--accelerator-config".into(),
+                        acc_path.display().to_string(),
+                        "--local-accelerators".into(),
+                        opts.accelerators.to_string(),
+                    ]);
+                } else {
+                    for addr in &accs.addrs {
+                        a.extend(["--accelerator".into(), addr.clone()]);
+                    }
+                }
+                let planned = opts.duration_ms as f64 / 1000.0 + 1.0;
+                match display.run(&label, planned, |p| run_test(&a, &dir, p)) {
+                    Ok(r) => {
+                        let t = r.loadgen.throughput();
+                        let p99 = r.loadgen.p99_ns().map(|v| v / 1e6);
+                        if local {
+                            row.local_samples_per_second = t;
+                            row.local_p99_ms = p99;
+                            row.local_valid = Some(r.loadgen.is_valid());
+                            if sc == "offline" {
+                                local_offline = t;
+                            }
+                        } else {
+                            row.network_samples_per_second = t;
+                            row.network_p99_ms = p99;
+                            row.network_valid = Some(r.loadgen.is_valid());
+                        }
+                    }
+                    Err(e) => row.errors.push(format!("{kind}: {e:#}")),
+                }
+            }
+            if let (Some(net), Some(loc)) = (row.network_samples_per_second, row.local_samples_per_second) {
+                row.ratio = Some(net / loc);
+            }
+            rows.push(row);
+        }
+    }
+    let addrs = accs.addrs.clone();
+    let stopped = accs.stop();
+    let report = LabReport {
+        rows,
+        accelerators: addrs,
+        accelerator_config: acc_text,
+        duration_ms: opts.duration_ms,
+        wall_seconds: started.elapsed().as_secs_f64(),
+    };
+    std::fs::write(out.join("lab-report.json"), serde_json::to_string_pretty(&report)? + "\n")?;
+    if let Err(e) = stopped {
+        eprintln!("lab: warning: {e}");
+    }
+    Ok(report)
+}
+
+fn fmt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map(f).unwrap_or_else(|| "-".into())
+}
+
+/// Prints the table.
+pub fn print_table(r: &LabReport, out: &Path) {
+    println!();
+    println!("Network division vs. accelerators in the box (qdl lab, {} ms per test)", r.duration_ms);
+    println!(
+        "{:<10} {:<9} {:>14} {:>14} {:>8} {:>13} {:>13}  {}",
+        "workload", "scenario", "network /s", "local /s", "ratio", "p99 network", "p99 local", "LoadGen (network/local)"
+    );
+    for row in &r.rows {
+        let valid = |v: Option<bool>| match v {
+            Some(true) => "VALID",
+            Some(false) => "INVALID",
+            None => "failed",
+        };
+        println!(
+            "{:<10} {:<9} {:>14} {:>14} {:>8} {:>13} {:>13}  {}/{}",
+            row.workload,
+            row.scenario,
+            fmt(row.network_samples_per_second, |v| format!("{v:.1}")),
+            fmt(row.local_samples_per_second, |v| format!("{v:.1}")),
+            fmt(row.ratio, |v| format!("{:.1}%", v * 100.0)),
+            // Offline's latency is that of its single query: not a figure to compare.
+            fmt(row.network_p99_ms.filter(|_| row.scenario != "offline"), |v| format!("{v:.2} ms")),
+            fmt(row.local_p99_ms.filter(|_| row.scenario != "offline"), |v| format!("{v:.2} ms")),
+            valid(row.network_valid),
+            valid(row.local_valid),
+        );
+        for e in &row.errors {
+            println!("    error: {e}");
+        }
+    }
+    println!("lab report: {}  ({:.0} s)", out.join("lab-report.json").display(), r.wall_seconds);
+}
