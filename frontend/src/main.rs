@@ -25,6 +25,9 @@ enum Command {
     /// The lab: two accelerators on loopback, each workload and scenario over the network and
     /// in-process, and a table of the ratios (the README's first command).
     Lab(LabArgs),
+    /// Measure the figures that decide the hot path, side by side: Offline network/local ratios,
+    /// ResNet-50 payload throughput against iperf3, the highest VALID BERT Server QPS.
+    Bench(BenchArgs),
     /// Check every response of an accuracy run against the reference outputs.
     CheckAccuracy {
         /// A run's output directory (holds report.json and mlperf_log_accuracy.json).
@@ -53,6 +56,22 @@ struct LabArgs {
     /// Accelerators to start.
     #[arg(long, default_value_t = 2)]
     accelerators: usize,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Where the bench writes its runs and bench-report.json.
+    #[arg(long, short, default_value = "bench-results")]
+    output_dir: PathBuf,
+    /// Minimum duration of each test, ms.
+    #[arg(long, default_value_t = 5000)]
+    duration_ms: u64,
+    /// Skip the iperf3 comparison.
+    #[arg(long)]
+    skip_iperf: bool,
+    /// Upper end of the Server QPS search.
+    #[arg(long, default_value_t = 200000.0)]
+    max_qps: f64,
 }
 
 #[derive(Args, Debug)]
@@ -233,6 +252,17 @@ fn main() -> anyhow::Result<()> {
             let report = app::lab::lab(opts)?;
             app::lab::print_table(&report, &a.output_dir);
             if report.rows.iter().all(|r| r.errors.is_empty()) { 0 } else { 1 }
+        }
+        Command::Bench(a) => {
+            let opts = app::bench::BenchOptions {
+                output_dir: a.output_dir.clone(),
+                duration_ms: a.duration_ms,
+                skip_iperf: a.skip_iperf,
+                max_qps: a.max_qps,
+            };
+            let report = app::bench::bench(opts)?;
+            app::bench::print(&report, &a.output_dir);
+            0
         }
         Command::CheckAccuracy { dir } => {
             let v = app::accuracy::check(&dir).with_context(|| format!("checking {}", dir.display()))?;

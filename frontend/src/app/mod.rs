@@ -1,6 +1,7 @@
 //! The commands of the `qdl-frontend` binary.
 
 pub mod accuracy;
+pub mod bench;
 pub mod cluster;
 pub mod io;
 pub mod lab;

@@ -1,0 +1,227 @@
+//! `qdl-frontend bench`: the figures that decide the hot path, measured side by side in one run
+//! (never in timed tests; these machines are shared and noisy):
+//! 1. Offline Network/Local ratio for ResNet-50 and BERT (the lab's synthetic accelerators);
+//! 2. ResNet-50 payload throughput over loopback TCP (echo backend) against `iperf3` on the same
+//!    loopback, measured before and after qdl;
+//! 3. the highest Server target QPS that stays VALID for BERT payloads with the echo backend.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+
+use super::cluster::{Accelerators, run_test};
+use super::lab::{LabOptions, lab};
+
+/// Bench options.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Where runs and bench-report.json go.
+    pub output_dir: PathBuf,
+    /// Duration of each test, ms.
+    pub duration_ms: u64,
+    /// Skip the iperf3 comparison.
+    pub skip_iperf: bool,
+    /// Upper end of the Server QPS search.
+    pub max_qps: f64,
+}
+
+/// bench-report.json.
+#[derive(Debug, Default, Serialize)]
+pub struct BenchReport {
+    /// Offline network/local per workload: (workload, network, local, ratio).
+    pub offline: Vec<(String, Option<f64>, Option<f64>, Option<f64>)>,
+    /// qdl's ResNet-50 payload rate over loopback, bytes/s.
+    pub qdl_payload_bytes_per_second: Option<f64>,
+    /// iperf3's rates on the same loopback (1 and 2 streams, before and after qdl), bytes/s.
+    pub iperf3_bytes_per_second: Vec<(u32, f64)>,
+    /// qdl / best iperf3.
+    pub payload_ratio: Option<f64>,
+    /// The Server QPS search: (target, valid).
+    pub server_search: Vec<(f64, bool)>,
+    /// Highest VALID Server target QPS found.
+    pub server_max_valid_qps: Option<f64>,
+    /// Problems met (a missing iperf3, failed tests).
+    pub notes: Vec<String>,
+}
+
+fn iperf3(streams: u32, seconds: u64) -> anyhow::Result<f64> {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let mut server = Command::new("iperf3")
+        .args(["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting iperf3 (apt install iperf3)")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new("iperf3")
+        .args(["-c", "127.0.0.1", "-p", &port.to_string(), "-t", &seconds.to_string(), "-P", &streams.to_string(), "-J"])
+        .output()
+        .context("running iperf3")?;
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 printed no JSON")?;
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("no sum_received in iperf3's JSON")?;
+    Ok(bps / 8.0)
+}
+
+fn gbs(v: f64) -> String {
+    format!("{:.2} GB/s", v / 1e9)
+}
+
+fn payload_bench(opts: &BenchOptions, r: &mut BenchReport) -> anyhow::Result<()> {
+    let out = opts.output_dir.join("payload");
+    std::fs::create_dir_all(&out)?;
+    let secs = (opts.duration_ms / 1000).max(2);
+    let iperf = |r: &mut BenchReport| {
+        if opts.skip_iperf {
+            return;
+        }
+        for streams in [1, 2] {
+            match iperf3(streams, secs) {
+                Ok(v) => r.iperf3_bytes_per_second.push((streams, v)),
+                Err(e) => r.notes.push(format!("iperf3 -P {streams}: {e:#}")),
+            }
+        }
+    };
+    iperf(r);
+    let cfg = out.join("accelerator.toml");
+    std::fs::write(&cfg, "[backend]\nkind = \"echo\"\n[limits]\nmax_session_memory_bytes = 1073741824\n")?;
+    let accs = Accelerators::start(1, &cfg, "bench-echo", &[], &out)?;
+    // 2 connections of 256 slots: deep enough to fill the pipe, small enough to stay in cache.
+    let rate_guess = 40_000.0;
+    let args: Vec<String> = [
+        "--workload", "resnet50", "--scenario", "offline", "--connections", "2", "--slots", "256",
+        "--min-duration-ms", &opts.duration_ms.to_string(), "--expected-qps", &format!("{rate_guess}"),
+        "--accelerator", &accs.addrs[0],
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    eprintln!("bench: ResNet-50 payload over loopback TCP (echo backend) ...");
+    let report = run_test(&args, &out.join("run"), &|_| {});
+    accs.stop()?;
+    iperf(r);
+    let report = report?;
+    let sps = report.loadgen.throughput().context("no throughput in the payload run")?;
+    let bytes = sps * report.workload.input_bytes() as f64;
+    r.qdl_payload_bytes_per_second = Some(bytes);
+    let best = r.iperf3_bytes_per_second.iter().map(|(_, v)| *v).fold(0.0, f64::max);
+    if best > 0.0 {
+        r.payload_ratio = Some(bytes / best);
+    }
+    Ok(())
+}
+
+fn server_search(opts: &BenchOptions, r: &mut BenchReport) -> anyhow::Result<()> {
+    let out = opts.output_dir.join("server");
+    std::fs::create_dir_all(&out)?;
+    let cfg = out.join("accelerator.toml");
+    std::fs::write(&cfg, "[backend]\nkind = \"echo\"\n")?;
+    let accs = Accelerators::start(1, &cfg, "bench-echo", &[], &out)?;
+    let duration = (opts.duration_ms / 2).max(2000).to_string();
+    let try_qps = |qps: f64, r: &mut BenchReport| -> bool {
+        let args: Vec<String> = [
+            "--workload", "bert", "--scenario", "server", "--target-qps", &format!("{qps:.0}"),
+            "--min-duration-ms", &duration, "--min-query-count", "100", "--accelerator", &accs.addrs[0],
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let dir = out.join(format!("qps-{qps:.0}"));
+        let valid = match run_test(&args, &dir, &|_| {}) {
+            Ok(rep) => rep.loadgen.is_valid(),
+            Err(e) => {
+                r.notes.push(format!("server at {qps:.0} QPS: {e:#}"));
+                false
+            }
+        };
+        eprintln!("bench: BERT Server, echo, {qps:.0} QPS: {}", if valid { "VALID" } else { "INVALID" });
+        r.server_search.push((qps, valid));
+        valid
+    };
+    let (mut lo, mut hi) = (0.0f64, opts.max_qps);
+    // Bisect between 0 and max_qps, starting at the 50,000 QPS target.
+    let mut probe = 50_000.0f64.min(hi);
+    for _ in 0..7 {
+        if try_qps(probe, r) {
+            lo = probe;
+        } else {
+            hi = probe;
+        }
+        if hi - lo <= hi * 0.05 {
+            break;
+        }
+        probe = (lo + hi) / 2.0;
+    }
+    r.server_max_valid_qps = (lo > 0.0).then_some(lo);
+    accs.stop()?;
+    Ok(())
+}
+
+/// Runs the bench; writes bench-report.json.
+pub fn bench(opts: BenchOptions) -> anyhow::Result<BenchReport> {
+    std::fs::create_dir_all(&opts.output_dir)?;
+    let mut r = BenchReport::default();
+    eprintln!("bench: 1/3 Offline network vs local (synthetic accelerators) ...");
+    let labr = lab(LabOptions {
+        workloads: vec!["resnet50".into(), "bert".into()],
+        scenarios: vec!["offline".into()],
+        output_dir: opts.output_dir.join("offline"),
+        duration_ms: opts.duration_ms,
+        accelerator_config: None,
+        accelerators: 2,
+    })?;
+    for row in labr.rows {
+        r.offline.push((row.workload, row.network_samples_per_second, row.local_samples_per_second, row.ratio));
+    }
+    eprintln!("bench: 2/3 ResNet-50 payload throughput vs iperf3 ...");
+    if let Err(e) = payload_bench(&opts, &mut r) {
+        r.notes.push(format!("payload bench: {e:#}"));
+    }
+    eprintln!("bench: 3/3 highest VALID Server QPS, BERT, echo backend ...");
+    if let Err(e) = server_search(&opts, &mut r) {
+        r.notes.push(format!("server search: {e:#}"));
+    }
+    std::fs::write(opts.output_dir.join("bench-report.json"), serde_json::to_string_pretty(&r)? + "\n")?;
+    if r.offline.iter().all(|o| o.3.is_none()) && r.qdl_payload_bytes_per_second.is_none() && r.server_max_valid_qps.is_none() {
+        bail!("every part of the bench failed: {}", r.notes.join("; "));
+    }
+    Ok(r)
+}
+
+/// Prints the bench's summary.
+pub fn print(r: &BenchReport, out: &Path) {
+    println!();
+    println!("qdl bench (measured side by side in one run)");
+    for (w, net, loc, ratio) in &r.offline {
+        let f = |v: &Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+        println!(
+            "  Offline network/local, {w:<9} {:>7}   ({} vs {} samples/s)",
+            ratio.map(|v| format!("{:.1}%", v * 100.0)).unwrap_or_else(|| "-".into()),
+            f(net),
+            f(loc)
+        );
+    }
+    match (r.qdl_payload_bytes_per_second, r.payload_ratio) {
+        (Some(q), Some(ratio)) => {
+            let runs: Vec<String> = r.iperf3_bytes_per_second.iter().map(|(p, v)| format!("-P {p}: {}", gbs(*v))).collect();
+            println!("  ResNet-50 payload, loopback TCP  {:>7}   of iperf3's best (qdl {}; iperf3 {})", format!("{:.1}%", ratio * 100.0), gbs(q), runs.join(", "));
+        }
+        (Some(q), None) => println!("  ResNet-50 payload, loopback TCP  {} (iperf3 not measured)", gbs(q)),
+        _ => println!("  ResNet-50 payload, loopback TCP  -"),
+    }
+    println!(
+        "  BERT Server, echo backend: highest VALID target QPS {}",
+        r.server_max_valid_qps.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into())
+    );
+    for n in &r.notes {
+        println!("  note: {n}");
+    }
+    println!("bench report: {}", out.join("bench-report.json").display());
+}
