@@ -374,7 +374,8 @@ impl GpuWorker {
             let g = match groups.iter().position(|(s, _)| Arc::ptr_eq(s, &item.reply)) {
                 Some(g) => g,
                 None => {
-                    let replies = Replies { entries: Vec::new(), outputs: Vec::new(), output_bytes: ob, error: error.clone() };
+                    let replies =
+                        Replies { entries: Vec::new(), outputs: Vec::new(), output_bytes: ob, error: error.clone() };
                     groups.push((item.reply, replies));
                     groups.len() - 1
                 }
@@ -422,7 +423,13 @@ mod tests {
         for s in 0..20u32 {
             let mut lease = arena.try_lease(s).unwrap();
             lease.bytes_mut().fill(s as u8 + 1);
-            let item = WorkItem { input: Input::Slot(lease), sample_id: 100 + s as u64, slot: s, reply: sink.clone(), spec: spec.clone() };
+            let item = WorkItem {
+                input: Input::Slot(lease),
+                sample_id: 100 + s as u64,
+                slot: s,
+                reply: sink.clone(),
+                spec: spec.clone(),
+            };
             w.try_submit(item).map_err(|_| "full").unwrap();
         }
         drop(w);

@@ -76,8 +76,7 @@ fn unpacked_sdist(out: &Path) -> PathBuf {
         Some(path) => PathBuf::from(path),
         None => download(out),
     };
-    let bytes = fs::read(&tarball)
-        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", tarball.display())));
+    let bytes = fs::read(&tarball).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", tarball.display())));
     let digest = sha256_hex(&bytes);
     if digest != SDIST_SHA256 {
         fail(&format!(

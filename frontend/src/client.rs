@@ -84,12 +84,14 @@ pub struct SetRunState(pub RunState);
 #[rtype(result = "()")]
 pub struct Close;
 
+type EstablishedTx = oneshot::Sender<Result<(String, Limits, SessionGrant), ClientError>>;
+
 /// The actor; see the module docs.
 pub struct AcceleratorClient {
     link: ControlLink,
     addr: String,
     name: String,
-    established: Option<oneshot::Sender<Result<(String, Limits, SessionGrant), ClientError>>>,
+    established: Option<EstablishedTx>,
     welcome: Option<(String, Limits)>,
     names: HashMap<u32, oneshot::Sender<Result<String, ClientError>>>,
     states: HashMap<u32, oneshot::Sender<Result<(), ClientError>>>,
@@ -265,7 +267,9 @@ impl Pumped for AcceleratorClient {
                 Poll::Pending => {}
                 Poll::Ready(Err(TransportError::Closed)) if self.link.endpoint.is_done() => {}
                 Poll::Ready(Err(TransportError::Closed)) => self.fail(ClientError::Closed { addr: self.addr.clone() }),
-                Poll::Ready(Err(e)) => self.fail(ClientError::Connect { addr: self.addr.clone(), reason: e.to_string() }),
+                Poll::Ready(Err(e)) => {
+                    self.fail(ClientError::Connect { addr: self.addr.clone(), reason: e.to_string() })
+                }
             }
             ctx.stop();
             return Poll::Ready(());

@@ -175,7 +175,10 @@ impl ConnectionActor {
                     0
                 } else {
                     if payload.len() > ob {
-                        return Err(TransportError::Protocol(format!("response of {} bytes; outputs are {ob} bytes", payload.len())));
+                        return Err(TransportError::Protocol(format!(
+                            "response of {} bytes; outputs are {ob} bytes",
+                            payload.len()
+                        )));
                     }
                     let at = c.slot as usize * ob;
                     ring[at..at + payload.len()].copy_from_slice(payload);
@@ -246,7 +249,8 @@ impl ConnectionActor {
             let sample_id = sub.id.raw();
             match self.tracker.handle_submit(sample_id, sub.id, now) {
                 Ok(slot) => {
-                    self.transport.push_request(DataHeader::request(slot, sample_id, len as u32, sub.index as u32), payload);
+                    self.transport
+                        .push_request(DataHeader::request(slot, sample_id, len as u32, sub.index as u32), payload);
                     n += 1;
                 }
                 Err((e, id)) => {
@@ -269,7 +273,10 @@ impl ConnectionActor {
         metrics::counter!(m::CONNECTION_ERRORS, "kind" => kind).increment(1);
         let in_flight = self.tracker.in_flight();
         if in_flight > 0 || self.lane.has_work() {
-            (self.on_failure)(format!("data connection {} failed with {in_flight} samples in flight: {err}", self.label));
+            (self.on_failure)(format!(
+                "data connection {} failed with {in_flight} samples in flight: {err}",
+                self.label
+            ));
         } else {
             tracing::info!(conn = %self.label, "data connection closed: {err}");
         }

@@ -205,7 +205,12 @@ pub struct QueryIssuer {
 
 impl QueryIssuer {
     /// An issuer over `lanes`; `gate` is the one the connections notify.
-    pub fn new(lanes: Vec<Arc<Lane>>, dispatcher: Dispatcher, gate: Arc<CreditGate>, on_no_lane: NoLaneHandler) -> QueryIssuer {
+    pub fn new(
+        lanes: Vec<Arc<Lane>>,
+        dispatcher: Dispatcher,
+        gate: Arc<CreditGate>,
+        on_no_lane: NoLaneHandler,
+    ) -> QueryIssuer {
         QueryIssuer {
             lanes,
             dispatcher,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use qdl_accelerator::worker::{Input, Replies, ReplySink, WorkItem, WorkerSender, refuse};
-use qdl_shared::transport::{InitiatorTransport, Payload, TransportError, TransportStats};
+use qdl_shared::transport::{InitiatorTransport, OnResponse, Payload, TransportError, TransportStats};
 use qdl_shared::wire::data::{DataErrorCode, DataHeader};
 use qdl_shared::workload::WorkloadSpec;
 use tokio::sync::mpsc;
@@ -65,7 +65,7 @@ impl InitiatorTransport for LocalTransport {
     fn poll_responses(
         &mut self,
         cx: &mut Context<'_>,
-        on_response: &mut dyn FnMut(&DataHeader, &[u8]) -> Result<(), TransportError>,
+        on_response: &mut OnResponse<'_>,
     ) -> Poll<Result<usize, TransportError>> {
         let mut n = 0;
         loop {
@@ -73,10 +73,14 @@ impl InitiatorTransport for LocalTransport {
                 Poll::Ready(Some(r)) => {
                     for (i, e) in r.entries.iter().enumerate() {
                         match &r.error {
-                            None => on_response(&DataHeader::response(e.slot, e.sample_id, r.output_bytes as u32), r.output(i))?,
-                            Some((code, msg)) => {
-                                on_response(&DataHeader::error(e.slot, e.sample_id, *code, msg.len() as u32), msg.as_bytes())?
-                            }
+                            None => on_response(
+                                &DataHeader::response(e.slot, e.sample_id, r.output_bytes as u32),
+                                r.output(i),
+                            )?,
+                            Some((code, msg)) => on_response(
+                                &DataHeader::error(e.slot, e.sample_id, *code, msg.len() as u32),
+                                msg.as_bytes(),
+                            )?,
                         }
                     }
                     n += r.entries.len();

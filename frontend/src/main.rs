@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run one LoadGen test over the network (or in-process with --local).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// The lab: two accelerators on loopback, each workload and scenario over the network and
     /// in-process, and a table of the ratios (the README's first command).
     Lab(LabArgs),
@@ -225,7 +225,8 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
         None => AcceleratorConfig::default(),
     };
     let out = config.loadgen.output_dir.clone();
-    let report = app::run::run(app::run::RunOptions { config, local: a.local, accelerator_config, progress: a.progress })?;
+    let report =
+        app::run::run(app::run::RunOptions { config, local: a.local, accelerator_config, progress: a.progress })?;
     app::run::print_summary(&report, &out);
     if a.require_valid && report.mode == ModeName::Performance && !report.loadgen.is_valid() {
         return Ok(3);
@@ -236,7 +237,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Run(a) => cmd_run(a)?,
+        Command::Run(a) => cmd_run(*a)?,
         Command::Lab(a) => {
             let all = |v: &str, options: &[&str]| -> Vec<String> {
                 if v == "all" { options.iter().map(|s| s.to_string()).collect() } else { vec![v.to_string()] }

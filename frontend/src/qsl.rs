@@ -76,7 +76,9 @@ pub enum DatasetInfo {
 }
 
 enum Layout {
-    Generated { seed: u64 },
+    Generated {
+        seed: u64,
+    },
     /// One file per input tensor, samples stacked along the first axis.
     Stacked(Vec<NpyFile>),
     /// One file per sample (single-input workloads), in file-name order.
@@ -94,7 +96,12 @@ pub struct SampleSource {
 impl SampleSource {
     /// Samples generated from `seed`.
     pub fn generated(spec: &WorkloadSpec, seed: u64) -> SampleSource {
-        SampleSource { spec: spec.clone(), layout: Layout::Generated { seed }, info: DatasetInfo::Generated { seed }, available: None }
+        SampleSource {
+            spec: spec.clone(),
+            layout: Layout::Generated { seed },
+            info: DatasetInfo::Generated { seed },
+            available: None,
+        }
     }
 
     /// Samples read from `dir`: either `<tensor>.npy` per input tensor with a leading sample
@@ -109,7 +116,10 @@ impl SampleSource {
                 let f = NpyFile::open(p)?;
                 let n = f.expect(t.dtype, &t.shape, true)?;
                 if count.is_some_and(|c| c != n) {
-                    return Err(QslError::Dataset { dir: dir.into(), reason: format!("{} holds {n} samples, the other tensors {}", p.display(), count.unwrap_or(0)) });
+                    return Err(QslError::Dataset {
+                        dir: dir.into(),
+                        reason: format!("{} holds {n} samples, the other tensors {}", p.display(), count.unwrap_or(0)),
+                    });
                 }
                 count = Some(n);
                 files.push(f);
@@ -118,7 +128,10 @@ impl SampleSource {
         }
         if spec.inputs.len() != 1 {
             let names: Vec<String> = spec.inputs.iter().map(|t| format!("{}.npy", t.name)).collect();
-            return Err(QslError::Dataset { dir: dir.into(), reason: format!("expected one file per input tensor: {}", names.join(", ")) });
+            return Err(QslError::Dataset {
+                dir: dir.into(),
+                reason: format!("expected one file per input tensor: {}", names.join(", ")),
+            });
         }
         let read = std::fs::read_dir(dir).map_err(|e| QslError::Dataset { dir: dir.into(), reason: e.to_string() })?;
         let mut files: Vec<PathBuf> = read
@@ -193,9 +206,11 @@ impl SampleSource {
 pub fn generate(spec: &WorkloadSpec, seed: u64, index: usize, out: &mut [u8]) {
     let mut rng = SplitMix64(seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let bert = spec.inputs.len() == 3
-        && spec.inputs.iter().zip(["input_ids", "input_mask", "segment_ids"]).all(|(t, n)| {
-            t.name == n && t.dtype == DType::I32 && t.shape == [BERT_SEQ_LEN]
-        });
+        && spec
+            .inputs
+            .iter()
+            .zip(["input_ids", "input_mask", "segment_ids"])
+            .all(|(t, n)| t.name == n && t.dtype == DType::I32 && t.shape == [BERT_SEQ_LEN]);
     if bert {
         return generate_bert(&mut rng, out);
     }
@@ -211,10 +226,16 @@ pub fn generate(spec: &WorkloadSpec, seed: u64, index: usize, out: &mut [u8]) {
                     chunk.copy_from_slice(&v[..chunk.len()]);
                 }
             }
-            DType::I32 => dst.chunks_exact_mut(4).for_each(|c| c.copy_from_slice(&((rng.next() % 1000) as i32).to_le_bytes())),
-            DType::I64 => dst.chunks_exact_mut(8).for_each(|c| c.copy_from_slice(&((rng.next() % 1000) as i64).to_le_bytes())),
+            DType::I32 => {
+                dst.chunks_exact_mut(4).for_each(|c| c.copy_from_slice(&((rng.next() % 1000) as i32).to_le_bytes()))
+            }
+            DType::I64 => {
+                dst.chunks_exact_mut(8).for_each(|c| c.copy_from_slice(&((rng.next() % 1000) as i64).to_le_bytes()))
+            }
             DType::F32 => dst.chunks_exact_mut(4).for_each(|c| c.copy_from_slice(&unit(rng.next()).to_le_bytes())),
-            DType::F16 => dst.chunks_exact_mut(2).for_each(|c| c.copy_from_slice(&f32_to_f16(unit(rng.next())).to_le_bytes())),
+            DType::F16 => {
+                dst.chunks_exact_mut(2).for_each(|c| c.copy_from_slice(&f32_to_f16(unit(rng.next())).to_le_bytes()))
+            }
         }
     }
 }
@@ -229,11 +250,7 @@ fn f32_to_f16(v: f32) -> u16 {
     let sign = ((bits >> 16) & 0x8000) as u16;
     let exp = ((bits >> 23) & 0xff) as i32 - 127 + 15;
     let mant = bits & 0x7f_ffff;
-    if exp <= 0 {
-        sign
-    } else {
-        sign | ((exp as u16) << 10) | (mant >> 13) as u16
-    }
+    if exp <= 0 { sign } else { sign | ((exp as u16) << 10) | (mant >> 13) as u16 }
 }
 
 fn generate_bert(rng: &mut SplitMix64, out: &mut [u8]) {
@@ -310,7 +327,10 @@ impl SampleStore {
                 DatasetInfo::Npy { dir } => dir.clone(),
                 DatasetInfo::Generated { .. } => PathBuf::new(),
             };
-            return Err(QslError::Dataset { dir, reason: format!("holds {n} samples; workload.total_samples asks for {total}") });
+            return Err(QslError::Dataset {
+                dir,
+                reason: format!("holds {n} samples; workload.total_samples asks for {total}"),
+            });
         }
         Ok(SampleStore { source, total, performance: performance.min(total), current: ArcSwapOption::empty() })
     }
@@ -385,7 +405,8 @@ mod tests {
         let mut s = vec![0u8; spec.input_bytes()];
         for i in 0..50 {
             generate(&spec, 1, i, &mut s);
-            let int = |t: usize, k: usize| i32::from_le_bytes(s[t * 1536 + k * 4..t * 1536 + k * 4 + 4].try_into().unwrap());
+            let int =
+                |t: usize, k: usize| i32::from_le_bytes(s[t * 1536 + k * 4..t * 1536 + k * 4 + 4].try_into().unwrap());
             let len = (0..384).filter(|&k| int(1, k) == 1).count();
             assert!((32..=384).contains(&len));
             assert_eq!(int(0, 0), 101);
@@ -418,7 +439,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spec = WorkloadSpec::bert();
         // Stacked: three files of [4, 384] int32 holding generated samples.
-        let mut tensors = vec![Vec::new(), Vec::new(), Vec::new()];
+        let mut tensors = [Vec::new(), Vec::new(), Vec::new()];
         for i in 0..4 {
             let mut s = vec![0u8; spec.input_bytes()];
             generate(&spec, 3, i, &mut s);
@@ -436,7 +457,7 @@ mod tests {
         generate(&spec, 3, 2, &mut want);
         assert_eq!(got, want);
         assert!(matches!(src.fill(4, &mut got), Err(QslError::OutOfRange { .. })));
-        assert!(SampleStore::new(src, 5, 5).unwrap_err().to_string().contains("holds 4 samples"));
+        assert!(SampleStore::new(src, 5, 5).err().unwrap().to_string().contains("holds 4 samples"));
 
         // Per-sample files for a single-input workload.
         let img = tempfile::tempdir().unwrap();

@@ -86,9 +86,9 @@ pub fn parse_detail_log(path: &Path) -> std::io::Result<LoadgenResult> {
             "result_query_count" => r.sample_count = value.as_u64(),
             "qsl_reported_total_count" => r.qsl_total = value.as_u64(),
             "effective_accuracy_sample_count" => r.accuracy_sample_count = value.as_u64(),
-            "error_invalid_config" | "error_runtime" | "error_invalid_test_duration" => {
-                r.errors.push(format!("{key}: {}", value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string())))
-            }
+            "error_invalid_config" | "error_runtime" | "error_invalid_test_duration" => r
+                .errors
+                .push(format!("{key}: {}", value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string()))),
             "result_min_latency_ns" => insert(&mut r.latency_ns, "min", f),
             "result_max_latency_ns" => insert(&mut r.latency_ns, "max", f),
             "result_mean_latency_ns" => insert(&mut r.latency_ns, "mean", f),

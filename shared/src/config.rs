@@ -58,12 +58,14 @@ fn check_addr(value: &str, field: &str, allow_empty: bool) -> Result<(), ConfigE
 }
 
 fn load_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     parse_toml(&text, path)
 }
 
 fn parse_toml<T: for<'de> Deserialize<'de>>(text: &str, path: &Path) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim().to_string() })
+    toml::from_str(text)
+        .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim().to_string() })
 }
 
 fn resolve(base: &Path, p: &mut Option<PathBuf>) {
@@ -503,7 +505,10 @@ impl WorkloadConfig {
                 Ok(s)
             }
             None => WorkloadSpec::builtin(&self.name).ok_or_else(|| {
-                invalid("workload.name", format!("unknown workload {:?}: use resnet50, bert, or describe it in [workload.spec]", self.name))
+                invalid(
+                    "workload.name",
+                    format!("unknown workload {:?}: use resnet50, bert, or describe it in [workload.spec]", self.name),
+                )
             }),
         }
     }
@@ -703,7 +708,11 @@ impl FrontendConfig {
         )?;
         check((1..=64).contains(&f.io_threads), "frontend.io_threads", "must be between 1 and 64")?;
         check_addr(&f.metrics_listen, "frontend.metrics_listen", true)?;
-        check((1..=600_000).contains(&f.connect_timeout_ms), "frontend.connect_timeout_ms", "must be between 1 and 600000 ms")?;
+        check(
+            (1..=600_000).contains(&f.connect_timeout_ms),
+            "frontend.connect_timeout_ms",
+            "must be between 1 and 600000 ms",
+        )?;
         let w = &self.workload;
         w.resolve_spec()?;
         check(w.total_samples != Some(0), "workload.total_samples", "must be at least 1")?;
@@ -715,7 +724,9 @@ impl FrontendConfig {
         if let Some(p) = &l.user_conf {
             check(p.is_file(), "loadgen.user_conf", &format!("{} is not a file", p.display()))?;
         }
-        let positive = |v: Option<f64>, field: &str| check(v.is_none_or(|v| v.is_finite() && v > 0.0), field, "must be a positive number");
+        let positive = |v: Option<f64>, field: &str| {
+            check(v.is_none_or(|v| v.is_finite() && v > 0.0), field, "must be a positive number")
+        };
         positive(l.server_target_qps, "loadgen.server_target_qps")?;
         positive(l.server_target_latency_ms, "loadgen.server_target_latency_ms")?;
         positive(l.offline_expected_qps, "loadgen.offline_expected_qps")?;

@@ -20,9 +20,9 @@
 use std::collections::VecDeque;
 
 use crate::time::Nanos;
+use crate::wire::WireError;
 use crate::wire::message::{self, ErrorCode, Limits, Message, RunState, SessionGrant, SessionRequest};
 use crate::wire::preamble::{PREAMBLE_LEN, Preamble, Role};
-use crate::wire::WireError;
 
 /// Errors that end a control session.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -247,7 +247,10 @@ impl Endpoint {
                         self.phase = Phase::Greeting;
                     }
                     Ok(_) => {
-                        let err = ControlError::Unexpected { got: "a data-connection preamble", phase: "awaiting the preamble" };
+                        let err = ControlError::Unexpected {
+                            got: "a data-connection preamble",
+                            phase: "awaiting the preamble",
+                        };
                         self.fail(err, false);
                     }
                     Err(e) if e.is_incomplete() => break,
@@ -458,7 +461,12 @@ mod tests {
     use crate::workload::WorkloadSpec;
 
     fn limits() -> Limits {
-        Limits { max_connections_per_session: 4, max_slots_per_connection: 64, max_sample_bytes: 1 << 20, max_output_bytes: 64 }
+        Limits {
+            max_connections_per_session: 4,
+            max_slots_per_connection: 64,
+            max_sample_bytes: 1 << 20,
+            max_output_bytes: 64,
+        }
     }
 
     fn request() -> SessionRequest {
@@ -514,7 +522,10 @@ mod tests {
         pump(&mut c, &mut s, t);
         assert_eq!(
             events(&mut c),
-            vec![Event::Name { request: q, name: "acc-0".into() }, Event::RunStateAck { request: r, state: RunState::Warmup }]
+            vec![
+                Event::Name { request: q, name: "acc-0".into() },
+                Event::RunStateAck { request: r, state: RunState::Warmup }
+            ]
         );
         c.close();
         pump(&mut c, &mut s, t);
@@ -543,7 +554,10 @@ mod tests {
         hello[4] = 2; // the frontend claims protocol v2
         s.handle_input(&hello, t);
         let ev = events(&mut s);
-        assert!(matches!(&ev[..], [Event::Failed(ControlError::Wire(WireError::VersionMismatch { peer: 2, .. }))]), "{ev:?}");
+        assert!(
+            matches!(&ev[..], [Event::Failed(ControlError::Wire(WireError::VersionMismatch { peer: 2, .. }))]),
+            "{ev:?}"
+        );
         // The server still sends its preamble, so the client can say which versions differ.
         let mut back = s.poll_transmit().unwrap();
         back[4] = 9;

@@ -60,7 +60,12 @@ impl ControlLink {
                 let mut rb = ReadBuf::new(&mut self.rbuf);
                 match Pin::new(&mut self.stream).poll_read(cx, &mut rb) {
                     Poll::Pending => break,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(TransportError::Io { op: "reading the control connection", source: e })),
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Err(TransportError::Io {
+                            op: "reading the control connection",
+                            source: e,
+                        }));
+                    }
                     Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Err(TransportError::Closed)),
                     Poll::Ready(Ok(())) => {
                         let n = rb.filled().len();
@@ -96,7 +101,9 @@ impl ControlLink {
         while self.wpos < self.wbuf.len() {
             match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf[self.wpos..]) {
                 Poll::Pending => break,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(TransportError::Io { op: "writing the control connection", source: e })),
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(Err(TransportError::Io { op: "writing the control connection", source: e }));
+                }
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(TransportError::Closed)),
                 Poll::Ready(Ok(n)) => {
                     self.wpos += n;

@@ -36,9 +36,11 @@ pub fn init_logging(cfg: &LogConfig) -> Result<(), TelemetryError> {
         Ok(v) if !v.is_empty() => v,
         _ => cfg.filter.clone(),
     };
-    let env = EnvFilter::try_new(&filter).map_err(|e| TelemetryError::Filter { filter: filter.clone(), reason: e.to_string() })?;
+    let env = EnvFilter::try_new(&filter)
+        .map_err(|e| TelemetryError::Filter { filter: filter.clone(), reason: e.to_string() })?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(env).with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(env).with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
     // A second initialisation (tests that run several nodes in one process) is harmless.
     let _ = match cfg.format {
         LogFormat::Text => builder.try_init(),
@@ -70,8 +72,10 @@ pub fn install_metrics(addr: &str) -> Result<Option<SocketAddr>, TelemetryError>
     }
     let sock: SocketAddr = addr.parse().map_err(|_| TelemetryError::Address(addr.to_string()))?;
     // Bind first so a taken port is reported here, clearly, rather than from a background thread.
-    let probe = std::net::TcpListener::bind(sock).map_err(|e| TelemetryError::Exporter { addr: addr.to_string(), reason: e.to_string() })?;
-    let bound = probe.local_addr().map_err(|e| TelemetryError::Exporter { addr: addr.to_string(), reason: e.to_string() })?;
+    let probe = std::net::TcpListener::bind(sock)
+        .map_err(|e| TelemetryError::Exporter { addr: addr.to_string(), reason: e.to_string() })?;
+    let bound =
+        probe.local_addr().map_err(|e| TelemetryError::Exporter { addr: addr.to_string(), reason: e.to_string() })?;
     drop(probe);
     builder = builder.with_http_listener(bound);
     builder.install().map_err(|e| TelemetryError::Exporter { addr: bound.to_string(), reason: e.to_string() })?;

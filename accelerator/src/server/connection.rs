@@ -178,6 +178,11 @@ impl Actor for ConnectionActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.registry.connection_started();
+        // Registered from the actor's own thread, before it touches its socket, so a connection
+        // that fails at once is never left marked live.
+        if !self.registry.set_live(&self.token, self.index, ctx.address()) {
+            self.draining = Some("its session ended during attach");
+        }
         tracing::debug!(conn = %self.label, "data connection attached");
         ctx.spawn(Pump);
     }

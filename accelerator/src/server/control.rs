@@ -39,9 +39,23 @@ pub struct ControlActor {
 
 impl ControlActor {
     /// A control actor for an accepted connection whose preamble was already read.
-    pub fn new(link: ControlLink, registry: Arc<Registry>, pool: Arc<WorkerPool>, backend: Arc<BackendConfig>) -> ControlActor {
+    pub fn new(
+        link: ControlLink,
+        registry: Arc<Registry>,
+        pool: Arc<WorkerPool>,
+        backend: Arc<BackendConfig>,
+    ) -> ControlActor {
         let peer = link.peer().map(|p| p.to_string()).unwrap_or_else(|| "?".into());
-        ControlActor { link, peer, frontend: String::new(), registry, pool, backend, session: None, nudge: Nudge::default() }
+        ControlActor {
+            link,
+            peer,
+            frontend: String::new(),
+            registry,
+            pool,
+            backend,
+            session: None,
+            nudge: Nudge::default(),
+        }
     }
 
     fn configure(&mut self, req: SessionRequest) {
@@ -109,7 +123,9 @@ impl ControlActor {
             Event::HeartbeatRtt(rtt) => tracing::trace!(peer = %self.peer, rtt_us = rtt.0 / 1000, "heartbeat"),
             Event::Closed => tracing::info!(peer = %self.peer, frontend = %self.frontend, "frontend said goodbye"),
             Event::Failed(ControlError::Refused { .. }) => {}
-            Event::Failed(e) => tracing::warn!(peer = %self.peer, frontend = %self.frontend, "control session failed: {e}"),
+            Event::Failed(e) => {
+                tracing::warn!(peer = %self.peer, frontend = %self.frontend, "control session failed: {e}")
+            }
             // Client-side events never reach a server endpoint.
             Event::Welcomed { .. } | Event::Established(_) | Event::Name { .. } | Event::RunStateAck { .. } => {}
         }

@@ -87,7 +87,10 @@ struct Shared {
 /// Runs an accelerator until SIGTERM/SIGINT, then drains and returns. `on_ready` is called once
 /// the node listens.
 pub fn run(config: AcceleratorConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), NodeError> {
-    let pool = Arc::new(WorkerPool::start(config.workers.count as usize, config.batcher, &config.backend).map_err(NodeError::Workers)?);
+    let pool = Arc::new(
+        WorkerPool::start(config.workers.count as usize, config.batcher, &config.backend)
+            .map_err(NodeError::Workers)?,
+    );
     let registry = Registry::new(config.limits);
     let system = actix::System::new();
     let io: Vec<Arbiter> = (0..config.accelerator.io_threads).map(|_| Arbiter::new()).collect();
@@ -222,8 +225,18 @@ async fn accept(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     match preamble.role {
         Role::Control => {
             let a = &shared.config.accelerator;
-            let endpoint = Endpoint::server_after_preamble(&a.name, shared.registry.limits(), shared.config.heartbeat.to_heartbeat(), Nanos::now());
-            let actor = ControlActor::new(ControlLink::new(stream, endpoint), shared.registry.clone(), shared.pool.clone(), shared.backend.clone());
+            let endpoint = Endpoint::server_after_preamble(
+                &a.name,
+                shared.registry.limits(),
+                shared.config.heartbeat.to_heartbeat(),
+                Nanos::now(),
+            );
+            let actor = ControlActor::new(
+                ControlLink::new(stream, endpoint),
+                shared.registry.clone(),
+                shared.pool.clone(),
+                shared.backend.clone(),
+            );
             let addr = actor.start();
             let mut controls = shared.controls.lock().unwrap_or_else(|p| p.into_inner());
             controls.retain(|w| w.upgrade().is_some());
@@ -289,7 +302,7 @@ async fn attach_data(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared
     let arbiter = &shared.arbiters[shared.next_arbiter.fetch_add(1, Ordering::Relaxed) % shared.arbiters.len()];
     let parts_shared = shared.clone();
     let label = format!("s{}/c{}", grant.session, attach.connection);
-    let addr = ConnectionActor::start_in_arbiter(arbiter, move |_ctx| {
+    ConnectionActor::start_in_arbiter(arbiter, move |_ctx| {
         let stream = TcpStream::from_std(std_stream).expect("I/O arbiters run a tokio runtime with I/O enabled");
         ConnectionActor::new(ConnectionParts {
             label,
@@ -302,7 +315,4 @@ async fn attach_data(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared
             registry: parts_shared.registry.clone(),
         })
     });
-    if !shared.registry.set_live(&attach.token, attach.connection, addr.clone()) {
-        addr.do_send(connection::Close { reason: "its session ended during attach" });
-    }
 }

@@ -76,17 +76,29 @@ impl Registry {
 
     /// Opens a session for `req` (already checked against the backend): grants at most what the
     /// limits allow, or refuses with a reason.
-    pub fn open(&self, req: &SessionRequest, max_batch: u32, backend: &str, workers: u32) -> Result<(u64, SessionGrant), Refusal> {
+    pub fn open(
+        &self,
+        req: &SessionRequest,
+        max_batch: u32,
+        backend: &str,
+        workers: u32,
+    ) -> Result<(u64, SessionGrant), Refusal> {
         let l = &self.limits;
         req.workload.validate().map_err(|r| (ErrorCode::Unsupported, format!("invalid workload: {r}")))?;
         let input = req.workload.input_bytes() as u64;
         if input > l.max_sample_bytes as u64 {
-            return Err((ErrorCode::LimitExceeded, format!("samples of {input} bytes exceed limits.max_sample_bytes = {}", l.max_sample_bytes)));
+            return Err((
+                ErrorCode::LimitExceeded,
+                format!("samples of {input} bytes exceed limits.max_sample_bytes = {}", l.max_sample_bytes),
+            ));
         }
         if req.workload.output_bytes > l.max_output_bytes {
             return Err((
                 ErrorCode::LimitExceeded,
-                format!("outputs of {} bytes exceed limits.max_output_bytes = {}", req.workload.output_bytes, l.max_output_bytes),
+                format!(
+                    "outputs of {} bytes exceed limits.max_output_bytes = {}",
+                    req.workload.output_bytes, l.max_output_bytes
+                ),
             ));
         }
         if req.connections == 0 || req.slots_per_connection == 0 {
@@ -98,7 +110,10 @@ impl Registry {
         if slots == 0 {
             return Err((
                 ErrorCode::LimitExceeded,
-                format!("one slot per connection needs {} bytes, over limits.max_session_memory_bytes", connections as u64 * input),
+                format!(
+                    "one slot per connection needs {} bytes, over limits.max_session_memory_bytes",
+                    connections as u64 * input
+                ),
             ));
         }
         let mut inner = self.lock();
@@ -106,7 +121,10 @@ impl Registry {
             return Err((ErrorCode::ShuttingDown, "the accelerator is shutting down".into()));
         }
         if inner.sessions.len() >= l.max_sessions as usize {
-            return Err((ErrorCode::LimitExceeded, format!("already serving limits.max_sessions = {} sessions", l.max_sessions)));
+            return Err((
+                ErrorCode::LimitExceeded,
+                format!("already serving limits.max_sessions = {} sessions", l.max_sessions),
+            ));
         }
         inner.next_id += 1;
         let id = inner.next_id;
@@ -171,16 +189,16 @@ impl Registry {
         Ok(AttachGrant { session: s.id, spec: s.spec.clone(), slots: s.grant.slots_per_connection })
     }
 
-    /// Records the actor of an attached connection. Returns false if the session ended meanwhile
-    /// (the caller then stops the actor).
+    /// Records the actor of an attached connection (called by the actor when it starts). Returns
+    /// false if the session ended meanwhile (the actor then closes).
     pub fn set_live(&self, token: &SessionToken, index: u32, addr: Addr<ConnectionActor>) -> bool {
         let mut inner = self.lock();
         match inner.sessions.get_mut(token).and_then(|s| s.conns.get_mut(index as usize)) {
-            Some(c) => {
+            Some(c @ ConnState::Attaching) => {
                 *c = ConnState::Live(addr);
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -235,10 +253,18 @@ mod tests {
 
     #[test]
     fn grants_are_capped_by_limits_and_memory() {
-        let limits = LimitsConfig { max_slots_per_connection: 1000, max_connections_per_session: 4, max_session_memory_bytes: 150_528 * 4 * 100, ..Default::default() };
+        let limits = LimitsConfig {
+            max_slots_per_connection: 1000,
+            max_connections_per_session: 4,
+            max_session_memory_bytes: 150_528 * 4 * 100,
+            ..Default::default()
+        };
         let r = Registry::new(limits);
         let (_, g) = r.open(&req(8, 8192), 64, "echo", 1).unwrap();
-        assert_eq!((g.connections, g.slots_per_connection, g.input_slot_bytes, g.output_slot_bytes), (4, 100, 150_528, 4));
+        assert_eq!(
+            (g.connections, g.slots_per_connection, g.input_slot_bytes, g.output_slot_bytes),
+            (4, 100, 150_528, 4)
+        );
     }
 
     #[test]
@@ -266,7 +292,10 @@ mod tests {
         assert_eq!(r.attach(&ok).unwrap().slots, 4);
         assert_eq!(r.attach(&ok).unwrap_err(), AttachStatus::AlreadyAttached);
         assert_eq!(r.attach(&Attach { token: g.token, connection: 2 }).unwrap_err(), AttachStatus::BadConnectionIndex);
-        assert_eq!(r.attach(&Attach { token: SessionToken([0; 16]), connection: 0 }).unwrap_err(), AttachStatus::UnknownSession);
+        assert_eq!(
+            r.attach(&Attach { token: SessionToken([0; 16]), connection: 0 }).unwrap_err(),
+            AttachStatus::UnknownSession
+        );
         r.detach(&g.token, 1);
         assert!(r.attach(&ok).is_ok(), "a detached index may attach again");
         assert!(r.close(&g.token).is_empty());

@@ -307,16 +307,22 @@ impl TestSettings {
     /// Applies the mlperf.conf compiled into LoadGen for `model` (e.g. "resnet50", "bert") and
     /// `scenario`. Sets the official seeds, latency bounds and sample counts.
     pub fn apply_mlperf_conf(&mut self, model: &str, scenario: Scenario) -> Result<(), LoadgenError> {
-        self.from_config(None, model, scenario, 0)
+        self.apply_config(None, model, scenario, 0)
     }
 
     /// Applies a user.conf. On the first call in a process LoadGen applies its mlperf.conf first;
     /// a later call in the same process does not (LoadGen logs "Multiple conf files are used").
     pub fn apply_user_conf(&mut self, path: &Path, model: &str, scenario: Scenario) -> Result<(), LoadgenError> {
-        self.from_config(Some(path), model, scenario, 1)
+        self.apply_config(Some(path), model, scenario, 1)
     }
 
-    fn from_config(&mut self, path: Option<&Path>, model: &str, scenario: Scenario, conf_type: i32) -> Result<(), LoadgenError> {
+    fn apply_config(
+        &mut self,
+        path: Option<&Path>,
+        model: &str,
+        scenario: Scenario,
+        conf_type: i32,
+    ) -> Result<(), LoadgenError> {
         let what = match path {
             Some(p) => format!("user.conf {}", p.display()),
             None => format!("mlperf.conf for {model}.{}", scenario.config_name()),
@@ -556,8 +562,7 @@ pub fn start_test(
     settings: &TestSettings,
     log: &LogSettings,
 ) -> Result<(), LoadgenError> {
-    std::fs::create_dir_all(&log.outdir)
-        .map_err(|source| LoadgenError::LogDir { path: log.outdir.clone(), source })?;
+    std::fs::create_dir_all(&log.outdir).map_err(|source| LoadgenError::LogDir { path: log.outdir.clone(), source })?;
     if TEST_RUNNING.swap(true, Ordering::AcqRel) {
         return Err(LoadgenError::Busy);
     }
@@ -610,7 +615,15 @@ pub fn start_test(
         // SAFETY: both objects were just created by the shim and are freed only after this call;
         // all strings referenced by `raw_log` and `audit` live until the end of this function.
         unsafe {
-            ffi::qdl_lg_start_test(sut_ptr, qsl_ptr, &raw_settings, &raw_log, audit.as_ptr(), err.as_mut_ptr(), err.len())
+            ffi::qdl_lg_start_test(
+                sut_ptr,
+                qsl_ptr,
+                &raw_settings,
+                &raw_log,
+                audit.as_ptr(),
+                err.as_mut_ptr(),
+                err.len(),
+            )
         }
     };
     // SAFETY: the pointers came from the matching constructors (null is accepted by delete) and
@@ -622,7 +635,11 @@ pub fn start_test(
     if rc != 0 {
         // SAFETY: zero-initialised buffer, NUL-terminated by the shim.
         let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
-        return Err(LoadgenError::StartTest(if msg.is_empty() { "could not create the SUT or QSL".into() } else { msg }));
+        return Err(LoadgenError::StartTest(if msg.is_empty() {
+            "could not create the SUT or QSL".into()
+        } else {
+            msg
+        }));
     }
     Ok(())
 }
@@ -632,7 +649,9 @@ fn guard<R>(what: &str, f: impl FnOnce() -> R) -> R {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(_) => {
-            eprintln!("qdl-loadgen: panic inside the LoadGen {what} callback; aborting (a panic cannot unwind into LoadGen)");
+            eprintln!(
+                "qdl-loadgen: panic inside the LoadGen {what} callback; aborting (a panic cannot unwind into LoadGen)"
+            );
             std::process::abort();
         }
     }
@@ -717,13 +736,15 @@ mod tests {
 
     #[test]
     fn raw_mirror_is_lossless() {
-        let mut s = TestSettings::default();
-        s.scenario = Scenario::Server;
-        s.mode = TestMode::AccuracyOnly;
-        s.server_target_qps = 1234.5;
-        s.server_coalesce_queries = true;
-        s.max_query_count = 77;
-        s.accuracy_sample_count_override = 9;
+        let s = TestSettings {
+            scenario: Scenario::Server,
+            mode: TestMode::AccuracyOnly,
+            server_target_qps: 1234.5,
+            server_coalesce_queries: true,
+            max_query_count: 77,
+            accuracy_sample_count_override: 9,
+            ..Default::default()
+        };
         assert_eq!(TestSettings::from_raw(&s.to_raw()), s);
     }
 }

@@ -8,8 +8,7 @@ fn user_conf_applies_mlperf_conf_first_then_overrides() {
     let dir = tempfile::tempdir().unwrap();
     let user = dir.path().join("user.conf");
     std::fs::write(&user, "resnet50.Server.target_qps = 4321\n*.Server.min_duration = 2500\n").unwrap();
-    let mut s = TestSettings::default();
-    s.scenario = Scenario::Server;
+    let mut s = TestSettings { scenario: Scenario::Server, ..Default::default() };
     s.apply_user_conf(&user, "resnet50", Scenario::Server).unwrap();
     // From the compiled-in mlperf.conf:
     assert_eq!(s.server_target_latency_ns, 15_000_000, "resnet50 Server bound is 15 ms");

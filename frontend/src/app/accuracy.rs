@@ -36,7 +36,12 @@ pub struct Verdict {
 impl Verdict {
     /// Whether every sample was answered exactly once, correctly.
     pub fn passed(&self) -> bool {
-        self.expected > 0 && self.correct == self.expected && self.missing.is_empty() && self.duplicated.is_empty() && self.wrong.is_empty() && self.stray.is_empty()
+        self.expected > 0
+            && self.correct == self.expected
+            && self.missing.is_empty()
+            && self.duplicated.is_empty()
+            && self.wrong.is_empty()
+            && self.stray.is_empty()
     }
 }
 
@@ -49,7 +54,8 @@ pub fn check(dir: &Path) -> anyhow::Result<Verdict> {
     let report = RunReport::read(dir).map_err(anyhow::Error::msg)?;
     let path = dir.join("mlperf_log_accuracy.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let entries: Vec<Entry> = serde_json::from_str(&text).with_context(|| format!("{} is not LoadGen's accuracy log", path.display()))?;
+    let entries: Vec<Entry> =
+        serde_json::from_str(&text).with_context(|| format!("{} is not LoadGen's accuracy log", path.display()))?;
     let expected = match report.loadgen.accuracy_sample_count {
         Some(n) if n > 0 => (n as usize).min(report.total_samples),
         _ => report.total_samples,

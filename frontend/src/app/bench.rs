@@ -28,11 +28,24 @@ pub struct BenchOptions {
     pub max_qps: f64,
 }
 
+/// Offline throughput of one workload, network against local.
+#[derive(Debug, Serialize)]
+pub struct OfflineRatio {
+    /// The workload.
+    pub workload: String,
+    /// Network samples/s.
+    pub network: Option<f64>,
+    /// Local samples/s.
+    pub local: Option<f64>,
+    /// Network / local.
+    pub ratio: Option<f64>,
+}
+
 /// bench-report.json.
 #[derive(Debug, Default, Serialize)]
 pub struct BenchReport {
-    /// Offline network/local per workload: (workload, network, local, ratio).
-    pub offline: Vec<(String, Option<f64>, Option<f64>, Option<f64>)>,
+    /// Offline network/local per workload.
+    pub offline: Vec<OfflineRatio>,
     /// qdl's ResNet-50 payload rate over loopback, bytes/s.
     pub qdl_payload_bytes_per_second: Option<f64>,
     /// iperf3's rates on the same loopback (1 and 2 streams, before and after qdl), bytes/s.
@@ -60,7 +73,17 @@ fn iperf3(streams: u32, seconds: u64) -> anyhow::Result<f64> {
         .context("starting iperf3 (apt install iperf3)")?;
     std::thread::sleep(Duration::from_millis(300));
     let out = Command::new("iperf3")
-        .args(["-c", "127.0.0.1", "-p", &port.to_string(), "-t", &seconds.to_string(), "-P", &streams.to_string(), "-J"])
+        .args([
+            "-c",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            &seconds.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+        ])
         .output()
         .context("running iperf3")?;
     let _ = server.kill();
@@ -96,9 +119,20 @@ fn payload_bench(opts: &BenchOptions, r: &mut BenchReport) -> anyhow::Result<()>
     // 2 connections of 256 slots: deep enough to fill the pipe, small enough to stay in cache.
     let rate_guess = 40_000.0;
     let args: Vec<String> = [
-        "--workload", "resnet50", "--scenario", "offline", "--connections", "2", "--slots", "256",
-        "--min-duration-ms", &opts.duration_ms.to_string(), "--expected-qps", &format!("{rate_guess}"),
-        "--accelerator", &accs.addrs[0],
+        "--workload",
+        "resnet50",
+        "--scenario",
+        "offline",
+        "--connections",
+        "2",
+        "--slots",
+        "256",
+        "--min-duration-ms",
+        &opts.duration_ms.to_string(),
+        "--expected-qps",
+        &format!("{rate_guess}"),
+        "--accelerator",
+        &accs.addrs[0],
     ]
     .iter()
     .map(|s| s.to_string())
@@ -127,8 +161,18 @@ fn server_search(opts: &BenchOptions, r: &mut BenchReport) -> anyhow::Result<()>
     let duration = (opts.duration_ms / 2).max(2000).to_string();
     let try_qps = |qps: f64, r: &mut BenchReport| -> bool {
         let args: Vec<String> = [
-            "--workload", "bert", "--scenario", "server", "--target-qps", &format!("{qps:.0}"),
-            "--min-duration-ms", &duration, "--min-query-count", "100", "--accelerator", &accs.addrs[0],
+            "--workload",
+            "bert",
+            "--scenario",
+            "server",
+            "--target-qps",
+            &format!("{qps:.0}"),
+            "--min-duration-ms",
+            &duration,
+            "--min-query-count",
+            "100",
+            "--accelerator",
+            &accs.addrs[0],
         ]
         .iter()
         .map(|s| s.to_string())
@@ -178,7 +222,12 @@ pub fn bench(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         accelerators: 2,
     })?;
     for row in labr.rows {
-        r.offline.push((row.workload, row.network_samples_per_second, row.local_samples_per_second, row.ratio));
+        r.offline.push(OfflineRatio {
+            workload: row.workload,
+            network: row.network_samples_per_second,
+            local: row.local_samples_per_second,
+            ratio: row.ratio,
+        });
     }
     eprintln!("bench: 2/3 ResNet-50 payload throughput vs iperf3 ...");
     if let Err(e) = payload_bench(&opts, &mut r) {
@@ -189,7 +238,10 @@ pub fn bench(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         r.notes.push(format!("server search: {e:#}"));
     }
     std::fs::write(opts.output_dir.join("bench-report.json"), serde_json::to_string_pretty(&r)? + "\n")?;
-    if r.offline.iter().all(|o| o.3.is_none()) && r.qdl_payload_bytes_per_second.is_none() && r.server_max_valid_qps.is_none() {
+    if r.offline.iter().all(|o| o.ratio.is_none())
+        && r.qdl_payload_bytes_per_second.is_none()
+        && r.server_max_valid_qps.is_none()
+    {
         bail!("every part of the bench failed: {}", r.notes.join("; "));
     }
     Ok(r)
@@ -199,7 +251,7 @@ pub fn bench(opts: BenchOptions) -> anyhow::Result<BenchReport> {
 pub fn print(r: &BenchReport, out: &Path) {
     println!();
     println!("qdl bench (measured side by side in one run)");
-    for (w, net, loc, ratio) in &r.offline {
+    for OfflineRatio { workload: w, network: net, local: loc, ratio } in &r.offline {
         let f = |v: &Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
         println!(
             "  Offline network/local, {w:<9} {:>7}   ({} vs {} samples/s)",
@@ -210,8 +262,14 @@ pub fn print(r: &BenchReport, out: &Path) {
     }
     match (r.qdl_payload_bytes_per_second, r.payload_ratio) {
         (Some(q), Some(ratio)) => {
-            let runs: Vec<String> = r.iperf3_bytes_per_second.iter().map(|(p, v)| format!("-P {p}: {}", gbs(*v))).collect();
-            println!("  ResNet-50 payload, loopback TCP  {:>7}   of iperf3's best (qdl {}; iperf3 {})", format!("{:.1}%", ratio * 100.0), gbs(q), runs.join(", "));
+            let runs: Vec<String> =
+                r.iperf3_bytes_per_second.iter().map(|(p, v)| format!("-P {p}: {}", gbs(*v))).collect();
+            println!(
+                "  ResNet-50 payload, loopback TCP  {:>7}   of iperf3's best (qdl {}; iperf3 {})",
+                format!("{:.1}%", ratio * 100.0),
+                gbs(q),
+                runs.join(", ")
+            );
         }
         (Some(q), None) => println!("  ResNet-50 payload, loopback TCP  {} (iperf3 not measured)", gbs(q)),
         _ => println!("  ResNet-50 payload, loopback TCP  -"),

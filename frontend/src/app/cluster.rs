@@ -36,7 +36,13 @@ pub struct Accelerators {
 
 impl Accelerators {
     /// Starts `n` accelerators named `{prefix}-{i}` with `config`, logging into `log_dir`.
-    pub fn start(n: usize, config: &Path, prefix: &str, extra: &[&str], log_dir: &Path) -> anyhow::Result<Accelerators> {
+    pub fn start(
+        n: usize,
+        config: &Path,
+        prefix: &str,
+        extra: &[&str],
+        log_dir: &Path,
+    ) -> anyhow::Result<Accelerators> {
         let bin = accelerator_binary()?;
         let mut acc = Accelerators { children: Vec::new(), addrs: Vec::new(), metrics: Vec::new() };
         for i in 0..n {
@@ -53,7 +59,8 @@ impl Accelerators {
                 .with_context(|| format!("starting {}", bin.display()))?;
             let stdout = child.stdout.take().expect("piped");
             acc.children.push(child);
-            let line = read_ready_line(stdout, Duration::from_secs(30)).with_context(|| format!("{name} did not start; see {}/{name}.log", log_dir.display()))?;
+            let line = read_ready_line(stdout, Duration::from_secs(30))
+                .with_context(|| format!("{name} did not start; see {}/{name}.log", log_dir.display()))?;
             let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).map(str::to_string);
             acc.addrs.push(field("listen=").ok_or_else(|| anyhow!("bad ready line {line:?}"))?);
             acc.metrics.push(field("metrics=").unwrap_or_else(|| "off".into()));
@@ -158,7 +165,8 @@ pub fn run_test(args: &[String], out: &Path, on_progress: &(dyn Fn(Live) + Sync)
         let log = log.clone();
         scope.spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let progress = serde_json::from_str::<serde_json::Value>(&line).ok().and_then(|v| v.get("progress").cloned());
+                let progress =
+                    serde_json::from_str::<serde_json::Value>(&line).ok().and_then(|v| v.get("progress").cloned());
                 match progress {
                     Some(p) => on_progress(Live {
                         elapsed_s: p.get("elapsed_s").and_then(|v| v.as_f64()).unwrap_or(0.0),

@@ -122,7 +122,12 @@ struct Display {
 }
 
 impl Display {
-    fn run(&self, label: &str, planned_s: f64, f: impl FnOnce(&(dyn Fn(Live) + Sync)) -> anyhow::Result<RunReport>) -> anyhow::Result<RunReport> {
+    fn run(
+        &self,
+        label: &str,
+        planned_s: f64,
+        f: impl FnOnce(&(dyn Fn(Live) + Sync)) -> anyhow::Result<RunReport>,
+    ) -> anyhow::Result<RunReport> {
         let started = Instant::now();
         let result = if self.terminal {
             let bar = indicatif::ProgressBar::new((planned_s * 10.0) as u64);
@@ -135,7 +140,12 @@ impl Display {
             let update = |l: Live| {
                 bar.set_position(((l.elapsed_s * 10.0) as u64).min(bar.length().unwrap_or(0)));
                 let rate = if l.elapsed_s > 0.0 { l.completed as f64 / l.elapsed_s } else { 0.0 };
-                bar.set_message(format!("{:>5.1} s  {} samples  {}/s", l.elapsed_s, thousands(l.completed), thousands(rate as u64)));
+                bar.set_message(format!(
+                    "{:>5.1} s  {} samples  {}/s",
+                    l.elapsed_s,
+                    thousands(l.completed),
+                    thousands(rate as u64)
+                ));
             };
             let r = f(&update);
             bar.finish_and_clear();
@@ -291,8 +301,8 @@ pub fn print_table(r: &LabReport, out: &Path) {
     println!();
     println!("Network division vs. accelerators in the box (qdl lab, {} ms per test)", r.duration_ms);
     println!(
-        "{:<10} {:<9} {:>14} {:>14} {:>8} {:>13} {:>13}  {}",
-        "workload", "scenario", "network /s", "local /s", "ratio", "p99 network", "p99 local", "LoadGen (network/local)"
+        "{:<10} {:<9} {:>14} {:>14} {:>8} {:>13} {:>13}  LoadGen (network/local)",
+        "workload", "scenario", "network /s", "local /s", "ratio", "p99 network", "p99 local"
     );
     for row in &r.rows {
         let valid = |v: Option<bool>| match v {

@@ -55,8 +55,7 @@ fn scenario(s: ScenarioName) -> Scenario {
 pub fn loadgen_settings(cfg: &FrontendConfig, model: &str) -> anyhow::Result<TestSettings> {
     let l = &cfg.loadgen;
     let sc = scenario(l.scenario);
-    let mut s = TestSettings::default();
-    s.scenario = sc;
+    let mut s = TestSettings { scenario: sc, ..Default::default() };
     match &l.user_conf {
         Some(path) => s.apply_user_conf(path, model, sc)?,
         None => s.apply_mlperf_conf(model, sc)?,
@@ -121,7 +120,11 @@ struct Shared {
     io: Vec<actix::ArbiterHandle>,
 }
 
-fn start_connection(shared: &Shared, k: usize, parts: impl FnOnce() -> ConnectionParts + Send + 'static) -> Addr<ConnectionActor> {
+fn start_connection(
+    shared: &Shared,
+    k: usize,
+    parts: impl FnOnce() -> ConnectionParts + Send + 'static,
+) -> Addr<ConnectionActor> {
     let arbiter = &shared.io[k % shared.io.len()];
     ConnectionActor::start_in_arbiter(arbiter, move |_| ConnectionActor::new(parts()))
 }
@@ -129,14 +132,22 @@ fn start_connection(shared: &Shared, k: usize, parts: impl FnOnce() -> Connectio
 async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Shared>) -> anyhow::Result<Connections> {
     let f = &cfg.frontend;
     if f.accelerators.is_empty() {
-        bail!("no accelerator given: pass --accelerator HOST:PORT (or frontend.accelerators in the config), or --local");
+        bail!(
+            "no accelerator given: pass --accelerator HOST:PORT (or frontend.accelerators in the config), or --local"
+        );
     }
-    let request = SessionRequest { workload: spec.clone(), connections: f.connections_per_accelerator, slots_per_connection: f.slots_per_connection };
+    let request = SessionRequest {
+        workload: spec.clone(),
+        connections: f.connections_per_accelerator,
+        slots_per_connection: f.slots_per_connection,
+    };
     let timeout = Duration::from_millis(f.connect_timeout_ms);
     let hb = cfg.heartbeat.to_heartbeat();
-    let sessions = join_all(f.accelerators.iter().map(|a| {
-        AcceleratorClient::connect(a, &f.name, request.clone(), hb, timeout, shared.failure.clone())
-    }))
+    let sessions = join_all(
+        f.accelerators
+            .iter()
+            .map(|a| AcceleratorClient::connect(a, &f.name, request.clone(), hb, timeout, shared.failure.clone())),
+    )
     .await;
     let mut clients: Vec<(Addr<AcceleratorClient>, Established)> = Vec::new();
     let mut errors: Vec<ClientError> = Vec::new();
@@ -160,7 +171,13 @@ async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Sh
         }
         bail!("accelerator names must be unique (the SUT name lists them); duplicated: {}", dups.join(", "));
     }
-    let mut out = Connections { lanes: Vec::new(), actors: Vec::new(), clients: Vec::new(), accelerators: Vec::new(), pool: None };
+    let mut out = Connections {
+        lanes: Vec::new(),
+        actors: Vec::new(),
+        clients: Vec::new(),
+        accelerators: Vec::new(),
+        pool: None,
+    };
     for (client, est) in clients {
         let g = est.grant.clone();
         if g.input_slot_bytes as usize != spec.input_bytes() || g.output_slot_bytes != spec.output_bytes {
@@ -190,7 +207,8 @@ async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Sh
                 .with_context(|| format!("data connection {c} to accelerator {} ({})", est.name, est.addr))?;
             let std_stream = stream.into_std().context("detaching the data connection")?;
             let lane = Lane::new(format!("{}/{c}", est.name), g.slots_per_connection);
-            let (sh, l, name, slots, out_bytes) = (shared.clone(), lane.clone(), est.name.clone(), g.slots_per_connection, g.output_slot_bytes);
+            let (sh, l, name, slots, out_bytes) =
+                (shared.clone(), lane.clone(), est.name.clone(), g.slots_per_connection, g.output_slot_bytes);
             let k = out.actors.len();
             out.actors.push(start_connection(&shared, k, move || ConnectionParts {
                 label: l.label().to_string(),
@@ -222,15 +240,27 @@ async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Sh
     Ok(out)
 }
 
-fn connect_local(cfg: &FrontendConfig, acc: &AcceleratorConfig, spec: &WorkloadSpec, shared: &Arc<Shared>) -> anyhow::Result<Connections> {
+fn connect_local(
+    cfg: &FrontendConfig,
+    acc: &AcceleratorConfig,
+    spec: &WorkloadSpec,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<Connections> {
     let boxes = cfg.local.accelerators as usize;
     let per_box = acc.workers.count as usize;
-    let pool = Arc::new(WorkerPool::start(boxes * per_box, acc.batcher, &acc.backend).context("starting local workers")?);
+    let pool =
+        Arc::new(WorkerPool::start(boxes * per_box, acc.batcher, &acc.backend).context("starting local workers")?);
     pool.check(&acc.backend, spec)?;
     let spec = Arc::new(spec.clone());
     let slots = cfg.frontend.slots_per_connection.min(acc.limits.max_slots_per_connection);
     let conns = cfg.frontend.connections_per_accelerator;
-    let mut out = Connections { lanes: Vec::new(), actors: Vec::new(), clients: Vec::new(), accelerators: Vec::new(), pool: Some(pool.clone()) };
+    let mut out = Connections {
+        lanes: Vec::new(),
+        actors: Vec::new(),
+        clients: Vec::new(),
+        accelerators: Vec::new(),
+        pool: Some(pool.clone()),
+    };
     for b in 0..boxes {
         let name = format!("local-{b}");
         for c in 0..conns as usize {
@@ -298,7 +328,12 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     let settings = loadgen_settings(&cfg, &spec.name)?;
 
     let io = Io::start(cfg.frontend.io_threads as usize)?;
-    let shared = Arc::new(Shared { store: store.clone(), gate: Arc::new(CreditGate::default()), failure: failure.clone(), io: io.io.clone() });
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        gate: Arc::new(CreditGate::default()),
+        failure: failure.clone(),
+        io: io.io.clone(),
+    });
     let conns = if opts.local {
         connect_local(&cfg, &opts.accelerator_config, &spec, &shared)?
     } else {
@@ -333,9 +368,18 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     }
     let dispatcher = Dispatcher::for_config(cfg.frontend.dispatch, cfg.loadgen.scenario == ScenarioName::Offline);
     let no_lane = failure.clone();
-    let issuer = Arc::new(QueryIssuer::new(conns.lanes.clone(), dispatcher, shared.gate.clone(), Box::new(move |m: &str| no_lane(m.to_string()))));
+    let issuer = Arc::new(QueryIssuer::new(
+        conns.lanes.clone(),
+        dispatcher,
+        shared.gate.clone(),
+        Box::new(move |m: &str| no_lane(m.to_string())),
+    ));
     let sut_name = if opts.local {
-        SutName::Local(format!("qdl Local SUT ({} x {} in-process)", conns.accelerators.len(), conns.accelerators[0].backend))
+        SutName::Local(format!(
+            "qdl Local SUT ({} x {} in-process)",
+            conns.accelerators.len(),
+            conns.accelerators[0].backend
+        ))
     } else {
         SutName::Network(conns.clients.clone())
     };
@@ -346,7 +390,13 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     if !opts.local {
         set_run_state(&io, &conns.clients, RunState::Start)?;
     }
-    let label = format!("{} {} {} {}", spec.name, cfg.loadgen.scenario.as_str(), cfg.loadgen.mode.as_str(), if opts.local { "local" } else { "network" });
+    let label = format!(
+        "{} {} {} {}",
+        spec.name,
+        cfg.loadgen.scenario.as_str(),
+        cfg.loadgen.mode.as_str(),
+        if opts.local { "local" } else { "network" }
+    );
     let progress = {
         let i = issuer.clone();
         Progress::start(opts.progress, label, move || (i.issued(), i.completed()))
@@ -421,7 +471,8 @@ fn set_run_state(io: &Io, clients: &[Addr<AcceleratorClient>], state: RunState) 
         let all = join_all(clients.iter().map(|c| c.send(SetRunState(state))));
         tokio::time::timeout(WARMUP_TIMEOUT, all).await
     })?;
-    let results = results.map_err(|_| anyhow!("accelerators did not acknowledge {state:?} within {WARMUP_TIMEOUT:?}"))?;
+    let results =
+        results.map_err(|_| anyhow!("accelerators did not acknowledge {state:?} within {WARMUP_TIMEOUT:?}"))?;
     for r in results {
         r.map_err(|e| anyhow!("{e}"))?.map_err(|e| anyhow!("{e}"))?;
     }
@@ -447,7 +498,11 @@ fn ms(ns: Option<f64>) -> String {
 pub fn print_summary(r: &RunReport, out_dir: &std::path::Path) {
     let l = &r.loadgen;
     let f = &r.frontend;
-    let where_ = if r.network { format!("over the network ({} accelerators)", r.accelerators.len()) } else { "in-process (local baseline)".into() };
+    let where_ = if r.network {
+        format!("over the network ({} accelerators)", r.accelerators.len())
+    } else {
+        "in-process (local baseline)".into()
+    };
     println!("qdl run: {} {} {} {where_}", r.workload.name, r.scenario.as_str(), r.mode.as_str());
     let row = |k: &str, v: String| println!("  {k:<22} {v}");
     row("SUT", r.sut_name.clone());
@@ -463,7 +518,12 @@ pub fn print_summary(r: &RunReport, out_dir: &std::path::Path) {
         }
         row(
             "latency p50/p99/max",
-            format!("{} / {} / {}", ms(l.latency_ns.get("50.00").copied()), ms(l.p99_ns()), ms(l.latency_ns.get("max").copied())),
+            format!(
+                "{} / {} / {}",
+                ms(l.latency_ns.get("50.00").copied()),
+                ms(l.p99_ns()),
+                ms(l.latency_ns.get("max").copied())
+            ),
         );
     }
     row("samples", format!("{} completed, {} failed", thousands(f.samples_completed), thousands(f.sample_errors)));
@@ -471,7 +531,12 @@ pub fn print_summary(r: &RunReport, out_dir: &std::path::Path) {
         let secs = f.wall_seconds.max(1e-9);
         row(
             "bytes sent / received",
-            format!("{} ({}/s) / {}", human_bytes(f.bytes_sent as f64), human_bytes(f.bytes_sent as f64 / secs), human_bytes(f.bytes_received as f64)),
+            format!(
+                "{} ({}/s) / {}",
+                human_bytes(f.bytes_sent as f64),
+                human_bytes(f.bytes_sent as f64 / secs),
+                human_bytes(f.bytes_received as f64)
+            ),
         );
         row("writes per sample", format!("{:.3}", f.write_calls as f64 / f.samples_completed.max(1) as f64));
     }

@@ -117,6 +117,12 @@ pub struct Request {
     pub slot: SlotLease,
 }
 
+/// Receives each response's header and output bytes; an error ends the connection.
+pub type OnResponse<'a> = dyn FnMut(&DataHeader, &[u8]) -> Result<(), TransportError> + 'a;
+
+/// Receives each request; an error ends the connection.
+pub type OnRequest<'a> = dyn FnMut(Request) -> Result<(), TransportError> + 'a;
+
 /// The frontend's end of a data connection.
 pub trait InitiatorTransport: Send + 'static {
     /// Queues a request; nothing is written until [`InitiatorTransport::poll_flush`].
@@ -134,7 +140,7 @@ pub trait InitiatorTransport: Send + 'static {
     fn poll_responses(
         &mut self,
         cx: &mut Context<'_>,
-        on_response: &mut dyn FnMut(&DataHeader, &[u8]) -> Result<(), TransportError>,
+        on_response: &mut OnResponse<'_>,
     ) -> Poll<Result<usize, TransportError>>;
 
     /// Counters so far.
@@ -148,7 +154,7 @@ pub trait TargetTransport: Send + 'static {
     fn poll_requests(
         &mut self,
         cx: &mut Context<'_>,
-        on_request: &mut dyn FnMut(Request) -> Result<(), TransportError>,
+        on_request: &mut OnRequest<'_>,
     ) -> Poll<Result<usize, TransportError>>;
 
     /// Queues a response (or error) frame; the output bytes are copied.

@@ -19,7 +19,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::{InitiatorTransport, Payload, Request, TargetTransport, TransportError, TransportStats};
+use super::{
+    InitiatorTransport, OnRequest, OnResponse, Payload, Request, TargetTransport, TransportError, TransportStats,
+};
 use crate::slots::{SlotArena, SlotLease};
 use crate::wire::attach::{ATTACH_REPLY_LEN, Attach, AttachStatus};
 use crate::wire::data::{DATA_HEADER_LEN, DataHeader, FrameKind};
@@ -218,7 +220,9 @@ impl InitiatorTransport for TcpInitiator {
             }
             match Pin::new(&mut self.stream).poll_write_vectored(cx, &iov[..n]) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(TransportError::Io { op: "writing requests", source: e })),
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(Err(TransportError::Io { op: "writing requests", source: e }));
+                }
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(TransportError::Closed)),
                 Poll::Ready(Ok(written)) => {
                     self.stats.write_calls += 1;
@@ -233,7 +237,7 @@ impl InitiatorTransport for TcpInitiator {
     fn poll_responses(
         &mut self,
         cx: &mut Context<'_>,
-        on_response: &mut dyn FnMut(&DataHeader, &[u8]) -> Result<(), TransportError>,
+        on_response: &mut OnResponse<'_>,
     ) -> Poll<Result<usize, TransportError>> {
         for _ in 0..READS_PER_POLL {
             let mut delivered = 0;
@@ -241,7 +245,9 @@ impl InitiatorTransport for TcpInitiator {
                 match DataHeader::parse_frame(self.inbuf.data(), self.max_response) {
                     Ok((h, payload)) => {
                         if h.kind == FrameKind::Request {
-                            return Poll::Ready(Err(TransportError::Protocol("the accelerator sent a request frame".into())));
+                            return Poll::Ready(Err(TransportError::Protocol(
+                                "the accelerator sent a request frame".into(),
+                            )));
                         }
                         on_response(&h, payload)?;
                         self.stats.frames_received += 1;
@@ -310,7 +316,7 @@ impl TcpTarget {
     }
 
     /// Delivers every complete request in the read buffer (and fills a pending slot from it).
-    fn consume(&mut self, on_request: &mut dyn FnMut(Request) -> Result<(), TransportError>) -> Result<usize, TransportError> {
+    fn consume(&mut self, on_request: &mut OnRequest<'_>) -> Result<usize, TransportError> {
         let mut n = 0;
         loop {
             if let Some(p) = &mut self.partial {
@@ -356,7 +362,7 @@ impl TargetTransport for TcpTarget {
     fn poll_requests(
         &mut self,
         cx: &mut Context<'_>,
-        on_request: &mut dyn FnMut(Request) -> Result<(), TransportError>,
+        on_request: &mut OnRequest<'_>,
     ) -> Poll<Result<usize, TransportError>> {
         let mut delivered = 0;
         for _ in 0..READS_PER_POLL {
@@ -365,7 +371,10 @@ impl TargetTransport for TcpTarget {
                 Err(e) => return Poll::Ready(Err(e)),
             };
             let direct = match &mut self.partial {
-                Some(p) if self.inbuf.data().is_empty() && p.header.len as usize - p.filled >= DIRECT_PLACEMENT_THRESHOLD => {
+                Some(p)
+                    if self.inbuf.data().is_empty()
+                        && p.header.len as usize - p.filled >= DIRECT_PLACEMENT_THRESHOLD =>
+                {
                     Some(p)
                 }
                 _ => None,
@@ -412,7 +421,9 @@ impl TargetTransport for TcpTarget {
         while self.out_pos < self.out.len() {
             match Pin::new(&mut self.stream).poll_write(cx, &self.out[self.out_pos..]) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(TransportError::Io { op: "writing responses", source: e })),
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(Err(TransportError::Io { op: "writing responses", source: e }));
+                }
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(TransportError::Closed)),
                 Poll::Ready(Ok(n)) => {
                     self.stats.write_calls += 1;
@@ -489,7 +500,10 @@ mod tests {
                 assert_eq!(r.slot.bytes(), &data[i * sample..(i + 1) * sample], "sample {i} of {sample} bytes");
             }
             for r in &got {
-                acc.push_response(DataHeader::response(r.header.slot, r.header.sample_id, 4), &r.header.aux.to_le_bytes());
+                acc.push_response(
+                    DataHeader::response(r.header.slot, r.header.sample_id, 4),
+                    &r.header.aux.to_le_bytes(),
+                );
             }
             drop(got);
             poll_fn(|cx| acc.poll_flush(cx)).await.unwrap();
@@ -544,7 +558,14 @@ mod tests {
             a.write_all(&bytes).await.unwrap();
             let mut held = Vec::new();
             let err = loop {
-                match poll_fn(|cx| acc.poll_requests(cx, &mut |r| Ok(held.push(r)))).await {
+                match poll_fn(|cx| {
+                    acc.poll_requests(cx, &mut |r| {
+                        held.push(r);
+                        Ok(())
+                    })
+                })
+                .await
+                {
                     Ok(_) => continue,
                     Err(e) => break e,
                 }
@@ -556,12 +577,18 @@ mod tests {
     #[tokio::test]
     async fn attach_handshake_reports_refusal_and_version_mismatch() {
         for (reply, expect) in [
-            ([Preamble::ours(Role::Data).encode().to_vec(), AttachStatus::UnknownSession.encode().to_vec()].concat(), "no live session"),
-            ({
-                let mut p = Preamble::ours(Role::Data).encode().to_vec();
-                p[4] = 42;
-                p
-            }, "peer speaks v42"),
+            (
+                [Preamble::ours(Role::Data).encode().to_vec(), AttachStatus::UnknownSession.encode().to_vec()].concat(),
+                "no live session",
+            ),
+            (
+                {
+                    let mut p = Preamble::ours(Role::Data).encode().to_vec();
+                    p[4] = 42;
+                    p
+                },
+                "peer speaks v42",
+            ),
         ] {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = l.local_addr().unwrap();

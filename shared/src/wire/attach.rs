@@ -32,9 +32,8 @@ impl SessionToken {
     /// fallback where /dev/urandom is unavailable).
     pub fn random() -> SessionToken {
         let mut b = [0u8; 16];
-        let ok = std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-            .is_ok();
+        let ok =
+            std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_ok();
         if !ok {
             let t = crate::time::Nanos::now().0;
             let lo = xxhash_rust::xxh3::xxh3_64_with_seed(&t.to_le_bytes(), std::process::id() as u64);

@@ -33,6 +33,7 @@ pub enum FrameKind {
 
 /// Why an accelerator failed a sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
 pub enum DataErrorCode {
     /// The accelerator's queues are full.
     Overloaded = 1,
@@ -176,7 +177,10 @@ mod tests {
         assert!(matches!(DataHeader::parse(&bad_flags, 64), Err(WireError::Reserved { field: "data.flags", .. })));
         let mut bad_reserved = good;
         bad_reserved[7] = 1;
-        assert!(matches!(DataHeader::parse(&bad_reserved, 64), Err(WireError::Reserved { field: "data.reserved", .. })));
+        assert!(matches!(
+            DataHeader::parse(&bad_reserved, 64),
+            Err(WireError::Reserved { field: "data.reserved", .. })
+        ));
         assert!(matches!(DataHeader::parse(&good, 4), Err(WireError::TooLarge { len: 8, max: 4, .. })));
         assert_eq!(DataHeader::parse(&good[..10], 64), Err(WireError::Incomplete { needed: 14 }));
     }

@@ -190,7 +190,11 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) -> Result<(), WireError> {
     let body = bincode::serde::encode_to_vec(msg, config()).map_err(|e| WireError::Encode(e.to_string()))?;
     if body.len() > MAX_CONTROL_FRAME {
         out.truncate(start);
-        return Err(WireError::TooLarge { what: "control message", len: body.len() as u64, max: MAX_CONTROL_FRAME as u64 });
+        return Err(WireError::TooLarge {
+            what: "control message",
+            len: body.len() as u64,
+            max: MAX_CONTROL_FRAME as u64,
+        });
     }
     out.extend_from_slice(&body);
     out[start..start + 4].copy_from_slice(&(body.len() as u32).to_le_bytes());
@@ -214,8 +218,8 @@ pub fn check(buf: &[u8]) -> Result<usize, WireError> {
 pub fn parse(buf: &[u8]) -> Result<(Message, usize), WireError> {
     let total = check(buf)?;
     let body = &buf[4..total];
-    let (msg, used) =
-        bincode::serde::decode_from_slice::<Message, _>(body, config()).map_err(|e| WireError::Decode(e.to_string()))?;
+    let (msg, used) = bincode::serde::decode_from_slice::<Message, _>(body, config())
+        .map_err(|e| WireError::Decode(e.to_string()))?;
     if used != body.len() {
         return Err(WireError::Decode(format!("{} trailing bytes after a {}", body.len() - used, msg.name())));
     }
@@ -241,10 +245,7 @@ mod tests {
         assert_eq!(framed(&Message::Hello { node: "fe".into() }), [4, 0, 0, 0, 0, 2, b'f', b'e']);
         assert_eq!(framed(&Message::QueryName { request: 7 }), [2, 0, 0, 0, 4, 7]);
         assert_eq!(framed(&Message::RunState { request: 1, state: RunState::Flush }), [3, 0, 0, 0, 6, 1, 2]);
-        assert_eq!(
-            framed(&Message::Heartbeat { seq: 300, sent_ns: 1 }),
-            [5, 0, 0, 0, 8, 251, 0x2c, 0x01, 1]
-        );
+        assert_eq!(framed(&Message::Heartbeat { seq: 300, sent_ns: 1 }), [5, 0, 0, 0, 8, 251, 0x2c, 0x01, 1]);
         assert_eq!(framed(&Message::Goodbye), [1, 0, 0, 0, 11]);
         let grant = Message::Configured(SessionGrant {
             token: SessionToken([1; 16]),
@@ -258,7 +259,8 @@ mod tests {
         });
         let mut expected = vec![0, 0, 0, 0, 3];
         expected.extend_from_slice(&[1; 16]);
-        expected.extend_from_slice(&[2, 251, 0x00, 0x20, 252, 0x00, 0x4c, 0x02, 0x00, 4, 64, 4, b'e', b'c', b'h', b'o', 1]);
+        expected
+            .extend_from_slice(&[2, 251, 0x00, 0x20, 252, 0x00, 0x4c, 0x02, 0x00, 4, 64, 4, b'e', b'c', b'h', b'o', 1]);
         expected[0] = (expected.len() - 4) as u8;
         assert_eq!(framed(&grant), expected);
     }
@@ -277,7 +279,11 @@ mod tests {
                 },
                 heartbeat_interval_ms: 1000,
             },
-            Message::Configure(SessionRequest { workload: WorkloadSpec::bert(), connections: 2, slots_per_connection: 16 }),
+            Message::Configure(SessionRequest {
+                workload: WorkloadSpec::bert(),
+                connections: 2,
+                slots_per_connection: 16,
+            }),
             Message::Name { request: 3, name: "acc-0".into() },
             Message::RunStateAck { request: 3, state: RunState::Warmup },
             Message::HeartbeatAck { seq: u64::MAX, sent_ns: 5 },

@@ -1,0 +1,74 @@
+//! The `qdl-accelerator` binary: start-up errors are clear, the ready line is printed, and
+//! SIGTERM ends an idle node with status 0.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_qdl-accelerator"))
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn start_up_errors_name_their_cause() {
+    let o = bin().args(["--listen", "not-an-address"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("accelerator.listen"), "{}", text(&o));
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let o = bin().args(["--listen", &addr, "--metrics-listen", ""]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("cannot listen on") && text(&o).contains(&addr), "{}", text(&o));
+
+    let o = bin().args(["--listen", "127.0.0.1:0", "--metrics-listen", &addr]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("cannot serve metrics"), "{}", text(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("a.toml");
+    std::fs::write(&cfg, "[workers]\ncount = 0\n").unwrap();
+    let o = bin().arg("--config").arg(&cfg).output().unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("workers.count"), "{}", text(&o));
+}
+
+#[test]
+fn ready_line_then_sigterm_exits_zero() {
+    let mut child = bin()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "",
+            "--name",
+            "cli-test",
+            "--backend",
+            "echo",
+            "--workers",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("qdl-accelerator ready name=cli-test listen=127.0.0.1:"), "{line}");
+    assert!(line.contains("backend=echo workers=2"), "{line}");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}

@@ -1,0 +1,178 @@
+//! Helpers for tests that run real `qdl-accelerator` and `qdl-frontend` processes.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The frontend binary under test.
+pub fn frontend_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_qdl-frontend"))
+}
+
+/// The accelerator binary of the same build (built on demand when this package is tested alone).
+pub fn accelerator_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let p = frontend_bin().with_file_name("qdl-accelerator");
+            if !p.is_file() {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let release = frontend_bin().parent().is_some_and(|d| d.ends_with("release"));
+                let mut cmd = Command::new(cargo);
+                cmd.args(["build", "-p", "qdl-accelerator", "--bin", "qdl-accelerator"]);
+                if release {
+                    cmd.arg("--release");
+                }
+                assert!(cmd.status().expect("cargo").success(), "building qdl-accelerator");
+            }
+            p
+        })
+        .clone()
+}
+
+/// A running accelerator; killed when dropped.
+pub struct Acc {
+    pub child: Child,
+    pub addr: String,
+    pub metrics: String,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Acc {
+    /// Starts an accelerator with extra flags (e.g. `--backend echo --name x`).
+    pub fn start(extra: &[&str]) -> Acc {
+        Acc::start_with_config(None, extra)
+    }
+
+    /// Starts an accelerator with a config file's contents.
+    pub fn start_with_config(config: Option<&str>, extra: &[&str]) -> Acc {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("acc.log");
+        let mut cmd = Command::new(accelerator_bin());
+        if let Some(text) = config {
+            let p = dir.path().join("acc.toml");
+            std::fs::write(&p, text).unwrap();
+            cmd.arg("--config").arg(p);
+        }
+        let mut child = cmd
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start qdl-accelerator");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("qdl-accelerator ready"),
+            "unexpected first line {line:?}; log: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().to_string();
+        Acc { addr: field("listen="), metrics: field("metrics="), child, log, _dir: dir }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` (or panics after `timeout`).
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.log().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("accelerator log never said {needle:?}:\n{}", self.log());
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Fetches the Prometheus text of its metrics endpoint.
+    pub fn scrape(&self) -> String {
+        let mut s = std::net::TcpStream::connect(&self.metrics).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    }
+
+    /// Sends SIGTERM and returns the exit status and the log.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return (s, self.log());
+            }
+            assert!(Instant::now() < end, "accelerator did not exit after SIGTERM:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Acc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `qdl-frontend` with `args`; metrics off, progress off.
+pub fn frontend(args: &[&str]) -> Output {
+    Command::new(frontend_bin()).args(args).env("RUST_LOG", "warn").output().expect("run qdl-frontend")
+}
+
+/// Runs `qdl-frontend run` against `accs` with `args`, writing into `out`.
+pub fn run(accs: &[&Acc], out: &Path, args: &[&str]) -> Output {
+    let mut a: Vec<String> = vec![
+        "run".into(),
+        "--output-dir".into(),
+        out.display().to_string(),
+        "--metrics-listen".into(),
+        "".into(),
+        "--progress".into(),
+        "off".into(),
+    ];
+    for acc in accs {
+        a.push("--accelerator".into());
+        a.push(acc.addr.clone());
+    }
+    a.extend(args.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+    frontend(&refs)
+}
+
+/// Asserts the process succeeded, showing its output otherwise.
+pub fn ok(o: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "status {}\nstdout:\n{stdout}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+}
+
+/// Both output streams.
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A synthetic accelerator of known capacity for tests: a batch of 16 takes 1 ms + 16 × 0.5 ms
+/// = 9 ms, so one accelerator does about 1,780 samples/s whatever the machine.
+pub const TEST_SYNTHETIC: &str = "[batcher]\nmax_batch = 16\nmax_queue_delay_us = 500\n[backend]\nkind = \"synthetic\"\n[backend.synthetic.default]\nfixed_us = 1000.0\nper_sample_us = 500.0\n";

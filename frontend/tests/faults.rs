@@ -1,0 +1,335 @@
+//! Bad peers and bad input: a protocol-version mismatch, malformed frames on either side,
+//! duplicate accelerator names, an unreachable accelerator, invalid config. Each is refused with
+//! a clear error; nothing crashes; the accelerator keeps serving its real peers.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use qdl_shared::control::{Endpoint, Event, Heartbeat};
+use qdl_shared::time::Nanos;
+use qdl_shared::transport::tcp::connect_data;
+use qdl_shared::wire::attach::{Attach, AttachStatus, SessionToken};
+use qdl_shared::wire::data::{DATA_HEADER_LEN, DataHeader, FrameKind};
+use qdl_shared::wire::message::{SessionGrant, SessionRequest};
+use qdl_shared::wire::preamble::{PREAMBLE_LEN, Preamble, Role};
+use qdl_shared::workload::{WorkloadSpec, reference_output};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Drives a client control endpoint over `stream` until `stop` says so.
+async fn drive(stream: &mut TcpStream, ep: &mut Endpoint, mut stop: impl FnMut(&Event) -> bool) -> Vec<Event> {
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        if let Some(b) = ep.poll_transmit() {
+            stream.write_all(&b).await.unwrap();
+        }
+        while let Some(ev) = ep.poll_event() {
+            let done = stop(&ev);
+            seen.push(ev);
+            if done {
+                return seen;
+            }
+        }
+        let n =
+            tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await.expect("control reply").unwrap();
+        assert!(n > 0, "control connection closed; events so far: {seen:?}");
+        ep.handle_input(&buf[..n], Nanos::now());
+    }
+}
+
+async fn establish(addr: SocketAddr, spec: WorkloadSpec) -> (TcpStream, Endpoint, SessionGrant) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let req = SessionRequest { workload: spec, connections: 2, slots_per_connection: 8 };
+    let mut ep = Endpoint::client("test", req, Heartbeat::default(), Nanos::now());
+    let events = drive(&mut stream, &mut ep, |e| matches!(e, Event::Established(_) | Event::Failed(_))).await;
+    match events.last() {
+        Some(Event::Established(g)) => {
+            let g = g.clone();
+            (stream, ep, g)
+        }
+        other => panic!("no session: {other:?}"),
+    }
+}
+
+#[test]
+fn protocol_version_mismatch_is_refused_clearly_on_both_sides() {
+    let mut acc = Acc::start(&["--backend", "echo"]);
+    let addr: SocketAddr = acc.addr.parse().unwrap();
+    rt().block_on(async {
+        // A "frontend" of protocol v99: the accelerator answers with its own preamble and closes.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut pre = Preamble::ours(Role::Control).encode();
+        pre[4] = 99;
+        s.write_all(&pre).await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut back)).await.unwrap().unwrap();
+        assert_eq!(back.len(), PREAMBLE_LEN, "only the accelerator's preamble, then close");
+        assert_eq!(Preamble::parse(&back).unwrap().version, qdl_shared::wire::PROTOCOL_VERSION);
+    });
+    acc.wait_log("protocol version mismatch: the peer speaks v99", Duration::from_secs(5));
+
+    // An "accelerator" of protocol v2: the frontend says so and exits non-zero.
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_addr = fake.local_addr().unwrap().to_string();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = fake.accept().unwrap();
+        let mut p = Preamble::ours(Role::Control).encode();
+        p[4] = 2;
+        std::io::Write::write_all(&mut s, &p).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let o = frontend(&[
+        "run",
+        "-a",
+        &fake_addr,
+        "--output-dir",
+        dir.path().to_str().unwrap(),
+        "--metrics-listen",
+        "",
+        "--progress",
+        "off",
+    ]);
+    t.join().unwrap();
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("protocol version mismatch") && t.contains("peer speaks v2"), "{t}");
+
+    // The real accelerator is unharmed and still serves.
+    assert!(acc.alive());
+    let out = dir.path().join("after");
+    ok(&run(&[&acc], &out, &["-w", "bert", "-m", "accuracy", "--total-samples", "20", "--expected-qps", "1000"]));
+}
+
+#[test]
+fn malformed_data_frame_closes_only_that_connection() {
+    let mut acc = Acc::start(&["--backend", "echo"]);
+    let addr: SocketAddr = acc.addr.parse().unwrap();
+    rt().block_on(async {
+        let spec = WorkloadSpec::bert();
+        let (mut control, mut ep, grant) = establish(addr, spec.clone()).await;
+        assert_eq!(grant.connections, 2);
+
+        // Data connection 0 sends garbage: the accelerator closes it.
+        let mut bad =
+            connect_data(addr, Attach { token: grant.token, connection: 0 }, Duration::from_secs(5)).await.unwrap();
+        let mut frame = DataHeader::request(0, 1, spec.input_bytes() as u32, 0).encode();
+        frame[4] = 9; // unknown kind
+        bad.write_all(&frame).await.unwrap();
+        let mut sink = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), bad.read_to_end(&mut sink)).await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the malformed connection is closed");
+
+        // A request larger than the session's samples is refused the same way, before reading it.
+        let mut big =
+            connect_data(addr, Attach { token: grant.token, connection: 0 }, Duration::from_secs(5)).await.unwrap();
+        big.write_all(&DataHeader::request(0, 1, 1 << 30, 0).encode()).await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(5), big.read_to_end(&mut sink)).await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))));
+
+        // A wrong token never gets a connection, nor any buffer.
+        let refused =
+            connect_data(addr, Attach { token: SessionToken([7; 16]), connection: 1 }, Duration::from_secs(5)).await;
+        assert!(
+            matches!(refused, Err(qdl_shared::transport::TransportError::Refused(AttachStatus::UnknownSession))),
+            "{refused:?}"
+        );
+
+        // Data connection 1 of the same session still works, byte for byte.
+        let mut good =
+            connect_data(addr, Attach { token: grant.token, connection: 1 }, Duration::from_secs(5)).await.unwrap();
+        let input: Vec<u8> = (0..spec.input_bytes()).map(|i| (i % 199) as u8).collect();
+        let mut req = DataHeader::request(5, 0xabc, input.len() as u32, 0).encode().to_vec();
+        req.extend_from_slice(&input);
+        good.write_all(&req).await.unwrap();
+        let mut resp = vec![0u8; DATA_HEADER_LEN + 8];
+        tokio::time::timeout(Duration::from_secs(5), good.read_exact(&mut resp)).await.unwrap().unwrap();
+        let (h, out) = DataHeader::parse_frame(&resp, 8).unwrap();
+        assert_eq!((h.kind, h.slot, h.sample_id), (FrameKind::Response, 5, 0xabc));
+        let mut want = [0u8; 8];
+        reference_output(spec.output_kind, &input, &mut want);
+        assert_eq!(out, want);
+
+        // And the control session answers.
+        ep.query_name().unwrap();
+        let ev = drive(&mut control, &mut ep, |e| matches!(e, Event::Name { .. })).await;
+        assert!(matches!(ev.last(), Some(Event::Name { .. })));
+    });
+    acc.wait_log("unknown data frame kind 9", Duration::from_secs(5));
+    acc.wait_log("exceeds the limit", Duration::from_secs(5));
+    assert!(acc.alive());
+}
+
+/// A fake accelerator that speaks the control protocol correctly, accepts data connections,
+/// then answers the first request with garbage.
+async fn lying_accelerator(listener: TcpListener) {
+    let spec_bytes;
+    let (mut control, _) = listener.accept().await.unwrap();
+    let mut pre = [0u8; PREAMBLE_LEN];
+    control.read_exact(&mut pre).await.unwrap();
+    let limits = qdl_shared::wire::message::Limits {
+        max_connections_per_session: 1,
+        max_slots_per_connection: 16,
+        max_sample_bytes: 1 << 20,
+        max_output_bytes: 64,
+    };
+    let mut ep = Endpoint::server_after_preamble("liar", limits, Heartbeat::default(), Nanos::now());
+    let mut buf = vec![0u8; 4096];
+    loop {
+        if let Some(b) = ep.poll_transmit() {
+            control.write_all(&b).await.unwrap();
+        }
+        let mut granted = false;
+        while let Some(ev) = ep.poll_event() {
+            match ev {
+                Event::ConfigureRequested(req) => {
+                    ep.grant(SessionGrant {
+                        token: SessionToken([1; 16]),
+                        connections: 1,
+                        slots_per_connection: 16,
+                        input_slot_bytes: req.workload.input_bytes() as u32,
+                        output_slot_bytes: req.workload.output_bytes,
+                        max_batch: 1,
+                        backend: "liar".into(),
+                        workers: 1,
+                    })
+                    .unwrap();
+                    granted = true;
+                }
+                Event::RunState { request, state } => ep.ack_run_state(request, state).unwrap(),
+                _ => {}
+            }
+        }
+        if let Some(b) = ep.poll_transmit() {
+            control.write_all(&b).await.unwrap();
+        }
+        if granted {
+            spec_bytes = WorkloadSpec::bert().input_bytes();
+            break;
+        }
+        let n = control.read(&mut buf).await.unwrap();
+        ep.handle_input(&buf[..n], Nanos::now());
+    }
+    let (mut data, _) = listener.accept().await.unwrap();
+    let mut attach = [0u8; PREAMBLE_LEN + 24];
+    data.read_exact(&mut attach).await.unwrap();
+    let mut reply = Preamble::ours(Role::Data).encode().to_vec();
+    reply.extend_from_slice(&AttachStatus::Accepted.encode());
+    data.write_all(&reply).await.unwrap();
+    // Keep the control session answering (warm-up, start) while the data connection lies.
+    tokio::spawn(async move {
+        loop {
+            let n = match control.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            ep.handle_input(&buf[..n], Nanos::now());
+            while let Some(ev) = ep.poll_event() {
+                if let Event::RunState { request, state } = ev {
+                    ep.ack_run_state(request, state).unwrap();
+                }
+            }
+            if let Some(b) = ep.poll_transmit() {
+                let _ = control.write_all(&b).await;
+            }
+        }
+    });
+    let mut req = vec![0u8; DATA_HEADER_LEN + spec_bytes];
+    data.read_exact(&mut req).await.unwrap();
+    let h = DataHeader::parse(&req, u32::MAX).unwrap();
+    // A response for a slot that holds a different sample.
+    let mut lie = DataHeader::response(h.slot, h.sample_id ^ 1, 8).encode().to_vec();
+    lie.extend_from_slice(&[0; 8]);
+    data.write_all(&lie).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+}
+
+#[test]
+fn a_lying_accelerator_ends_the_run_with_a_clear_error() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    rt.spawn(lying_accelerator(listener));
+    let dir = tempfile::tempdir().unwrap();
+    let o = frontend(&[
+        "run",
+        "-a",
+        &addr,
+        "-w",
+        "bert",
+        "-m",
+        "accuracy",
+        "--total-samples",
+        "10",
+        "--expected-qps",
+        "100",
+        "--output-dir",
+        dir.path().to_str().unwrap(),
+        "--metrics-listen",
+        "",
+        "--progress",
+        "off",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("run failed") && t.contains("carries sample id"), "{t}");
+}
+
+#[test]
+fn duplicate_names_unreachable_accelerators_and_bad_config_are_clear_errors() {
+    let a = Acc::start(&["--backend", "echo", "--name", "twin"]);
+    let b = Acc::start(&["--backend", "echo", "--name", "twin"]);
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&[&a, &b], &dir.path().join("dup"), &["-w", "bert"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("names must be unique") && text(&o).contains("twin"), "{}", text(&o));
+
+    // Nothing listens on this port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let o = frontend(&[
+        "run",
+        "-a",
+        &format!("127.0.0.1:{port}"),
+        "--output-dir",
+        dir.path().to_str().unwrap(),
+        "--metrics-listen",
+        "",
+        "--progress",
+        "off",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("cannot connect to accelerator"), "{}", text(&o));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[frontend]\nslots_per_connection = 0\n").unwrap();
+    let o = frontend(&["run", "--config", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("frontend.slots_per_connection"), "{}", text(&o));
+
+    std::fs::write(&bad, "[batcher]\nmax_batch = 0\n").unwrap();
+    let o = std::process::Command::new(accelerator_bin()).arg("--config").arg(&bad).output().unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("batcher.max_batch"), "{}", text(&o));
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let acc = Acc::start(&["--backend", "echo"]);
+    let dir = tempfile::tempdir().unwrap();
+    ok(&run(
+        &[&acc],
+        &dir.path().join("r"),
+        &["-w", "bert", "-m", "accuracy", "--total-samples", "20", "--expected-qps", "1000"],
+    ));
+    let (status, log) = acc.terminate();
+    assert!(status.success(), "{status}");
+    assert!(log.contains("shutting down") && log.contains("stopped"), "{log}");
+}
