@@ -86,6 +86,42 @@ pub struct Close;
 
 type EstablishedTx = oneshot::Sender<Result<(String, Limits, SessionGrant), ClientError>>;
 
+/// Callers waiting for the answers to requests sent on the control connection, by request id.
+struct Waiters<T>(HashMap<u32, oneshot::Sender<Result<T, ClientError>>>);
+
+impl<T: Send + 'static> Waiters<T> {
+    fn new() -> Self {
+        Waiters(HashMap::new())
+    }
+
+    /// Registers the caller of a request the endpoint accepted (or fails it at once).
+    fn register(&mut self, sent: Result<u32, ControlError>, addr: &str) -> ResponseFuture<Result<T, ClientError>> {
+        let (tx, rx) = oneshot::channel();
+        match sent {
+            Ok(request) => {
+                self.0.insert(request, tx);
+            }
+            Err(error) => {
+                let _ = tx.send(Err(ClientError::Control { addr: addr.to_string(), error }));
+            }
+        }
+        let addr = addr.to_string();
+        Box::pin(async move { rx.await.unwrap_or(Err(ClientError::Closed { addr })) })
+    }
+
+    fn answer(&mut self, request: u32, value: T) {
+        if let Some(tx) = self.0.remove(&request) {
+            let _ = tx.send(Ok(value));
+        }
+    }
+
+    fn fail_all(&mut self, err: &ClientError) {
+        for (_, tx) in self.0.drain() {
+            let _ = tx.send(Err(err.clone()));
+        }
+    }
+}
+
 /// The actor; see the module docs.
 pub struct AcceleratorClient {
     link: ControlLink,
@@ -93,8 +129,8 @@ pub struct AcceleratorClient {
     name: String,
     established: Option<EstablishedTx>,
     welcome: Option<(String, Limits)>,
-    names: HashMap<u32, oneshot::Sender<Result<String, ClientError>>>,
-    states: HashMap<u32, oneshot::Sender<Result<(), ClientError>>>,
+    names: Waiters<String>,
+    states: Waiters<()>,
     on_failure: FailureHandler,
     closing: bool,
     nudge: Nudge,
@@ -129,8 +165,8 @@ impl AcceleratorClient {
             name: addr.to_string(),
             established: Some(tx),
             welcome: None,
-            names: HashMap::new(),
-            states: HashMap::new(),
+            names: Waiters::new(),
+            states: Waiters::new(),
             on_failure,
             closing: false,
             nudge: Nudge::default(),
@@ -159,16 +195,8 @@ impl AcceleratorClient {
                     let _ = tx.send(Ok((name, limits, grant)));
                 }
             }
-            Event::Name { request, name } => {
-                if let Some(tx) = self.names.remove(&request) {
-                    let _ = tx.send(Ok(name));
-                }
-            }
-            Event::RunStateAck { request, .. } => {
-                if let Some(tx) = self.states.remove(&request) {
-                    let _ = tx.send(Ok(()));
-                }
-            }
+            Event::Name { request, name } => self.names.answer(request, name),
+            Event::RunStateAck { request, .. } => self.states.answer(request, ()),
             Event::HeartbeatRtt(rtt) => {
                 metrics::gauge!(m::HEARTBEAT_RTT, "accelerator" => self.name.clone()).set(rtt.as_secs_f64());
             }
@@ -187,12 +215,8 @@ impl AcceleratorClient {
         } else if !self.closing {
             (self.on_failure)(format!("lost accelerator {} ({}): {err}", self.name, self.addr));
         }
-        for (_, tx) in self.names.drain() {
-            let _ = tx.send(Err(err.clone()));
-        }
-        for (_, tx) in self.states.drain() {
-            let _ = tx.send(Err(err.clone()));
-        }
+        self.names.fail_all(&err);
+        self.states.fail_all(&err);
     }
 }
 
@@ -208,18 +232,9 @@ impl Handler<QueryName> for AcceleratorClient {
     type Result = ResponseFuture<Result<String, ClientError>>;
 
     fn handle(&mut self, _: QueryName, _ctx: &mut Context<Self>) -> Self::Result {
-        let (tx, rx) = oneshot::channel();
-        match self.link.endpoint.query_name() {
-            Ok(request) => {
-                self.names.insert(request, tx);
-            }
-            Err(error) => {
-                let _ = tx.send(Err(ClientError::Control { addr: self.addr.clone(), error }));
-            }
-        }
+        let sent = self.link.endpoint.query_name();
         self.nudge.wake();
-        let addr = self.addr.clone();
-        Box::pin(async move { rx.await.unwrap_or(Err(ClientError::Closed { addr })) })
+        self.names.register(sent, &self.addr)
     }
 }
 
@@ -227,18 +242,9 @@ impl Handler<SetRunState> for AcceleratorClient {
     type Result = ResponseFuture<Result<(), ClientError>>;
 
     fn handle(&mut self, msg: SetRunState, _ctx: &mut Context<Self>) -> Self::Result {
-        let (tx, rx) = oneshot::channel();
-        match self.link.endpoint.set_run_state(msg.0) {
-            Ok(request) => {
-                self.states.insert(request, tx);
-            }
-            Err(error) => {
-                let _ = tx.send(Err(ClientError::Control { addr: self.addr.clone(), error }));
-            }
-        }
+        let sent = self.link.endpoint.set_run_state(msg.0);
         self.nudge.wake();
-        let addr = self.addr.clone();
-        Box::pin(async move { rx.await.unwrap_or(Err(ClientError::Closed { addr })) })
+        self.states.register(sent, &self.addr)
     }
 }
 

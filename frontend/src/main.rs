@@ -151,6 +151,9 @@ struct RunArgs {
     /// Exit with status 3 when LoadGen judges the run INVALID.
     #[arg(long)]
     require_valid: bool,
+    /// Log format (overrides log.format).
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(v: &str) -> anyhow::Result<T> {
@@ -210,6 +213,9 @@ fn frontend_config(a: &RunArgs) -> anyhow::Result<FrontendConfig> {
     }
     if let Some(v) = &a.metrics_listen {
         c.frontend.metrics_listen = v.clone();
+    }
+    if let Some(v) = &a.log_format {
+        c.log.format = parse_enum(v)?;
     }
     c.validate()?;
     Ok(c)

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use actix::Addr;
 use futures::future::join_all;
 use qdl_loadgen::{IssuedSamples, QuerySampleLibrary, SystemUnderTest};
+use qdl_shared::wire::message::RunState;
 
-use crate::client::{AcceleratorClient, QueryName};
+use crate::client::{AcceleratorClient, QueryName, SetRunState};
 use crate::connection::FailureHandler;
 use crate::issuer::QueryIssuer;
 use crate::qsl::SampleStore;
@@ -80,6 +81,13 @@ impl SystemUnderTest for QdlSut {
 
     fn flush_queries(&self) {
         self.issuer.flush();
+        // Tell the accelerators too (NVIDIA's harness has the same state); nobody waits for the
+        // acknowledgement.
+        if let SutName::Network(clients) = &self.name {
+            for c in clients {
+                c.do_send(SetRunState(RunState::Flush));
+            }
+        }
     }
 }
 
