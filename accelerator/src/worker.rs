@@ -29,7 +29,7 @@ use qdl_shared::transport::Payload;
 use qdl_shared::wire::data::DataErrorCode;
 use qdl_shared::workload::WorkloadSpec;
 
-use crate::backend::{self, Backend, BackendError};
+use crate::backend::{self, Backend, BackendError, Batch};
 use crate::batcher::{BatchPolicy, Batcher};
 
 /// Where a sample's input bytes are.
@@ -355,7 +355,7 @@ impl GpuWorker {
             if input.len() != n * ib {
                 Err(BackendError::Failed(format!("batch input is {} bytes, expected {n} × {ib}", input.len())))
             } else {
-                self.backend.infer(&spec, n, input, &mut self.outputs)
+                self.backend.infer(&Batch { spec: &spec, n, input, formed: started }, &mut self.outputs)
             }
         };
         self.inference.record(started.elapsed().as_secs_f64());

@@ -1,7 +1,6 @@
 //! The `echo` backend: the reference output, computed at once.
 
-use super::{Backend, BackendError, reference_batch};
-use qdl_shared::workload::WorkloadSpec;
+use super::{Backend, BackendError, Batch, reference_batch};
 
 /// Answers every sample with its reference output immediately.
 pub struct Echo;
@@ -11,8 +10,8 @@ impl Backend for Echo {
         "echo"
     }
 
-    fn infer(&mut self, spec: &WorkloadSpec, n: usize, input: &[u8], output: &mut [u8]) -> Result<(), BackendError> {
-        reference_batch(spec, n, input, output);
+    fn infer(&mut self, batch: &Batch<'_>, output: &mut [u8]) -> Result<(), BackendError> {
+        reference_batch(batch, output);
         Ok(())
     }
 }

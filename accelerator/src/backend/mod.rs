@@ -32,6 +32,20 @@ pub enum BackendError {
     Failed(String),
 }
 
+/// One batch, gathered: `n` samples of `spec.input_bytes()` each, back to back in `input`.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// The workload.
+    pub spec: &'a WorkloadSpec,
+    /// Samples in the batch.
+    pub n: usize,
+    /// Their inputs, contiguous.
+    pub input: &'a [u8],
+    /// When the worker took the batch from its queue, before gathering it: a device's batch time
+    /// (host-to-device copies included) counts from here.
+    pub formed: std::time::Instant,
+}
+
 /// An inference backend; see the module docs.
 pub trait Backend: Send {
     /// The backend's name ("echo", "synthetic", ...).
@@ -48,24 +62,23 @@ pub trait Backend: Send {
         Ok(())
     }
 
-    /// Runs one batch: `input` holds `n` samples of `spec.input_bytes()` each, back to back;
-    /// `output` receives `n` outputs of `spec.output_bytes` each.
-    fn infer(&mut self, spec: &WorkloadSpec, n: usize, input: &[u8], output: &mut [u8]) -> Result<(), BackendError>;
+    /// Runs one batch; `output` receives `batch.n` outputs of `spec.output_bytes` each.
+    fn infer(&mut self, batch: &Batch<'_>, output: &mut [u8]) -> Result<(), BackendError>;
 
     /// Prepares for `spec` before the timed run (loads, compiles, touches memory).
     fn warmup(&mut self, spec: &WorkloadSpec) -> Result<(), BackendError> {
         let n = self.max_batch().unwrap_or(1).min(8);
         let input = vec![0u8; spec.input_bytes() * n];
         let mut output = vec![0u8; spec.output_bytes as usize * n];
-        self.infer(spec, n, &input, &mut output)
+        self.infer(&Batch { spec, n, input: &input, formed: std::time::Instant::now() }, &mut output)
     }
 }
 
-/// Writes the reference output of each of the `n` samples in `input` into `output`.
-pub fn reference_batch(spec: &WorkloadSpec, n: usize, input: &[u8], output: &mut [u8]) {
-    let (ib, ob) = (spec.input_bytes(), spec.output_bytes as usize);
-    for (i, out) in output.chunks_exact_mut(ob).take(n).enumerate() {
-        qdl_shared::workload::reference_output(spec.output_kind, &input[i * ib..(i + 1) * ib], out);
+/// Writes the reference output of each sample of `batch` into `output`.
+pub fn reference_batch(batch: &Batch<'_>, output: &mut [u8]) {
+    let (ib, ob) = (batch.spec.input_bytes(), batch.spec.output_bytes as usize);
+    for (i, out) in output.chunks_exact_mut(ob).take(batch.n).enumerate() {
+        qdl_shared::workload::reference_output(batch.spec.output_kind, &batch.input[i * ib..(i + 1) * ib], out);
     }
 }
 

@@ -425,8 +425,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         SutName::Local(n) => n.clone(),
         SutName::Network(_) => network_sut_name(&conns.accelerators.iter().map(|a| a.name.clone()).collect::<Vec<_>>()),
     };
-    // Give the goodbyes a moment to leave before the system stops.
-    std::thread::sleep(Duration::from_millis(50));
+    // Each client stops once its Goodbye is written; wait for that (briefly) before stopping.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while conns.clients.iter().any(|c| c.connected()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     io.stop();
     if let Some(pool) = conns.pool {
         if let Ok(pool) = Arc::try_unwrap(pool) {
