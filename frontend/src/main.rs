@@ -245,6 +245,7 @@ fn main() -> anyhow::Result<()> {
     let code = match cli.command {
         Command::Run(a) => cmd_run(*a)?,
         Command::Lab(a) => {
+            app::signals::install("lab", || {});
             let all = |v: &str, options: &[&str]| -> Vec<String> {
                 if v == "all" { options.iter().map(|s| s.to_string()).collect() } else { vec![v.to_string()] }
             };
@@ -261,6 +262,7 @@ fn main() -> anyhow::Result<()> {
             if report.rows.iter().all(|r| r.errors.is_empty()) { 0 } else { 1 }
         }
         Command::Bench(a) => {
+            app::signals::install("bench", || {});
             let opts = app::bench::BenchOptions {
                 output_dir: a.output_dir.clone(),
                 duration_ms: a.duration_ms,

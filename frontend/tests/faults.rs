@@ -333,3 +333,40 @@ fn sigterm_drains_and_exits_zero() {
     assert!(status.success(), "{status}");
     assert!(log.contains("shutting down") && log.contains("stopped"), "{log}");
 }
+
+#[test]
+fn an_interrupted_frontend_says_goodbye_and_exits_130() {
+    let mut acc = Acc::start(&["--backend", "echo"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(frontend_bin())
+        .args([
+            "run",
+            "-a",
+            &acc.addr,
+            "-w",
+            "bert",
+            "-s",
+            "server",
+            "--target-qps",
+            "500",
+            "--min-duration-ms",
+            "60000",
+        ])
+        .args(["--output-dir", dir.path().to_str().unwrap(), "--metrics-listen", "", "--progress", "off"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    acc.wait_log("run state session=1 state=Start", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "exits promptly");
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+    acc.wait_log("frontend said goodbye", Duration::from_secs(5));
+    acc.wait_log("session closed", Duration::from_secs(5));
+    assert!(acc.alive());
+}

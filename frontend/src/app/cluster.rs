@@ -58,6 +58,7 @@ impl Accelerators {
                 .spawn()
                 .with_context(|| format!("starting {}", bin.display()))?;
             let stdout = child.stdout.take().expect("piped");
+            super::signals::track_child(child.id());
             acc.children.push(child);
             let line = read_ready_line(stdout, Duration::from_secs(30))
                 .with_context(|| format!("{name} did not start; see {}/{name}.log", log_dir.display()))?;
@@ -80,6 +81,7 @@ impl Accelerators {
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         }
         for mut c in self.children.drain(..) {
+            super::signals::untrack_child(c.id());
             let deadline = Instant::now() + Duration::from_secs(15);
             loop {
                 match c.try_wait()? {
@@ -153,6 +155,7 @@ pub fn run_test(args: &[String], out: &Path, on_progress: &(dyn Fn(Live) + Sync)
         .stderr(Stdio::piped())
         .spawn()
         .context("starting qdl-frontend run")?;
+    super::signals::track_child(child.id());
     let log = Arc::new(Mutex::new(std::fs::File::create(out.join("frontend.log"))?));
     let stderr = child.stderr.take().expect("piped");
     let stdout = child.stdout.take().expect("piped");
@@ -180,6 +183,7 @@ pub fn run_test(args: &[String], out: &Path, on_progress: &(dyn Fn(Live) + Sync)
         });
     });
     let status = child.wait()?;
+    super::signals::untrack_child(child.id());
     let summary = summary.join().unwrap_or_default();
     let _ = writeln!(log.lock().unwrap_or_else(|p| p.into_inner()), "{summary}");
     if !status.success() {

@@ -7,3 +7,4 @@ pub mod io;
 pub mod lab;
 pub mod progress;
 pub mod run;
+pub mod signals;

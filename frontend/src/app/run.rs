@@ -299,6 +299,10 @@ fn connect_local(
 /// it says why and exits (status 2) rather than leave LoadGen waiting forever.
 fn failure_handler(out: PathBuf) -> FailureHandler {
     Arc::new(move |msg: String| {
+        if super::signals::interrupted() {
+            // The interruption closed the sessions; the signal handler reports and exits.
+            std::thread::park_timeout(Duration::from_secs(5));
+        }
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "\nqdl-frontend: run failed: {msg}\nLoadGen's logs in {} are incomplete.", out.display());
         let _ = err.flush();
@@ -365,6 +369,20 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
             set_run_state(&io, &conns.clients, RunState::Warmup)?;
         }
         tracing::info!(ms = started.elapsed().as_millis() as u64, "accelerators warmed up");
+    }
+    {
+        // On Ctrl-C / SIGTERM: say goodbye to the accelerators so their sessions end in order.
+        let clients = conns.clients.clone();
+        super::signals::install("run", move || {
+            for c in &clients {
+                c.do_send(CloseClient);
+            }
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while clients.iter().any(|c| c.connected()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            eprintln!("qdl-frontend: LoadGen's logs in this run's output directory are incomplete");
+        });
     }
     let dispatcher = Dispatcher::for_config(cfg.frontend.dispatch, cfg.loadgen.scenario == ScenarioName::Offline);
     let no_lane = failure.clone();

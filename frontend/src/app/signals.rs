@@ -1,0 +1,75 @@
+//! Ctrl-C / SIGTERM for the frontend's commands. LoadGen cannot be stopped cleanly in the middle
+//! of a test, so the first signal ends what can be ended in order (accelerator sessions get
+//! their goodbye, child processes get SIGTERM), says so, and exits with status 130; a second
+//! signal exits at once.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a signal is ending this process (failures that follow are its consequences).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Child processes to stop on a signal (the lab's accelerators and its current test).
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Registers a child process to receive SIGTERM if this process is interrupted.
+pub fn track_child(pid: u32) {
+    CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+}
+
+/// Forgets a child that has exited.
+pub fn untrack_child(pid: u32) {
+    CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).retain(|&p| p != pid);
+}
+
+fn terminate_children() {
+    for &pid in CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        // SAFETY: kill(2) with a pid this process spawned and still tracks (not yet reaped).
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+}
+
+/// Installs the handler: on the first SIGINT or SIGTERM, runs `cleanup`, stops tracked children
+/// and exits 130; on a second, exits 130 at once.
+pub fn install(what: &'static str, cleanup: impl FnOnce() + Send + 'static) {
+    let spawned = std::thread::Builder::new().name("qdl-signals".into()).spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async move {
+            wait().await;
+            INTERRUPTED.store(true, Ordering::SeqCst);
+            eprintln!("\nqdl-frontend: interrupted: ending the {what} (press Ctrl-C again to exit at once)");
+            std::thread::spawn(|| {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+                rt.block_on(wait());
+                // SAFETY: _exit ends the process at once; nothing is left to clean up.
+                unsafe { libc::_exit(130) };
+            });
+            cleanup();
+            terminate_children();
+            // SAFETY: as above; C++ static destructors of a running LoadGen could block an exit().
+            unsafe { libc::_exit(130) };
+        });
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot install the signal handler: {e}");
+    }
+}
+
+async fn wait() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
