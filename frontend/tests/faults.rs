@@ -338,7 +338,7 @@ fn sigterm_drains_and_exits_zero() {
 fn an_interrupted_frontend_says_goodbye_and_exits_130() {
     let mut acc = Acc::start(&["--backend", "echo"]);
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(frontend_bin())
+    let child = std::process::Command::new(frontend_bin())
         .args([
             "run",
             "-a",
