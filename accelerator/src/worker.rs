@@ -69,6 +69,8 @@ pub struct WorkItem {
     pub reply: Arc<dyn ReplySink>,
     /// The session's workload; samples of different workloads never share a batch.
     pub spec: Arc<WorkloadSpec>,
+    /// When its request was read (the start of its residence in the accelerator).
+    pub received: Nanos,
 }
 
 /// One answered sample.
@@ -80,6 +82,8 @@ pub struct Reply {
     pub slot: u32,
     /// The input, handed back (dropping a slot lease frees the slot).
     pub input: Input,
+    /// When its request was read.
+    pub received: Nanos,
 }
 
 /// Answers of one batch for one sink: entry `i`'s output is `outputs[i*output_bytes..]`.
@@ -136,7 +140,7 @@ impl WorkerSender {
 
 /// Answers `item` with an error right away (used when it cannot be queued).
 pub fn refuse(item: WorkItem, code: DataErrorCode, message: &str) {
-    let reply = Reply { sample_id: item.sample_id, slot: item.slot, input: item.input };
+    let reply = Reply { sample_id: item.sample_id, slot: item.slot, input: item.input, received: item.received };
     item.reply.deliver(Replies::failed(vec![reply], code, message.to_string()));
 }
 
@@ -370,7 +374,8 @@ impl GpuWorker {
             tracing::error!(worker = ?std::thread::current().name(), "{msg}");
         }
         for (i, (item, _)) in batch.drain(..).enumerate() {
-            let reply = Reply { sample_id: item.sample_id, slot: item.slot, input: item.input };
+            let reply =
+                Reply { sample_id: item.sample_id, slot: item.slot, input: item.input, received: item.received };
             let g = match groups.iter().position(|(s, _)| Arc::ptr_eq(s, &item.reply)) {
                 Some(g) => g,
                 None => {
@@ -429,6 +434,7 @@ mod tests {
                 slot: s,
                 reply: sink.clone(),
                 spec: spec.clone(),
+                received: Nanos::now(),
             };
             w.try_submit(item).map_err(|_| "full").unwrap();
         }
@@ -477,6 +483,7 @@ mod tests {
                 slot: i as u32,
                 reply: sink.clone(),
                 spec: spec.clone(),
+                received: Nanos::now(),
             };
             if let Err(item) = w.try_submit(item) {
                 refused += 1;

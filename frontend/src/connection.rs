@@ -27,7 +27,7 @@ use qdl_shared::transport::{InitiatorTransport, Payload, PayloadSource, Transpor
 use qdl_shared::wire::data::{DataErrorCode, DataHeader, FrameKind};
 use serde::{Deserialize, Serialize};
 
-use crate::issuer::{CreditGate, Lane};
+use crate::issuer::{CreditGate, Lane, Submission};
 use crate::qsl::SampleStore;
 
 /// Reports a failure that ends the run.
@@ -96,7 +96,7 @@ pub struct ConnectionActor {
     label: String,
     lane: Arc<Lane>,
     transport: Box<dyn InitiatorTransport>,
-    tracker: TransactionTracker<ResponseId>,
+    tracker: TransactionTracker<(ResponseId, Nanos)>,
     ring: Vec<u8>,
     output_bytes: usize,
     store: Arc<SampleStore>,
@@ -110,6 +110,11 @@ pub struct ConnectionActor {
     completed: Counter,
     errors: Counter,
     latency: Histogram,
+    stage_issue: Histogram,
+    stage_network: Histogram,
+    stage_accelerator: Histogram,
+    complete_call: Histogram,
+    up: Gauge,
     in_flight: Gauge,
     free_slots: Gauge,
     bytes_sent: Counter,
@@ -138,6 +143,11 @@ impl ConnectionActor {
             completed: metrics::counter!(m::SAMPLES_COMPLETED),
             errors: metrics::counter!(m::SAMPLE_ERRORS, "kind" => "accelerator"),
             latency: metrics::histogram!(m::LATENCY),
+            stage_issue: metrics::histogram!(m::STAGE, "stage" => "issue"),
+            stage_network: metrics::histogram!(m::STAGE, "stage" => "network"),
+            stage_accelerator: metrics::histogram!(m::STAGE, "stage" => "accelerator"),
+            complete_call: metrics::histogram!(m::COMPLETE),
+            up: metrics::gauge!(m::CONNECTION_UP, "connection" => label.clone()),
             in_flight: metrics::gauge!(m::IN_FLIGHT, "connection" => label.clone()),
             free_slots: metrics::gauge!(m::FREE_SLOTS, "connection" => label.clone()),
             bytes_sent: metrics::counter!(m::BYTES_SENT, "accelerator" => p.accelerator.clone()),
@@ -162,14 +172,32 @@ impl ConnectionActor {
         let mut total = 0;
         loop {
             let now = Nanos::now();
-            let Self { transport, tracker, ring, output_bytes, done, latency, label, .. } = self;
+            let Self {
+                transport,
+                tracker,
+                ring,
+                output_bytes,
+                done,
+                latency,
+                stage_network,
+                stage_accelerator,
+                label,
+                ..
+            } = self;
             let ob = *output_bytes;
             let mut on_response = |h: &DataHeader, payload: &[u8]| {
                 let c = tracker
                     .handle_response(h.slot, h.sample_id, now)
                     .map_err(|e| TransportError::Protocol(e.to_string()))?;
-                latency.record(c.latency.as_secs_f64());
+                let (id, issued) = c.payload;
+                latency.record(now.since(issued).as_secs_f64());
                 let error = h.kind == FrameKind::Error;
+                if !error {
+                    // The round trip from the request being queued, split at the accelerator's residence.
+                    let residence = Nanos::from_micros(h.aux as u64);
+                    stage_accelerator.record(residence.as_secs_f64());
+                    stage_network.record(c.latency.since(residence).as_secs_f64());
+                }
                 let len = if error {
                     tracing::warn!(conn = %label, code = ?DataErrorCode::from_u32(h.aux), "sample failed on the accelerator: {}", String::from_utf8_lossy(payload));
                     0
@@ -184,7 +212,7 @@ impl ConnectionActor {
                     ring[at..at + payload.len()].copy_from_slice(payload);
                     payload.len()
                 };
-                done.push(Done { id: c.payload, slot: c.slot, len: len as u32, error });
+                done.push(Done { id, slot: c.slot, len: len as u32, error });
                 Ok(())
             };
             let n = match transport.poll_responses(cx, &mut on_response) {
@@ -209,6 +237,7 @@ impl ConnectionActor {
             return 0;
         }
         let mut errors = 0;
+        let started = std::time::Instant::now();
         {
             let mut batch = self.completions.batch();
             for d in self.done.drain(..) {
@@ -217,6 +246,7 @@ impl ConnectionActor {
                 batch.push(d.id, &self.ring[at..at + d.len as usize]);
             }
         }
+        self.complete_call.record(started.elapsed().as_secs_f64());
         self.lane.release(n as u32);
         self.gate.notify();
         self.completed.increment(n as u64);
@@ -236,7 +266,8 @@ impl ConnectionActor {
         let set = self.store.current();
         let now = Nanos::now();
         let mut n = 0;
-        while let Some(sub) = self.lane.pop() {
+        while let Some(Submission { sample: sub, issued }) = self.lane.pop() {
+            self.stage_issue.record(now.since(issued).as_secs_f64());
             let Some((set, offset)) = set.as_ref().and_then(|s| s.offset(sub.index).map(|o| (s, o))) else {
                 // LoadGen only issues loaded samples; answering keeps LoadGen whole if it ever did not.
                 tracing::error!(conn = %self.label, index = sub.index, "LoadGen issued a sample that is not loaded; failing it");
@@ -247,13 +278,13 @@ impl ConnectionActor {
             let source: Arc<dyn PayloadSource> = set.clone();
             let payload = Payload::new(source, offset, len).expect("offset comes from the set itself");
             let sample_id = sub.id.raw();
-            match self.tracker.handle_submit(sample_id, sub.id, now) {
+            match self.tracker.handle_submit(sample_id, (sub.id, issued), now) {
                 Ok(slot) => {
                     self.transport
                         .push_request(DataHeader::request(slot, sample_id, len as u32, sub.index as u32), payload);
                     n += 1;
                 }
-                Err((e, id)) => {
+                Err((e, (id, _))) => {
                     // Credits equal slots, so this is a bug; never lose the sample over it.
                     tracing::error!(conn = %self.label, "{e}; failing the sample");
                     self.done.push(Done { id, slot: 0, len: 0, error: true });
@@ -289,10 +320,12 @@ impl Actor for ConnectionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.up.set(1.0);
         ctx.spawn(Pump);
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.up.set(0.0);
         self.publish();
         self.lane.close();
     }

@@ -19,9 +19,16 @@ use metrics::Counter;
 use qdl_loadgen::IssuedSamples;
 use qdl_shared::config::Dispatch;
 use qdl_shared::metrics::frontend as m;
+use qdl_shared::time::Nanos;
 
-/// One sample handed to a connection: LoadGen's token and the sample's QSL index.
-pub type Submission = qdl_loadgen::QuerySample;
+/// One sample handed to a connection.
+#[derive(Debug)]
+pub struct Submission {
+    /// LoadGen's token and the sample's QSL index.
+    pub sample: qdl_loadgen::QuerySample,
+    /// When LoadGen issued it.
+    pub issued: Nanos,
+}
 
 /// The issuer's side of one connection: a bounded queue, credits and a waker.
 pub struct Lane {
@@ -242,8 +249,9 @@ impl QueryIssuer {
     pub fn issue(&self, samples: IssuedSamples<'_>) {
         let n = samples.len() as u64;
         let lanes = &self.lanes;
+        let issued = Nanos::now();
         for sample in samples {
-            let mut sample = Some(sample);
+            let mut sample = Some(Submission { sample, issued });
             while let Some(s) = sample.take() {
                 let start = self.next.load(Ordering::Relaxed);
                 let view = |i: usize| (lanes[i].in_flight(), lanes[i].capacity, lanes[i].is_open());

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use qdl_accelerator::worker::{Input, Replies, ReplySink, WorkItem, WorkerSender, refuse};
+use qdl_shared::time::Nanos;
 use qdl_shared::transport::{InitiatorTransport, OnResponse, Payload, TransportError, TransportStats};
 use qdl_shared::wire::data::{DataErrorCode, DataHeader};
 use qdl_shared::workload::WorkloadSpec;
@@ -48,6 +49,7 @@ impl InitiatorTransport for LocalTransport {
             slot: header.slot,
             reply: self.sink.clone(),
             spec: self.spec.clone(),
+            received: Nanos::now(),
         };
         if let Err(item) = self.worker.try_submit(item) {
             refuse(item, DataErrorCode::Overloaded, "the worker's queue is full");
@@ -71,10 +73,12 @@ impl InitiatorTransport for LocalTransport {
         loop {
             match self.replies.poll_recv(cx) {
                 Poll::Ready(Some(r)) => {
+                    let now = Nanos::now();
                     for (i, e) in r.entries.iter().enumerate() {
+                        let us = (now.since(e.received).0 / 1000).min(u32::MAX as u64) as u32;
                         match &r.error {
                             None => on_response(
-                                &DataHeader::response(e.slot, e.sample_id, r.output_bytes as u32),
+                                &DataHeader::response(e.slot, e.sample_id, r.output_bytes as u32, us),
                                 r.output(i),
                             )?,
                             Some((code, msg)) => on_response(

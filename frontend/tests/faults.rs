@@ -246,7 +246,7 @@ async fn lying_accelerator(listener: TcpListener) {
     data.read_exact(&mut req).await.unwrap();
     let h = DataHeader::parse(&req, u32::MAX).unwrap();
     // A response for a slot that holds a different sample.
-    let mut lie = DataHeader::response(h.slot, h.sample_id ^ 1, 8).encode().to_vec();
+    let mut lie = DataHeader::response(h.slot, h.sample_id ^ 1, 8, 0).encode().to_vec();
     lie.extend_from_slice(&[0; 8]);
     data.write_all(&lie).await.unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;

@@ -11,7 +11,7 @@
 //! - [`workload`]: tensor descriptors of the workloads and the reference output function.
 //! - [`config`]: both nodes' configuration, validated field by field.
 //! - [`metrics`]: metric names and descriptions; [`telemetry`]: log and metrics set-up.
-//! - [`time`]: the nanosecond clock the sans-IO cores take as `now`.
+//! - [`time`]: the nanosecond clock the sans-IO cores take as `now`; [`signals`]: SIGTERM/SIGINT.
 
 #![warn(missing_docs)]
 
@@ -19,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod control_link;
 pub mod metrics;
+pub mod signals;
 pub mod slots;
 pub mod telemetry;
 pub mod time;

@@ -7,7 +7,7 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.13, 0.25, 0.5, 1.0, 2.5,
     10.0,
 ];
-/// Histogram buckets for batch sizes.
+/// Histogram buckets for batch sizes and frames per system call.
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
 /// Frontend metric names.
@@ -38,6 +38,19 @@ pub mod frontend {
     pub const ACCELERATOR_UP: &str = "qdl_frontend_accelerator_up";
     /// Counter, label `kind`: connection-level errors (protocol, io, closed).
     pub const CONNECTION_ERRORS: &str = "qdl_frontend_connection_errors_total";
+    /// Histogram (s), label `stage`: per-sample stages: `issue` (LoadGen issued → request queued
+    /// on a connection), `send` (queued → last byte written), `network` (round trip minus the
+    /// accelerator's residence: both hosts' stacks and the wire, send included), `accelerator`
+    /// (the accelerator's residence, from the response header).
+    pub const STAGE: &str = "qdl_frontend_stage_seconds";
+    /// Histogram (s): duration of one QuerySamplesComplete call (a batch of completions).
+    pub const COMPLETE: &str = "qdl_frontend_complete_seconds";
+    /// Histogram, label `accelerator`: request frames completed per write system call.
+    pub const FRAMES_PER_WRITE: &str = "qdl_frontend_frames_per_write";
+    /// Histogram, label `accelerator`: response frames delivered per read system call.
+    pub const FRAMES_PER_READ: &str = "qdl_frontend_frames_per_read";
+    /// Gauge, label `connection`: 1 while the data connection is up.
+    pub const CONNECTION_UP: &str = "qdl_frontend_connection_up";
 }
 
 /// Accelerator metric names.
@@ -66,6 +79,12 @@ pub mod accelerator {
     pub const CONNECTIONS: &str = "qdl_accelerator_connections";
     /// Counter, label `kind`: connection-level errors (protocol, io, refused, closed).
     pub const CONNECTION_ERRORS: &str = "qdl_accelerator_connection_errors_total";
+    /// Histogram (s): per sample, request read → response queued.
+    pub const RESIDENCE: &str = "qdl_accelerator_residence_seconds";
+    /// Histogram: response frames per write system call.
+    pub const FRAMES_PER_WRITE: &str = "qdl_accelerator_frames_per_write";
+    /// Histogram: request frames completed per read system call.
+    pub const FRAMES_PER_READ: &str = "qdl_accelerator_frames_per_read";
 }
 
 /// Registers descriptions and units of every frontend metric with the installed recorder.
@@ -85,6 +104,11 @@ pub fn describe_frontend() {
     describe_gauge!(HEARTBEAT_RTT, Unit::Seconds, "Last control heartbeat round trip");
     describe_gauge!(ACCELERATOR_UP, Unit::Count, "1 while the accelerator's control session is up");
     describe_counter!(CONNECTION_ERRORS, Unit::Count, "Connection-level errors, by kind");
+    describe_histogram!(STAGE, Unit::Seconds, "Per-sample stages: issue, send, network, accelerator");
+    describe_histogram!(COMPLETE, Unit::Seconds, "Duration of one QuerySamplesComplete call");
+    describe_histogram!(FRAMES_PER_WRITE, Unit::Count, "Request frames completed per write system call");
+    describe_histogram!(FRAMES_PER_READ, Unit::Count, "Response frames delivered per read system call");
+    describe_gauge!(CONNECTION_UP, Unit::Count, "1 while the data connection is up");
 }
 
 /// Registers descriptions and units of every accelerator metric with the installed recorder.
@@ -103,4 +127,7 @@ pub fn describe_accelerator() {
     describe_gauge!(SESSIONS, Unit::Count, "Live sessions");
     describe_gauge!(CONNECTIONS, Unit::Count, "Attached data connections");
     describe_counter!(CONNECTION_ERRORS, Unit::Count, "Connection-level errors, by kind");
+    describe_histogram!(RESIDENCE, Unit::Seconds, "Per sample, request read to response queued");
+    describe_histogram!(FRAMES_PER_WRITE, Unit::Count, "Response frames per write system call");
+    describe_histogram!(FRAMES_PER_READ, Unit::Count, "Request frames completed per read system call");
 }

@@ -49,35 +49,30 @@ pub fn init_logging(cfg: &LogConfig) -> Result<(), TelemetryError> {
     Ok(())
 }
 
-/// Starts the Prometheus exporter on `addr` ("" = metrics disabled; the recorder is still
-/// installed so handles are cheap no-ops). Returns the address it serves on.
+/// Starts the Prometheus exporter on `addr` and installs its recorder; "" turns metrics off (no
+/// recorder: every metric handle is a no-op). Returns the address it serves on.
 pub fn install_metrics(addr: &str) -> Result<Option<SocketAddr>, TelemetryError> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-    let mut builder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), crate::metrics::LATENCY_BUCKETS)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), crate::metrics::BATCH_BUCKETS))
-        .map_err(|e| TelemetryError::Exporter { addr: addr.to_string(), reason: e.to_string() })?;
     if addr.is_empty() {
-        // Without a listener nothing scrapes: keep a recorder anyway (handles stay cheap) and run
-        // its upkeep, which drains histogram samples that would otherwise accumulate.
-        if let Ok(handle) = builder.install_recorder() {
-            let _ = std::thread::Builder::new().name("qdl-metrics-upkeep".into()).spawn(move || {
-                loop {
-                    std::thread::sleep(std::time::Duration::from_secs(5));
-                    handle.run_upkeep();
-                }
-            });
-        }
+        // Metrics off: no recorder at all, so every handle is a no-op and costs nothing.
         return Ok(None);
+    }
+    let err = |reason: String| TelemetryError::Exporter { addr: addr.to_string(), reason };
+    let mut builder = PrometheusBuilder::new();
+    let buckets: [(&str, &[f64]); 4] = [
+        ("_seconds", crate::metrics::LATENCY_BUCKETS),
+        ("_batch_size", crate::metrics::BATCH_BUCKETS),
+        ("_frames_per_write", crate::metrics::BATCH_BUCKETS),
+        ("_frames_per_read", crate::metrics::BATCH_BUCKETS),
+    ];
+    for (suffix, b) in buckets {
+        builder = builder.set_buckets_for_metric(Matcher::Suffix(suffix.into()), b).map_err(|e| err(e.to_string()))?;
     }
     let sock: SocketAddr = addr.parse().map_err(|_| TelemetryError::Address(addr.to_string()))?;
     // Bind first so a taken port is reported here, clearly, rather than from a background thread.
-    let probe = std::net::TcpListener::bind(sock)
-        .map_err(|e| TelemetryError::Exporter { addr: addr.to_string(), reason: e.to_string() })?;
-    let bound =
-        probe.local_addr().map_err(|e| TelemetryError::Exporter { addr: addr.to_string(), reason: e.to_string() })?;
+    let probe = std::net::TcpListener::bind(sock).map_err(|e| err(e.to_string()))?;
+    let bound = probe.local_addr().map_err(|e| err(e.to_string()))?;
     drop(probe);
-    builder = builder.with_http_listener(bound);
-    builder.install().map_err(|e| TelemetryError::Exporter { addr: bound.to_string(), reason: e.to_string() })?;
+    builder.with_http_listener(bound).install().map_err(|e| err(e.to_string()))?;
     Ok(Some(bound))
 }

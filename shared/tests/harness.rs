@@ -251,7 +251,7 @@ fn simulate(seed: u64, samples: u64, conns: usize, dead: Option<(usize, Nanos)>)
                 for (_, h, lease) in due {
                     let mut out = vec![0u8; ob];
                     reference_output(spec.output_kind, lease.bytes(), &mut out);
-                    let mut frame = DataHeader::response(h.slot, h.sample_id, ob as u32).encode().to_vec();
+                    let mut frame = DataHeader::response(h.slot, h.sample_id, ob as u32, 0).encode().to_vec();
                     frame.extend_from_slice(&out);
                     c.down.send(t, frame, Nanos::from_micros(50 + rng.below(3000)));
                     drop(lease); // the response is queued: the slot is free again

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
-use metrics::Counter;
+use metrics::{Counter, Histogram};
 use qdl_shared::metrics::accelerator as m;
+use qdl_shared::time::Nanos;
 use qdl_shared::transport::{TargetTransport, TransportError, TransportStats};
 use qdl_shared::wire::attach::SessionToken;
 use qdl_shared::wire::data::{DataErrorCode, DataHeader};
@@ -91,6 +92,7 @@ pub struct ConnectionActor {
     completed: Counter,
     bytes_in: Counter,
     bytes_out: Counter,
+    residence: Histogram,
 }
 
 impl ConnectionActor {
@@ -116,6 +118,7 @@ impl ConnectionActor {
             completed: metrics::counter!(m::SAMPLES_COMPLETED),
             bytes_in: metrics::counter!(m::BYTES_RECEIVED),
             bytes_out: metrics::counter!(m::BYTES_SENT),
+            residence: metrics::histogram!(m::RESIDENCE),
         }
     }
 
@@ -129,11 +132,15 @@ impl ConnectionActor {
     /// Queues the response frames of one worker delivery.
     fn answer(&mut self, replies: Replies) {
         let n = replies.entries.len();
+        let now = Nanos::now();
         for (i, e) in replies.entries.iter().enumerate() {
+            let residence = now.since(e.received);
+            self.residence.record(residence.as_secs_f64());
             match &replies.error {
                 None => {
                     let out = replies.output(i);
-                    self.transport.push_response(DataHeader::response(e.slot, e.sample_id, out.len() as u32), out);
+                    let us = (residence.0 / 1000).min(u32::MAX as u64) as u32;
+                    self.transport.push_response(DataHeader::response(e.slot, e.sample_id, out.len() as u32, us), out);
                 }
                 Some((code, msg)) => {
                     let msg = msg.as_bytes();
@@ -208,6 +215,7 @@ impl Pumped for ConnectionActor {
         loop {
             let mut progress = false;
             if self.draining.is_none() {
+                let now = Nanos::now();
                 let Self { transport, worker, spec, sink, in_flight, refused, .. } = self;
                 let mut submit = |req: qdl_shared::transport::Request| {
                     let item = WorkItem {
@@ -216,6 +224,7 @@ impl Pumped for ConnectionActor {
                         slot: req.header.slot,
                         reply: sink.clone(),
                         spec: spec.clone(),
+                        received: now,
                     };
                     *in_flight += 1;
                     if let Err(item) = worker.try_submit(item) {

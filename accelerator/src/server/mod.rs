@@ -29,6 +29,7 @@ use qdl_shared::control_link::ControlLink;
 use qdl_shared::metrics::accelerator as m;
 use qdl_shared::slots::SlotArena;
 use qdl_shared::time::Nanos;
+use qdl_shared::transport::TransportMetrics;
 use qdl_shared::transport::tcp::{TcpTarget, read_exact_or_closed, tune};
 use qdl_shared::wire::attach::{ATTACH_LEN, Attach, AttachStatus};
 use qdl_shared::wire::preamble::{PREAMBLE_LEN, Preamble, Role};
@@ -123,6 +124,7 @@ async fn serve(shared: Arc<Shared>, on_ready: impl FnOnce(&Ready)) -> Result<(),
     let listener = TcpListener::bind(&addr).await.map_err(|source| NodeError::Bind { addr: addr.clone(), source })?;
     let local = listener.local_addr().map_err(|source| NodeError::Bind { addr, source })?;
     qdl_shared::metrics::describe_accelerator();
+    let mut signals = qdl_shared::signals::Signals::new();
     on_ready(&Ready {
         name: shared.config.accelerator.name.clone(),
         listen: local,
@@ -146,10 +148,10 @@ async fn serve(shared: Arc<Shared>, on_ready: impl FnOnce(&Ready)) -> Result<(),
             }
         })
     };
-    wait_for_signal().await;
+    signals.recv().await;
     tracing::info!("shutting down: draining sessions (send the signal again to exit at once)");
-    actix::spawn(async {
-        wait_for_signal().await;
+    actix::spawn(async move {
+        signals.recv().await;
         tracing::warn!("second signal: exiting now");
         std::process::exit(130);
     });
@@ -175,18 +177,11 @@ async fn serve(shared: Arc<Shared>, on_ready: impl FnOnce(&Ready)) -> Result<(),
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+fn transport_metrics() -> TransportMetrics {
+    TransportMetrics {
+        frames_per_write: metrics::histogram!(m::FRAMES_PER_WRITE),
+        frames_per_read: metrics::histogram!(m::FRAMES_PER_READ),
+        send_delay: metrics::Histogram::noop(),
     }
 }
 
@@ -308,7 +303,7 @@ async fn attach_data(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared
             label,
             token: attach.token,
             index: attach.connection,
-            transport: Box::new(TcpTarget::new(stream, arena, sample_bytes as u32)),
+            transport: Box::new(TcpTarget::new(stream, arena, sample_bytes as u32, transport_metrics())),
             worker: parts_shared.pool.pick(),
             spec: grant.spec,
             slots: grant.slots,

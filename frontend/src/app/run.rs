@@ -18,6 +18,7 @@ use qdl_frontend::report::{AcceleratorReport, FrontendReport, RunReport, parse_d
 use qdl_frontend::sut::{QdlQsl, QdlSut, SutName, duplicate_names, network_sut_name};
 use qdl_loadgen::{LogSettings, Scenario, TestMode, TestSettings};
 use qdl_shared::config::{AcceleratorConfig, FrontendConfig, ModeName, ScenarioName};
+use qdl_shared::transport::TransportMetrics;
 use qdl_shared::transport::tcp::{TcpInitiator, connect_data};
 use qdl_shared::wire::attach::Attach;
 use qdl_shared::wire::message::{RunState, SessionRequest};
@@ -212,12 +213,13 @@ async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Sh
             let k = out.actors.len();
             out.actors.push(start_connection(&shared, k, move || ConnectionParts {
                 label: l.label().to_string(),
-                accelerator: name,
                 lane: l,
                 transport: Box::new(TcpInitiator::new(
                     TcpStream::from_std(std_stream).expect("I/O arbiters run a tokio runtime with I/O enabled"),
                     out_bytes,
+                    transport_metrics(&name),
                 )),
+                accelerator: name,
                 slots,
                 output_bytes: out_bytes,
                 store: sh.store.clone(),
@@ -293,6 +295,16 @@ fn connect_local(
         });
     }
     Ok(out)
+}
+
+fn transport_metrics(accelerator: &str) -> TransportMetrics {
+    use qdl_shared::metrics::frontend as m;
+    let a = accelerator.to_string();
+    TransportMetrics {
+        frames_per_write: metrics::histogram!(m::FRAMES_PER_WRITE, "accelerator" => a.clone()),
+        frames_per_read: metrics::histogram!(m::FRAMES_PER_READ, "accelerator" => a),
+        send_delay: metrics::histogram!(m::STAGE, "stage" => "send"),
+    }
 }
 
 /// The failure handler of a run: a run whose samples can no longer complete cannot be saved, so

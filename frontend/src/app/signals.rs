@@ -39,37 +39,25 @@ pub fn install(what: &'static str, cleanup: impl FnOnce() + Send + 'static) {
     let spawned = std::thread::Builder::new().name("qdl-signals".into()).spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
         rt.block_on(async move {
-            wait().await;
+            let mut signals = qdl_shared::signals::Signals::new();
+            signals.recv().await;
             INTERRUPTED.store(true, Ordering::SeqCst);
             eprintln!("\nqdl-frontend: interrupted: ending the {what} (press Ctrl-C again to exit at once)");
-            std::thread::spawn(|| {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-                rt.block_on(wait());
+            tokio::spawn(async move {
+                signals.recv().await;
                 // SAFETY: _exit ends the process at once; nothing is left to clean up.
                 unsafe { libc::_exit(130) };
             });
-            cleanup();
-            terminate_children();
+            let _ = tokio::task::spawn_blocking(move || {
+                cleanup();
+                terminate_children();
+            })
+            .await;
             // SAFETY: as above; C++ static destructors of a running LoadGen could block an exit().
             unsafe { libc::_exit(130) };
         });
     });
     if let Err(e) = spawned {
         tracing::warn!("cannot install the signal handler: {e}");
-    }
-}
-
-async fn wait() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }

@@ -65,6 +65,28 @@ pub struct TransportStats {
     pub read_calls: u64,
 }
 
+/// Histograms a transport records into (no-ops by default). Handles are created once per
+/// connection; recording is lock-free.
+#[derive(Clone)]
+pub struct TransportMetrics {
+    /// Frames completed per write system call (or per chained post).
+    pub frames_per_write: metrics::Histogram,
+    /// Frames delivered per read system call (or per completion poll).
+    pub frames_per_read: metrics::Histogram,
+    /// Frontend: per request, queued → last byte written, seconds.
+    pub send_delay: metrics::Histogram,
+}
+
+impl Default for TransportMetrics {
+    fn default() -> Self {
+        TransportMetrics {
+            frames_per_write: metrics::Histogram::noop(),
+            frames_per_read: metrics::Histogram::noop(),
+            send_delay: metrics::Histogram::noop(),
+        }
+    }
+}
+
 /// Memory a request payload is sent from, kept alive until the frame is written.
 pub trait PayloadSource: Send + Sync + 'static {
     /// The whole buffer.

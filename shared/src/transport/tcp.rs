@@ -20,9 +20,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::{
-    InitiatorTransport, OnRequest, OnResponse, Payload, Request, TargetTransport, TransportError, TransportStats,
+    InitiatorTransport, OnRequest, OnResponse, Payload, Request, TargetTransport, TransportError, TransportMetrics,
+    TransportStats,
 };
 use crate::slots::{SlotArena, SlotLease};
+use crate::time::Nanos;
 use crate::wire::attach::{ATTACH_REPLY_LEN, Attach, AttachStatus};
 use crate::wire::data::{DATA_HEADER_LEN, DataHeader, FrameKind};
 use crate::wire::preamble::{PREAMBLE_LEN, Preamble, Role};
@@ -148,6 +150,7 @@ fn poll_read_into(
 struct OutFrame {
     header: [u8; DATA_HEADER_LEN],
     payload: Payload,
+    queued: Nanos,
 }
 
 /// The frontend's end of a TCP data connection.
@@ -159,11 +162,12 @@ pub struct TcpInitiator {
     inbuf: ReadBuffer,
     max_response: u32,
     stats: TransportStats,
+    metrics: TransportMetrics,
 }
 
 impl TcpInitiator {
     /// Wraps an attached data connection whose responses carry at most `max_response` bytes.
-    pub fn new(stream: TcpStream, max_response: u32) -> TcpInitiator {
+    pub fn new(stream: TcpStream, max_response: u32, metrics: TransportMetrics) -> TcpInitiator {
         let size = READ_BUFFER.max(2 * (DATA_HEADER_LEN + max_response as usize));
         TcpInitiator {
             stream,
@@ -172,29 +176,35 @@ impl TcpInitiator {
             inbuf: ReadBuffer::new(size),
             max_response,
             stats: TransportStats::default(),
+            metrics,
         }
     }
 
-    fn advance(&mut self, mut n: usize) {
+    /// `n` more bytes were written: retires the frames they complete (returns how many).
+    fn advance(&mut self, mut n: usize, now: Nanos) -> usize {
+        let mut done = 0;
         while n > 0 {
             let front = self.out.front().expect("written bytes belong to queued frames");
             let left = DATA_HEADER_LEN + front.payload.len() - self.front_written;
             if n >= left {
                 n -= left;
+                self.metrics.send_delay.record(now.since(front.queued).as_secs_f64());
                 self.out.pop_front();
                 self.front_written = 0;
                 self.stats.frames_sent += 1;
+                done += 1;
             } else {
                 self.front_written += n;
                 n = 0;
             }
         }
+        done
     }
 }
 
 impl InitiatorTransport for TcpInitiator {
     fn push_request(&mut self, header: DataHeader, payload: Payload) {
-        self.out.push_back(OutFrame { header: header.encode(), payload });
+        self.out.push_back(OutFrame { header: header.encode(), payload, queued: Nanos::now() });
     }
 
     fn queued(&self) -> usize {
@@ -227,7 +237,8 @@ impl InitiatorTransport for TcpInitiator {
                 Poll::Ready(Ok(written)) => {
                     self.stats.write_calls += 1;
                     self.stats.bytes_sent += written as u64;
-                    self.advance(written);
+                    let done = self.advance(written, Nanos::now());
+                    self.metrics.frames_per_write.record(done as f64);
                 }
             }
         }
@@ -260,6 +271,7 @@ impl InitiatorTransport for TcpInitiator {
                 }
             }
             if delivered > 0 {
+                self.metrics.frames_per_read.record(delivered as f64);
                 return Poll::Ready(Ok(delivered));
             }
             match self.inbuf.poll_fill(&mut self.stream, cx, &mut self.stats) {
@@ -296,13 +308,16 @@ pub struct TcpTarget {
     partial: Option<Partial>,
     out: Vec<u8>,
     out_pos: usize,
+    out_frames: usize,
     stats: TransportStats,
+    metrics: TransportMetrics,
 }
 
 impl TcpTarget {
     /// Wraps an attached data connection whose requests fill `arena`'s slots; every request must
-    /// carry exactly `sample_bytes` bytes (the session's input size).
-    pub fn new(stream: TcpStream, arena: Arc<SlotArena>, sample_bytes: u32) -> TcpTarget {
+    /// carry exactly `sample_bytes` bytes (the session's input size). `frames_per_write` counts
+    /// responses per flush (one or more write calls).
+    pub fn new(stream: TcpStream, arena: Arc<SlotArena>, sample_bytes: u32, metrics: TransportMetrics) -> TcpTarget {
         TcpTarget {
             stream,
             arena,
@@ -311,7 +326,9 @@ impl TcpTarget {
             partial: None,
             out: Vec::new(),
             out_pos: 0,
+            out_frames: 0,
             stats: TransportStats::default(),
+            metrics,
         }
     }
 
@@ -367,7 +384,11 @@ impl TargetTransport for TcpTarget {
         let mut delivered = 0;
         for _ in 0..READS_PER_POLL {
             delivered += match self.consume(on_request) {
-                Ok(n) => n,
+                Ok(0) => 0,
+                Ok(n) => {
+                    self.metrics.frames_per_read.record(n as f64);
+                    n
+                }
                 Err(e) => return Poll::Ready(Err(e)),
             };
             let direct = match &mut self.partial {
@@ -411,6 +432,7 @@ impl TargetTransport for TcpTarget {
         self.out.extend_from_slice(&header.encode());
         self.out.extend_from_slice(output);
         self.stats.frames_sent += 1;
+        self.out_frames += 1;
     }
 
     fn queued_bytes(&self) -> usize {
@@ -432,6 +454,10 @@ impl TargetTransport for TcpTarget {
                 }
             }
         }
+        if self.out_frames > 0 {
+            self.metrics.frames_per_write.record(self.out_frames as f64);
+            self.out_frames = 0;
+        }
         self.out.clear();
         self.out_pos = 0;
         Poll::Ready(Ok(()))
@@ -445,7 +471,7 @@ impl TargetTransport for TcpTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::PayloadSource;
+    use crate::transport::{PayloadSource, TransportMetrics};
     use std::future::poll_fn;
     use tokio::net::TcpListener;
 
@@ -470,8 +496,8 @@ mod tests {
         for sample in [16usize, 4608, 150_528] {
             let (a, b) = pair().await;
             let arena = SlotArena::new(64, sample).unwrap();
-            let mut fe = TcpInitiator::new(a, 8);
-            let mut acc = TcpTarget::new(b, arena.clone(), sample as u32);
+            let mut fe = TcpInitiator::new(a, 8, TransportMetrics::default());
+            let mut acc = TcpTarget::new(b, arena.clone(), sample as u32, TransportMetrics::default());
             let data: Vec<u8> = (0..sample * 40).map(|i| (i * 7 % 251) as u8).collect();
             let src: Arc<dyn PayloadSource> = Arc::new(Bytes(data.clone()));
             for i in 0..40u32 {
@@ -501,7 +527,7 @@ mod tests {
             }
             for r in &got {
                 acc.push_response(
-                    DataHeader::response(r.header.slot, r.header.sample_id, 4),
+                    DataHeader::response(r.header.slot, r.header.sample_id, 4, 0),
                     &r.header.aux.to_le_bytes(),
                 );
             }
@@ -539,7 +565,7 @@ mod tests {
             ),
             (DataHeader::request(1, 1, 4, 0).encode().to_vec(), "samples are 8 bytes"),
             (DataHeader::request(99, 1, 8, 0).encode().to_vec(), "outside the ring"),
-            (DataHeader::response(1, 1, 8).encode().to_vec(), "Response frame"),
+            (DataHeader::response(1, 1, 8, 0).encode().to_vec(), "Response frame"),
             (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "unknown data frame kind"),
             (
                 {
@@ -554,7 +580,7 @@ mod tests {
         for (bytes, expect) in cases {
             let (mut a, b) = pair().await;
             let arena = SlotArena::new(4, 8).unwrap();
-            let mut acc = TcpTarget::new(b, arena, 8);
+            let mut acc = TcpTarget::new(b, arena, 8, TransportMetrics::default());
             a.write_all(&bytes).await.unwrap();
             let mut held = Vec::new();
             let err = loop {

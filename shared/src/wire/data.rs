@@ -8,7 +8,8 @@
 //! 6      2    reserved   u16  0
 //! 8      8    sample_id  u64  the frontend's correlation tag, echoed in the response
 //! 16     4    len        u32  payload bytes that follow
-//! 20     4    aux        u32  request: QSL index (informational); response: 0; error: ErrorCode
+//! 20     4    aux        u32  request: QSL index (informational); response: the accelerator's
+//!                             residence time in µs (request read → response queued); error: ErrorCode
 //! ```
 //! A request is "write these bytes into slot N of your ring"; the response travels back into slot
 //! N of the sender's ring, exactly like NVIDIA's RDMA write-with-immediate design. A slot is busy
@@ -78,9 +79,10 @@ impl DataHeader {
         DataHeader { slot, kind: FrameKind::Request, sample_id, len, aux: qsl_index }
     }
 
-    /// A response header.
-    pub fn response(slot: u32, sample_id: u64, len: u32) -> DataHeader {
-        DataHeader { slot, kind: FrameKind::Response, sample_id, len, aux: 0 }
+    /// A response header; `residence_us` is how long the sample spent in the accelerator
+    /// (saturating at u32::MAX µs), which lets the frontend split a round trip into stages.
+    pub fn response(slot: u32, sample_id: u64, len: u32, residence_us: u32) -> DataHeader {
+        DataHeader { slot, kind: FrameKind::Response, sample_id, len, aux: residence_us }
     }
 
     /// An error header.
@@ -157,8 +159,8 @@ mod tests {
     #[test]
     fn golden_response_and_error() {
         assert_eq!(
-            DataHeader::response(7, 9, 4).encode(),
-            [7, 0, 0, 0, 2, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]
+            DataHeader::response(7, 9, 4, 0x0102).encode(),
+            [7, 0, 0, 0, 2, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0x02, 0x01, 0, 0]
         );
         assert_eq!(
             DataHeader::error(1, 2, DataErrorCode::Overloaded, 0).encode(),
@@ -168,7 +170,7 @@ mod tests {
 
     #[test]
     fn rejects_malformed_headers() {
-        let good = DataHeader::response(1, 2, 8).encode();
+        let good = DataHeader::response(1, 2, 8, 0).encode();
         let mut bad_kind = good;
         bad_kind[4] = 9;
         assert_eq!(DataHeader::parse(&bad_kind, 64), Err(WireError::UnknownKind(9)));
@@ -187,7 +189,7 @@ mod tests {
 
     #[test]
     fn frame_needs_its_payload() {
-        let mut buf = DataHeader::response(3, 4, 5).encode().to_vec();
+        let mut buf = DataHeader::response(3, 4, 5, 0).encode().to_vec();
         buf.extend_from_slice(&[1, 2, 3]);
         assert_eq!(DataHeader::parse_frame(&buf, 64), Err(WireError::Incomplete { needed: 2 }));
         buf.extend_from_slice(&[4, 5, 99]);
