@@ -15,7 +15,7 @@
 //! For the synthetic and echo backends a "device" is virtual: the worker thread stands for it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -147,6 +147,7 @@ pub fn refuse(item: WorkItem, code: DataErrorCode, message: &str) {
 /// The workers of a node.
 pub struct WorkerPool {
     senders: Vec<WorkerSender>,
+    sizes: Vec<Arc<[AtomicU64]>>,
     threads: Vec<JoinHandle<()>>,
     next: AtomicUsize,
     max_batch: usize,
@@ -158,6 +159,7 @@ impl WorkerPool {
     pub fn start(count: usize, batcher: BatcherConfig, backend_cfg: &BackendConfig) -> std::io::Result<WorkerPool> {
         let mut senders = Vec::new();
         let mut threads = Vec::new();
+        let mut sizes = Vec::new();
         let mut max_batch = batcher.max_batch as usize;
         let mut backend_name = "";
         for index in 0..count.max(1) {
@@ -172,11 +174,13 @@ impl WorkerPool {
                 max_queue: batcher.max_queue as usize,
             };
             let (tx, rx) = crossbeam_channel::bounded(batcher.max_queue as usize);
-            let worker = GpuWorker::new(index, policy, backend, rx);
+            let counts: Arc<[AtomicU64]> = (0..=max_batch).map(|_| AtomicU64::new(0)).collect();
+            sizes.push(counts.clone());
+            let worker = GpuWorker::new(index, policy, backend, rx, counts);
             threads.push(std::thread::Builder::new().name(format!("qdl-worker-{index}")).spawn(move || worker.run())?);
             senders.push(WorkerSender { tx, index });
         }
-        Ok(WorkerPool { senders, threads, next: AtomicUsize::new(0), max_batch, backend: backend_name })
+        Ok(WorkerPool { senders, sizes, threads, next: AtomicUsize::new(0), max_batch, backend: backend_name })
     }
 
     /// Workers in the pool.
@@ -203,6 +207,30 @@ impl WorkerPool {
     pub fn pick(&self) -> WorkerSender {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
         self.senders[i].clone()
+    }
+
+    /// Batches formed by all workers since the last [`WorkerPool::reset_stats`]: (size, count),
+    /// sizes ascending, zero counts left out.
+    pub fn batch_sizes(&self) -> Vec<(u32, u64)> {
+        self.batch_sizes_of(0..self.sizes.len())
+    }
+
+    /// [`WorkerPool::batch_sizes`] of workers `workers` only.
+    pub fn batch_sizes_of(&self, workers: std::ops::Range<usize>) -> Vec<(u32, u64)> {
+        let sizes = &self.sizes[workers.start.min(self.sizes.len())..workers.end.min(self.sizes.len())];
+        (0..=self.max_batch)
+            .map(|b| (b as u32, sizes.iter().map(|w| w[b].load(Ordering::Relaxed)).sum::<u64>()))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+
+    /// Starts the statistics afresh (at the start of a run).
+    pub fn reset_stats(&self) {
+        for w in &self.sizes {
+            for c in w.iter() {
+                c.store(0, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Worker `i` (modulo the pool's size).
@@ -251,6 +279,7 @@ struct GpuWorker {
     queue_delay: Histogram,
     inference: Histogram,
     queue_depth: Gauge,
+    sizes: Arc<[AtomicU64]>,
 }
 
 fn same_spec(a: &WorkItem, b: &WorkItem) -> bool {
@@ -258,7 +287,13 @@ fn same_spec(a: &WorkItem, b: &WorkItem) -> bool {
 }
 
 impl GpuWorker {
-    fn new(index: usize, policy: BatchPolicy, backend: Box<dyn Backend>, rx: Receiver<WorkerMsg>) -> GpuWorker {
+    fn new(
+        index: usize,
+        policy: BatchPolicy,
+        backend: Box<dyn Backend>,
+        rx: Receiver<WorkerMsg>,
+        sizes: Arc<[AtomicU64]>,
+    ) -> GpuWorker {
         let w = index.to_string();
         GpuWorker {
             batcher: Batcher::new(policy),
@@ -271,6 +306,7 @@ impl GpuWorker {
             queue_delay: metrics::histogram!(m::QUEUE_DELAY, "worker" => w.clone()),
             inference: metrics::histogram!(m::INFERENCE, "worker" => w.clone()),
             queue_depth: metrics::gauge!(m::QUEUE_DEPTH, "worker" => w),
+            sizes,
         }
     }
 
@@ -335,6 +371,9 @@ impl GpuWorker {
         let started = Instant::now();
         let now = Nanos::from_instant(started);
         self.batch_size.record(n as f64);
+        if let Some(c) = self.sizes.get(n) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         for (_, at) in batch.iter() {
             self.queue_delay.record(now.since(*at).as_secs_f64());
         }
@@ -439,7 +478,9 @@ mod tests {
             w.try_submit(item).map_err(|_| "full").unwrap();
         }
         drop(w);
+        let stats = p.batch_sizes();
         p.shutdown();
+        let p_sizes = stats;
         let got = sink.0.lock().unwrap();
         let mut seen = 0;
         for r in got.iter() {
@@ -454,6 +495,8 @@ mod tests {
             }
         }
         assert_eq!(seen, 20);
+        let sizes = p_sizes;
+        assert_eq!(sizes.iter().map(|(b, n)| *b as u64 * n).sum::<u64>(), 20, "batch statistics count every sample");
         drop(got);
         sink.0.lock().unwrap().clear();
         assert_eq!(arena.leased(), 0, "every slot was freed once its reply was dropped");

@@ -15,7 +15,7 @@ use qdl_shared::control_link::ControlLink;
 use qdl_shared::metrics::frontend as m;
 use qdl_shared::time::Nanos;
 use qdl_shared::transport::TransportError;
-use qdl_shared::wire::message::{Limits, RunState, SessionGrant, SessionRequest};
+use qdl_shared::wire::message::{Limits, NodeStats, RunState, SessionGrant, SessionRequest};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -79,6 +79,11 @@ pub struct QueryName;
 #[rtype(result = "Result<(), ClientError>")]
 pub struct SetRunState(pub RunState);
 
+/// Asks the accelerator for its statistics since the run started.
+#[derive(Message)]
+#[rtype(result = "Result<NodeStats, ClientError>")]
+pub struct QueryStats;
+
 /// Ends the session politely (the run is over).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -131,6 +136,7 @@ pub struct AcceleratorClient {
     welcome: Option<(String, Limits)>,
     names: Waiters<String>,
     states: Waiters<()>,
+    stats: Waiters<NodeStats>,
     on_failure: FailureHandler,
     closing: bool,
     nudge: Nudge,
@@ -167,6 +173,7 @@ impl AcceleratorClient {
             welcome: None,
             names: Waiters::new(),
             states: Waiters::new(),
+            stats: Waiters::new(),
             on_failure,
             closing: false,
             nudge: Nudge::default(),
@@ -197,13 +204,17 @@ impl AcceleratorClient {
             }
             Event::Name { request, name } => self.names.answer(request, name),
             Event::RunStateAck { request, .. } => self.states.answer(request, ()),
+            Event::Stats { request, stats } => self.stats.answer(request, stats),
             Event::HeartbeatRtt(rtt) => {
                 metrics::gauge!(m::HEARTBEAT_RTT, "accelerator" => self.name.clone()).set(rtt.as_secs_f64());
             }
             Event::Closed => self.fail(ClientError::Closed { addr: self.addr.clone() }),
             Event::Failed(error) => self.fail(ClientError::Control { addr: self.addr.clone(), error }),
             // Server-side events never reach a client endpoint.
-            Event::Hello { .. } | Event::ConfigureRequested(_) | Event::RunState { .. } => {}
+            Event::Hello { .. }
+            | Event::ConfigureRequested(_)
+            | Event::RunState { .. }
+            | Event::StatsRequested { .. } => {}
         }
     }
 
@@ -217,6 +228,7 @@ impl AcceleratorClient {
         }
         self.names.fail_all(&err);
         self.states.fail_all(&err);
+        self.stats.fail_all(&err);
     }
 }
 
@@ -245,6 +257,16 @@ impl Handler<SetRunState> for AcceleratorClient {
         let sent = self.link.endpoint.set_run_state(msg.0);
         self.nudge.wake();
         self.states.register(sent, &self.addr)
+    }
+}
+
+impl Handler<QueryStats> for AcceleratorClient {
+    type Result = ResponseFuture<Result<NodeStats, ClientError>>;
+
+    fn handle(&mut self, _: QueryStats, _ctx: &mut Context<Self>) -> Self::Result {
+        let sent = self.link.endpoint.query_stats();
+        self.nudge.wake();
+        self.stats.register(sent, &self.addr)
     }
 }
 

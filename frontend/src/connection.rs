@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::issuer::{CreditGate, Lane, Submission};
 use crate::qsl::SampleStore;
+use crate::timeline::LatencyBuckets;
 
 /// Reports a failure that ends the run.
 pub type FailureHandler = Arc<dyn Fn(String) + Send + Sync>;
@@ -82,6 +83,8 @@ pub struct ConnectionParts {
     pub gate: Arc<CreditGate>,
     /// Ends the run on an unrecoverable failure.
     pub on_failure: FailureHandler,
+    /// Where end-to-end latencies go for the run's timeline.
+    pub latencies: Arc<LatencyBuckets>,
 }
 
 struct Done {
@@ -102,6 +105,7 @@ pub struct ConnectionActor {
     store: Arc<SampleStore>,
     gate: Arc<CreditGate>,
     on_failure: FailureHandler,
+    latencies: Arc<LatencyBuckets>,
     completions: CompletionBuffer,
     done: Vec<Done>,
     nudge: Nudge,
@@ -135,6 +139,7 @@ impl ConnectionActor {
             store: p.store,
             gate: p.gate,
             on_failure: p.on_failure,
+            latencies: p.latencies,
             completions: CompletionBuffer::with_capacity(1024),
             done: Vec::with_capacity(1024),
             nudge: Nudge::default(),
@@ -179,6 +184,7 @@ impl ConnectionActor {
                 output_bytes,
                 done,
                 latency,
+                latencies,
                 stage_network,
                 stage_accelerator,
                 label,
@@ -190,7 +196,9 @@ impl ConnectionActor {
                     .handle_response(h.slot, h.sample_id, now)
                     .map_err(|e| TransportError::Protocol(e.to_string()))?;
                 let (id, issued) = c.payload;
-                latency.record(now.since(issued).as_secs_f64());
+                let e2e = now.since(issued);
+                latency.record(e2e.as_secs_f64());
+                latencies.record(e2e.0);
                 let error = h.kind == FrameKind::Error;
                 if !error {
                     // The round trip from the request being queued, split at the accelerator's residence.

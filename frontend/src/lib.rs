@@ -9,7 +9,8 @@
 //! - [`client`]: the `AcceleratorClient` actor per accelerator control connection.
 //! - [`local`]: the in-process transport of the local baseline.
 //! - [`qsl`] and [`npy`]: sample generation and loading into one long-lived buffer.
-//! - [`report`]: report.json and LoadGen log parsing.
+//! - [`report`]: report.json and LoadGen log parsing; [`timeline`] and [`plot`]: the run's time
+//!   series and its SVG charts.
 //! - The binary (`src/main.rs`, `src/app/`): the `run`, `lab`, `bench` and `check-accuracy`
 //!   commands.
 //!
@@ -33,6 +34,8 @@ pub mod connection;
 pub mod issuer;
 pub mod local;
 pub mod npy;
+pub mod plot;
 pub mod qsl;
 pub mod report;
 pub mod sut;
+pub mod timeline;

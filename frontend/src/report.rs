@@ -128,6 +128,9 @@ pub struct AcceleratorReport {
     pub workers: u32,
     /// Largest batch.
     pub max_batch: u32,
+    /// Batches formed during the run: (size, count).
+    #[serde(default)]
+    pub batch_sizes: Vec<(u32, u64)>,
 }
 
 /// The frontend's own figures.
@@ -183,6 +186,9 @@ pub struct RunReport {
     pub loadgen: LoadgenResult,
     /// The frontend's figures.
     pub frontend: FrontendReport,
+    /// Throughput and latency percentiles over time.
+    #[serde(default)]
+    pub timeline: Vec<crate::timeline::TimelinePoint>,
 }
 
 impl RunReport {

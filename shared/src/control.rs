@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 
 use crate::time::Nanos;
 use crate::wire::WireError;
-use crate::wire::message::{self, ErrorCode, Limits, Message, RunState, SessionGrant, SessionRequest};
+use crate::wire::message::{self, ErrorCode, Limits, Message, NodeStats, RunState, SessionGrant, SessionRequest};
 use crate::wire::preamble::{PREAMBLE_LEN, Preamble, Role};
 
 /// Errors that end a control session.
@@ -107,6 +107,18 @@ pub enum Event {
         request: u32,
         /// The state reached.
         state: RunState,
+    },
+    /// (client) Answer to [`Endpoint::query_stats`].
+    Stats {
+        /// The request answered.
+        request: u32,
+        /// The accelerator's statistics.
+        stats: NodeStats,
+    },
+    /// (server) The frontend asks for statistics: answer with [`Endpoint::send_stats`].
+    StatsRequested {
+        /// Correlates the answer.
+        request: u32,
     },
     /// (server) A frontend said hello.
     Hello {
@@ -299,6 +311,9 @@ impl Endpoint {
             (false, Phase::Established, Message::RunStateAck { request, state }) => {
                 self.events.push_back(Event::RunStateAck { request, state });
             }
+            (false, Phase::Established, Message::Stats { request, stats }) => {
+                self.events.push_back(Event::Stats { request, stats });
+            }
             // server
             (true, Phase::Greeting, Message::Hello { node }) => {
                 self.events.push_back(Event::Hello { node });
@@ -317,6 +332,9 @@ impl Endpoint {
             }
             (true, Phase::Established, Message::RunState { request, state }) => {
                 self.events.push_back(Event::RunState { request, state });
+            }
+            (true, Phase::Established, Message::QueryStats { request }) => {
+                self.events.push_back(Event::StatsRequested { request });
             }
             (server, phase, other) => {
                 let err = ControlError::Unexpected { got: other.name(), phase: phase.describe(server) };
@@ -388,6 +406,21 @@ impl Endpoint {
         let request = self.take_request_id();
         self.send(&Message::RunState { request, state });
         Ok(request)
+    }
+
+    /// (client) Asks for the accelerator's statistics; the answer arrives as [`Event::Stats`].
+    pub fn query_stats(&mut self) -> Result<u32, ControlError> {
+        self.require_established()?;
+        let request = self.take_request_id();
+        self.send(&Message::QueryStats { request });
+        Ok(request)
+    }
+
+    /// (server) Answers a statistics request.
+    pub fn send_stats(&mut self, request: u32, stats: NodeStats) -> Result<(), ControlError> {
+        self.require_established()?;
+        self.send(&Message::Stats { request, stats });
+        Ok(())
     }
 
     /// (server) Grants the pending configuration.
@@ -527,6 +560,13 @@ mod tests {
                 Event::RunStateAck { request: r, state: RunState::Warmup }
             ]
         );
+        let q = c.query_stats().unwrap();
+        pump(&mut c, &mut s, t);
+        assert_eq!(events(&mut s), vec![Event::StatsRequested { request: q }]);
+        let stats = NodeStats { batch_sizes: vec![(8, 2)] };
+        s.send_stats(q, stats.clone()).unwrap();
+        pump(&mut c, &mut s, t);
+        assert_eq!(events(&mut c), vec![Event::Stats { request: q, stats }]);
         c.close();
         pump(&mut c, &mut s, t);
         assert_eq!(events(&mut s), vec![Event::Closed]);

@@ -13,7 +13,7 @@ use qdl_shared::control::{ControlError, Event};
 use qdl_shared::control_link::ControlLink;
 use qdl_shared::transport::TransportError;
 use qdl_shared::wire::attach::SessionToken;
-use qdl_shared::wire::message::{ErrorCode, RunState, SessionRequest};
+use qdl_shared::wire::message::{ErrorCode, NodeStats, RunState, SessionRequest};
 
 use super::connection::Close;
 use super::registry::Registry;
@@ -91,6 +91,9 @@ impl ControlActor {
     fn run_state(&mut self, request: u32, state: RunState, ctx: &mut Context<Self>) {
         let session = self.session.map(|s| s.0).unwrap_or(0);
         tracing::info!(session, ?state, "run state");
+        if state == RunState::Start {
+            self.pool.reset_stats();
+        }
         if state != RunState::Warmup {
             let _ = self.link.endpoint.ack_run_state(request, state);
             return;
@@ -120,6 +123,10 @@ impl ControlActor {
             }
             Event::ConfigureRequested(req) => self.configure(req),
             Event::RunState { request, state } => self.run_state(request, state, ctx),
+            Event::StatsRequested { request } => {
+                let stats = NodeStats { batch_sizes: self.pool.batch_sizes() };
+                let _ = self.link.endpoint.send_stats(request, stats);
+            }
             Event::HeartbeatRtt(rtt) => tracing::trace!(peer = %self.peer, rtt_us = rtt.0 / 1000, "heartbeat"),
             Event::Closed => tracing::info!(peer = %self.peer, frontend = %self.frontend, "frontend said goodbye"),
             Event::Failed(ControlError::Refused { .. }) => {}
@@ -127,7 +134,11 @@ impl ControlActor {
                 tracing::warn!(peer = %self.peer, frontend = %self.frontend, "control session failed: {e}")
             }
             // Client-side events never reach a server endpoint.
-            Event::Welcomed { .. } | Event::Established(_) | Event::Name { .. } | Event::RunStateAck { .. } => {}
+            Event::Welcomed { .. }
+            | Event::Established(_)
+            | Event::Name { .. }
+            | Event::RunStateAck { .. }
+            | Event::Stats { .. } => {}
         }
     }
 }

@@ -9,13 +9,17 @@ use actix::{Actor, Addr};
 use anyhow::{Context as _, anyhow, bail};
 use futures::future::join_all;
 use qdl_accelerator::worker::WorkerPool;
-use qdl_frontend::client::{AcceleratorClient, ClientError, Close as CloseClient, Established, SetRunState};
+use qdl_frontend::client::{
+    AcceleratorClient, ClientError, Close as CloseClient, Established, QueryStats, SetRunState,
+};
 use qdl_frontend::connection::{Close, ConnectionActor, ConnectionParts, FailureHandler, GetStats};
 use qdl_frontend::issuer::{CreditGate, Dispatcher, Lane, QueryIssuer};
 use qdl_frontend::local::LocalTransport;
+use qdl_frontend::plot::{Series, bar_chart, line_chart};
 use qdl_frontend::qsl::{SampleSource, SampleStore};
 use qdl_frontend::report::{AcceleratorReport, FrontendReport, RunReport, parse_detail_log};
 use qdl_frontend::sut::{QdlQsl, QdlSut, SutName, duplicate_names, network_sut_name};
+use qdl_frontend::timeline::{LatencyBuckets, Timeline, TimelinePoint};
 use qdl_loadgen::{LogSettings, Scenario, TestMode, TestSettings};
 use qdl_shared::config::{AcceleratorConfig, FrontendConfig, ModeName, ScenarioName};
 use qdl_shared::transport::TransportMetrics;
@@ -116,6 +120,7 @@ struct Connections {
 
 struct Shared {
     store: Arc<SampleStore>,
+    latencies: Arc<LatencyBuckets>,
     gate: Arc<CreditGate>,
     failure: FailureHandler,
     io: Vec<actix::ArbiterHandle>,
@@ -225,6 +230,7 @@ async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Sh
                 store: sh.store.clone(),
                 gate: sh.gate.clone(),
                 on_failure: sh.failure.clone(),
+                latencies: sh.latencies.clone(),
             }));
             out.lanes.push(lane);
         }
@@ -236,6 +242,7 @@ async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Sh
             backend: g.backend.clone(),
             workers: g.workers,
             max_batch: g.max_batch,
+            batch_sizes: Vec::new(),
         });
         out.clients.push(client);
     }
@@ -281,6 +288,7 @@ fn connect_local(
                 store: sh.store.clone(),
                 gate: sh.gate.clone(),
                 on_failure: sh.failure.clone(),
+                latencies: sh.latencies.clone(),
             }));
             out.lanes.push(lane);
         }
@@ -292,6 +300,7 @@ fn connect_local(
             backend: pool.backend().into(),
             workers: per_box as u32,
             max_batch: pool.max_batch() as u32,
+            batch_sizes: Vec::new(),
         });
     }
     Ok(out)
@@ -346,6 +355,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     let io = Io::start(cfg.frontend.io_threads as usize)?;
     let shared = Arc::new(Shared {
         store: store.clone(),
+        latencies: Arc::new(LatencyBuckets::default()),
         gate: Arc::new(CreditGate::default()),
         failure: failure.clone(),
         io: io.io.clone(),
@@ -377,6 +387,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         if let Some(pool) = &conns.pool {
             let (p, s) = (pool.clone(), Arc::new(spec.clone()));
             io.block_on(async move { p.warmup(s).await })??;
+            pool.reset_stats();
         } else {
             set_run_state(&io, &conns.clients, RunState::Warmup)?;
         }
@@ -431,10 +442,32 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         let i = issuer.clone();
         Progress::start(opts.progress, label, move || (i.issued(), i.completed()))
     };
+    let timeline = {
+        let i = issuer.clone();
+        Timeline::start(Duration::from_millis(500), shared.latencies.clone(), move || i.completed())
+    };
     let started = Instant::now();
     qdl_loadgen::start_test(&sut, &qsl, &settings, &log)?;
     let wall = started.elapsed();
+    let timeline = timeline.finish();
     drop(progress);
+    let mut accelerators = conns.accelerators.clone();
+    if let Some(pool) = &conns.pool {
+        let per_box = opts.accelerator_config.workers.count as usize;
+        for (b, a) in accelerators.iter_mut().enumerate() {
+            a.batch_sizes = pool.batch_sizes_of(b * per_box..(b + 1) * per_box);
+        }
+    } else {
+        let clients = conns.clients.clone();
+        let stats = io.block_on(async move { join_all(clients.iter().map(|c| c.send(QueryStats))).await })?;
+        for (a, s) in accelerators.iter_mut().zip(stats) {
+            match s {
+                Ok(Ok(s)) => a.batch_sizes = s.batch_sizes,
+                Ok(Err(e)) => tracing::warn!("no statistics from {}: {e}", a.name),
+                Err(e) => tracing::warn!("no statistics from {}: {e}", a.name),
+            }
+        }
+    }
 
     // Wind down: final stats, goodbyes, stop.
     if !opts.local {
@@ -490,12 +523,42 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         performance_samples: store.performance(),
         scenario: cfg.loadgen.scenario,
         mode: cfg.loadgen.mode,
-        accelerators: conns.accelerators,
+        accelerators,
         loadgen,
         frontend,
+        timeline,
     };
     report.write(&out_dir).context("writing report.json")?;
+    write_plots(&report, &out_dir).context("writing the plots")?;
     Ok(report)
+}
+
+/// The plot files written beside LoadGen's logs.
+pub const PLOTS: [&str; 3] = ["throughput.svg", "latency.svg", "batch-sizes.svg"];
+
+fn write_plots(r: &RunReport, dir: &std::path::Path) -> std::io::Result<()> {
+    let kind = if r.network { "network" } else { "local" };
+    let title = |what: &str| format!("{what}: {} {} ({kind})", r.workload.name, r.scenario.as_str());
+    let rate =
+        Series { name: "completed".into(), points: r.timeline.iter().map(|p| (p.t_s, p.completed_per_s)).collect() };
+    std::fs::write(dir.join(PLOTS[0]), line_chart(&title("Throughput"), "seconds", "samples/s", &[rate]))?;
+    let pct = |name: &str, f: fn(&TimelinePoint) -> Option<f64>| Series {
+        name: name.into(),
+        points: r.timeline.iter().filter_map(|p| f(p).map(|v| (p.t_s, v))).collect(),
+    };
+    let lat = [pct("p50", |p| p.p50_ms), pct("p90", |p| p.p90_ms), pct("p99", |p| p.p99_ms)];
+    std::fs::write(dir.join(PLOTS[1]), line_chart(&title("Latency"), "seconds", "ms (issue to response)", &lat))?;
+    let mut sizes: std::collections::BTreeMap<u32, u64> = Default::default();
+    for a in &r.accelerators {
+        for (b, n) in &a.batch_sizes {
+            *sizes.entry(*b).or_default() += n;
+        }
+    }
+    // Every size from 1 to the largest formed, so gaps show as gaps.
+    let largest = sizes.keys().next_back().copied().unwrap_or(0);
+    let bars: Vec<(String, f64)> =
+        (1..=largest).map(|b| (b.to_string(), sizes.get(&b).copied().unwrap_or(0) as f64)).collect();
+    std::fs::write(dir.join(PLOTS[2]), bar_chart(&title("Batch sizes formed"), "batch size", "batches", &bars))
 }
 
 fn set_run_state(io: &Io, clients: &[Addr<AcceleratorClient>], state: RunState) -> anyhow::Result<()> {
@@ -577,4 +640,5 @@ pub fn print_summary(r: &RunReport, out_dir: &std::path::Path) {
         row("LoadGen error", e.clone());
     }
     row("logs", out_dir.display().to_string());
+    row("plots", PLOTS.join(", "));
 }

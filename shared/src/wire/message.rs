@@ -86,6 +86,25 @@ pub enum Message {
     },
     /// Either way: orderly end of the session.
     Goodbye,
+    /// Frontend → accelerator: send your statistics (batch sizes formed since the run started).
+    QueryStats {
+        /// Correlates the answer.
+        request: u32,
+    },
+    /// Accelerator → frontend: the answer to `QueryStats`.
+    Stats {
+        /// The request answered.
+        request: u32,
+        /// The statistics.
+        stats: NodeStats,
+    },
+}
+
+/// What an accelerator reports about its work since the run's `Start`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStats {
+    /// (batch size, batches of that size), sizes ascending, zero counts left out.
+    pub batch_sizes: Vec<(u32, u64)>,
 }
 
 impl Message {
@@ -104,6 +123,8 @@ impl Message {
             Message::HeartbeatAck { .. } => "HeartbeatAck",
             Message::Error { .. } => "Error",
             Message::Goodbye => "Goodbye",
+            Message::QueryStats { .. } => "QueryStats",
+            Message::Stats { .. } => "Stats",
         }
     }
 }
@@ -247,6 +268,11 @@ mod tests {
         assert_eq!(framed(&Message::RunState { request: 1, state: RunState::Flush }), [3, 0, 0, 0, 6, 1, 2]);
         assert_eq!(framed(&Message::Heartbeat { seq: 300, sent_ns: 1 }), [5, 0, 0, 0, 8, 251, 0x2c, 0x01, 1]);
         assert_eq!(framed(&Message::Goodbye), [1, 0, 0, 0, 11]);
+        assert_eq!(framed(&Message::QueryStats { request: 2 }), [2, 0, 0, 0, 12, 2]);
+        assert_eq!(
+            framed(&Message::Stats { request: 2, stats: NodeStats { batch_sizes: vec![(1, 3), (16, 300)] } }),
+            [9, 0, 0, 0, 13, 2, 2, 1, 3, 16, 251, 0x2c, 0x01]
+        );
         let grant = Message::Configured(SessionGrant {
             token: SessionToken([1; 16]),
             connections: 2,
@@ -288,6 +314,7 @@ mod tests {
             Message::RunStateAck { request: 3, state: RunState::Warmup },
             Message::HeartbeatAck { seq: u64::MAX, sent_ns: 5 },
             Message::Error { code: ErrorCode::LimitExceeded, message: "too many slots".into() },
+            Message::Stats { request: 9, stats: NodeStats { batch_sizes: vec![(64, u64::MAX)] } },
         ];
         let mut stream = Vec::new();
         for m in &msgs {
