@@ -477,10 +477,14 @@ mod tests {
             };
             w.try_submit(item).map_err(|_| "full").unwrap();
         }
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while sink.0.lock().unwrap().iter().map(|r| r.entries.len()).sum::<usize>() < 20 {
+            assert!(Instant::now() < deadline, "the worker answered everything");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let p_sizes = p.batch_sizes();
         drop(w);
-        let stats = p.batch_sizes();
         p.shutdown();
-        let p_sizes = stats;
         let got = sink.0.lock().unwrap();
         let mut seen = 0;
         for r in got.iter() {
