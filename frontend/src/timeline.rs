@@ -109,12 +109,14 @@ impl Timeline {
         let stop = Arc::new(AtomicBool::new(false));
         let points = Arc::new(Mutex::new(Vec::new()));
         let (s, p) = (stop.clone(), points.clone());
+        // The timeline starts now, not when the thread gets to run.
+        let started = Instant::now();
+        let initial = completed();
+        latencies.take();
         let thread = std::thread::Builder::new()
             .name("qdl-timeline".into())
             .spawn(move || {
-                let started = Instant::now();
-                let mut last = (started, completed());
-                latencies.take();
+                let mut last = (started, initial);
                 let mut sample = |now: Instant| {
                     let done = completed();
                     let secs = now.duration_since(last.0).as_secs_f64().max(1e-9);
@@ -155,15 +157,19 @@ mod tests {
     #[test]
     fn buckets_are_monotonic_and_tight() {
         let mut prev = 0;
-        for ns in (0..5000u64).chain((1..40).map(|e| 1u64 << e)).chain([u64::MAX / 3]) {
+        for ns in 0..5000u64 {
+            let b = bucket_of(ns);
+            assert!(b >= prev, "buckets never go down");
+            prev = b;
+        }
+        for ns in (0..5000u64).chain((1..40).map(|e| (1u64 << e) + 7)).chain([u64::MAX / 3]) {
             let b = bucket_of(ns);
             assert!(ns <= bucket_upper(b) || b == BUCKETS - 1, "{ns} in bucket {b} ≤ {}", bucket_upper(b));
             if ns >= 8 && b < BUCKETS - 1 {
                 assert!(bucket_upper(b) as f64 <= ns as f64 * 1.125 + 1.0, "{ns}: upper {}", bucket_upper(b));
             }
-            if ns < 5000 {
-                assert!(b >= prev);
-                prev = b;
+            if b > 0 && ns >= 8 {
+                assert!(bucket_upper(b - 1) < ns, "{ns} is not in a lower bucket");
             }
         }
     }
