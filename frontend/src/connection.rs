@@ -124,6 +124,7 @@ pub struct ConnectionActor {
     bytes_sent: Counter,
     bytes_received: Counter,
     write_calls: Counter,
+    read_calls: Counter,
 }
 
 impl ConnectionActor {
@@ -157,7 +158,8 @@ impl ConnectionActor {
             free_slots: metrics::gauge!(m::FREE_SLOTS, "connection" => label.clone()),
             bytes_sent: metrics::counter!(m::BYTES_SENT, "accelerator" => p.accelerator.clone()),
             bytes_received: metrics::counter!(m::BYTES_RECEIVED, "accelerator" => p.accelerator.clone()),
-            write_calls: metrics::counter!(m::WRITE_CALLS, "accelerator" => p.accelerator),
+            write_calls: metrics::counter!(m::WRITE_CALLS, "accelerator" => p.accelerator.clone()),
+            read_calls: metrics::counter!(m::READ_CALLS, "accelerator" => p.accelerator),
             label,
         }
     }
@@ -167,6 +169,7 @@ impl ConnectionActor {
         self.bytes_sent.increment(s.bytes_sent - self.published.bytes_sent);
         self.bytes_received.increment(s.bytes_received - self.published.bytes_received);
         self.write_calls.increment(s.write_calls - self.published.write_calls);
+        self.read_calls.increment(s.read_calls - self.published.read_calls);
         self.published = s;
         self.in_flight.set(self.tracker.in_flight() as f64);
         self.free_slots.set(self.tracker.free_slots() as f64);

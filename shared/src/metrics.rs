@@ -24,6 +24,8 @@ pub mod frontend {
     pub const BYTES_RECEIVED: &str = "qdl_frontend_bytes_received_total";
     /// Counter, label `accelerator`: write system calls on data connections.
     pub const WRITE_CALLS: &str = "qdl_frontend_write_calls_total";
+    /// Counter, label `accelerator`: read system calls on data connections (TCP's "polls").
+    pub const READ_CALLS: &str = "qdl_frontend_read_calls_total";
     /// Gauge, label `connection`: samples in flight.
     pub const IN_FLIGHT: &str = "qdl_frontend_inflight";
     /// Gauge, label `connection`: free slots.
@@ -97,6 +99,7 @@ pub fn describe_frontend() {
     describe_counter!(BYTES_SENT, Unit::Bytes, "Bytes written on data connections");
     describe_counter!(BYTES_RECEIVED, Unit::Bytes, "Bytes read on data connections");
     describe_counter!(WRITE_CALLS, Unit::Count, "Write system calls on data connections");
+    describe_counter!(READ_CALLS, Unit::Count, "Read system calls on data connections");
     describe_gauge!(IN_FLIGHT, Unit::Count, "Samples in flight per connection");
     describe_gauge!(FREE_SLOTS, Unit::Count, "Free slots per connection");
     describe_histogram!(LATENCY, Unit::Seconds, "Request sent to response received");
@@ -109,6 +112,12 @@ pub fn describe_frontend() {
     describe_histogram!(FRAMES_PER_WRITE, Unit::Count, "Request frames completed per write system call");
     describe_histogram!(FRAMES_PER_READ, Unit::Count, "Response frames delivered per read system call");
     describe_gauge!(CONNECTION_UP, Unit::Count, "1 while the data connection is up");
+    // Error counters exist from the start (at 0), so dashboards and alerts see them before the
+    // first error.
+    for kind in ["closed", "io", "protocol"] {
+        let _ = metrics::counter!(CONNECTION_ERRORS, "kind" => kind);
+    }
+    let _ = metrics::counter!(SAMPLE_ERRORS, "kind" => "accelerator");
 }
 
 /// Registers descriptions and units of every accelerator metric with the installed recorder.
@@ -130,4 +139,12 @@ pub fn describe_accelerator() {
     describe_histogram!(RESIDENCE, Unit::Seconds, "Per sample, request read to response queued");
     describe_histogram!(FRAMES_PER_WRITE, Unit::Count, "Response frames per write system call");
     describe_histogram!(FRAMES_PER_READ, Unit::Count, "Request frames completed per read system call");
+    for kind in ["closed", "io", "protocol", "preamble", "attach", "handshake-timeout"] {
+        let _ = metrics::counter!(CONNECTION_ERRORS, "kind" => kind);
+    }
+    for kind in ["overloaded", "backend", "shutdown"] {
+        let _ = metrics::counter!(SAMPLE_ERRORS, "kind" => kind);
+    }
+    metrics::gauge!(SESSIONS).set(0.0);
+    metrics::gauge!(CONNECTIONS).set(0.0);
 }
