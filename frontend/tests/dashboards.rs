@@ -45,7 +45,7 @@ fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
                 break;
             }
             out.push_str(&after[..n]);
-            rest = &after[n..].trim_start_matches("\r\n");
+            rest = after[n..].trim_start_matches("\r\n");
         }
         out
     } else {
@@ -125,9 +125,27 @@ fn every_dashboard_query_returns_series_from_a_live_run() {
     let start = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
     let out = dir.path().join("run");
     let o = frontend(&[
-        "run", "-a", &a.addr, "-a", &b.addr, "-w", "bert", "-s", "server", "--target-qps", "1500",
-        "--min-duration-ms", "8000", "--min-query-count", "100", "--output-dir", out.to_str().unwrap(),
-        "--metrics-listen", &fe_metrics, "--progress", "off",
+        "run",
+        "-a",
+        &a.addr,
+        "-a",
+        &b.addr,
+        "-w",
+        "bert",
+        "-s",
+        "server",
+        "--target-qps",
+        "1500",
+        "--min-duration-ms",
+        "8000",
+        "--min-query-count",
+        "100",
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--metrics-listen",
+        &fe_metrics,
+        "--progress",
+        "off",
     ]);
     ok(&o);
     std::thread::sleep(Duration::from_secs(2));

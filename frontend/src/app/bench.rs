@@ -3,7 +3,9 @@
 //! 1. Offline Network/Local ratio for ResNet-50 and BERT (the lab's synthetic accelerators);
 //! 2. ResNet-50 payload throughput over loopback TCP (echo backend) against `iperf3` on the same
 //!    loopback, measured before and after qdl;
-//! 3. the highest Server target QPS that stays VALID for BERT payloads with the echo backend.
+//! 3. the highest Server target QPS that stays VALID for BERT payloads with the echo backend;
+//! 4. what metrics cost: BERT Offline with the echo backend (the most per-sample work per byte),
+//!    metrics on against off on both nodes, alternated.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,6 +58,12 @@ pub struct BenchReport {
     pub server_search: Vec<(f64, bool)>,
     /// Highest VALID Server target QPS found.
     pub server_max_valid_qps: Option<f64>,
+    /// BERT Offline echo samples/s with metrics on, per round.
+    pub metrics_on: Vec<f64>,
+    /// The same with metrics off.
+    pub metrics_off: Vec<f64>,
+    /// Best with metrics on / best with metrics off.
+    pub metrics_ratio: Option<f64>,
     /// Problems met (a missing iperf3, failed tests).
     pub notes: Vec<String>,
 }
@@ -115,7 +123,7 @@ fn payload_bench(opts: &BenchOptions, r: &mut BenchReport) -> anyhow::Result<()>
     iperf(r);
     let cfg = out.join("accelerator.toml");
     std::fs::write(&cfg, "[backend]\nkind = \"echo\"\n[limits]\nmax_session_memory_bytes = 1073741824\n")?;
-    let accs = Accelerators::start(1, &cfg, "bench-echo", &[], &out)?;
+    let accs = Accelerators::start(1, &cfg, "bench-echo", &[String::new()], &out)?;
     // 2 connections of 256 slots: deep enough to fill the pipe, small enough to stay in cache.
     let rate_guess = 40_000.0;
     let args: Vec<String> = [
@@ -138,7 +146,7 @@ fn payload_bench(opts: &BenchOptions, r: &mut BenchReport) -> anyhow::Result<()>
     .map(|s| s.to_string())
     .collect();
     eprintln!("bench: ResNet-50 payload over loopback TCP (echo backend) ...");
-    let report = run_test(&args, &out.join("run"), &|_| {});
+    let report = run_test(&args, &out.join("run"), "", &|_| {});
     accs.stop()?;
     iperf(r);
     let report = report?;
@@ -157,7 +165,7 @@ fn server_search(opts: &BenchOptions, r: &mut BenchReport) -> anyhow::Result<()>
     std::fs::create_dir_all(&out)?;
     let cfg = out.join("accelerator.toml");
     std::fs::write(&cfg, "[backend]\nkind = \"echo\"\n")?;
-    let accs = Accelerators::start(1, &cfg, "bench-echo", &[], &out)?;
+    let accs = Accelerators::start(1, &cfg, "bench-echo", &[String::new()], &out)?;
     let duration = (opts.duration_ms / 2).max(2000).to_string();
     let try_qps = |qps: f64, r: &mut BenchReport| -> bool {
         let args: Vec<String> = [
@@ -178,7 +186,7 @@ fn server_search(opts: &BenchOptions, r: &mut BenchReport) -> anyhow::Result<()>
         .map(|s| s.to_string())
         .collect();
         let dir = out.join(format!("qps-{qps:.0}"));
-        let valid = match run_test(&args, &dir, &|_| {}) {
+        let valid = match run_test(&args, &dir, "", &|_| {}) {
             Ok(rep) => rep.loadgen.is_valid(),
             Err(e) => {
                 r.notes.push(format!("server at {qps:.0} QPS: {e:#}"));
@@ -208,11 +216,49 @@ fn server_search(opts: &BenchOptions, r: &mut BenchReport) -> anyhow::Result<()>
     Ok(())
 }
 
+fn metrics_cost(opts: &BenchOptions, r: &mut BenchReport) -> anyhow::Result<()> {
+    let out = opts.output_dir.join("metrics");
+    std::fs::create_dir_all(&out)?;
+    let cfg = out.join("accelerator.toml");
+    std::fs::write(&cfg, "[backend]\nkind = \"echo\"\n")?;
+    let duration = (opts.duration_ms / 2).max(2000).to_string();
+    for round in 0..2 {
+        for on in [true, false] {
+            let metrics = if on { "127.0.0.1:0" } else { "" };
+            let accs = Accelerators::start(1, &cfg, "bench-metrics", &[metrics.to_string()], &out)?;
+            let args: Vec<String> = [
+                "--workload",
+                "bert",
+                "--scenario",
+                "offline",
+                "--min-duration-ms",
+                &duration,
+                "--expected-qps",
+                "800000",
+                "--accelerator",
+                &accs.addrs[0],
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let dir = out.join(format!("{}-{round}", if on { "on" } else { "off" }));
+            let rep = run_test(&args, &dir, metrics, &|_| {});
+            accs.stop()?;
+            let sps = rep?.loadgen.throughput().context("no throughput")?;
+            eprintln!("bench: BERT Offline, echo, metrics {}: {sps:.0} samples/s", if on { "on" } else { "off" });
+            if on { r.metrics_on.push(sps) } else { r.metrics_off.push(sps) }
+        }
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    r.metrics_ratio = Some(best(&r.metrics_on) / best(&r.metrics_off));
+    Ok(())
+}
+
 /// Runs the bench; writes bench-report.json.
 pub fn bench(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     std::fs::create_dir_all(&opts.output_dir)?;
     let mut r = BenchReport::default();
-    eprintln!("bench: 1/3 Offline network vs local (synthetic accelerators) ...");
+    eprintln!("bench: 1/4 Offline network vs local (synthetic accelerators) ...");
     let labr = lab(LabOptions {
         workloads: vec!["resnet50".into(), "bert".into()],
         scenarios: vec!["offline".into()],
@@ -229,13 +275,17 @@ pub fn bench(opts: BenchOptions) -> anyhow::Result<BenchReport> {
             ratio: row.ratio,
         });
     }
-    eprintln!("bench: 2/3 ResNet-50 payload throughput vs iperf3 ...");
+    eprintln!("bench: 2/4 ResNet-50 payload throughput vs iperf3 ...");
     if let Err(e) = payload_bench(&opts, &mut r) {
         r.notes.push(format!("payload bench: {e:#}"));
     }
-    eprintln!("bench: 3/3 highest VALID Server QPS, BERT, echo backend ...");
+    eprintln!("bench: 3/4 highest VALID Server QPS, BERT, echo backend ...");
     if let Err(e) = server_search(&opts, &mut r) {
         r.notes.push(format!("server search: {e:#}"));
+    }
+    eprintln!("bench: 4/4 metrics on vs off ...");
+    if let Err(e) = metrics_cost(&opts, &mut r) {
+        r.notes.push(format!("metrics cost: {e:#}"));
     }
     std::fs::write(opts.output_dir.join("bench-report.json"), serde_json::to_string_pretty(&r)? + "\n")?;
     if r.offline.iter().all(|o| o.ratio.is_none())
@@ -278,6 +328,15 @@ pub fn print(r: &BenchReport, out: &Path) {
         "  BERT Server, echo backend: highest VALID target QPS {}",
         r.server_max_valid_qps.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into())
     );
+    if let Some(ratio) = r.metrics_ratio {
+        let f = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+        println!(
+            "  Metrics on / off (BERT Offline, echo) {:>5.1}%   (on: {}; off: {} samples/s)",
+            ratio * 100.0,
+            f(&r.metrics_on),
+            f(&r.metrics_off)
+        );
+    }
     for n in &r.notes {
         println!("  note: {n}");
     }

@@ -25,6 +25,16 @@ pub fn accelerator_binary() -> anyhow::Result<PathBuf> {
     }
 }
 
+/// `127.0.0.1:port` if that port is free now, else an ephemeral port (`127.0.0.1:0`): fixed
+/// ports let a Prometheus watch the lab (grafana/prometheus-local.yml) without clashing with
+/// anything else that runs.
+pub fn preferred_metrics(port: u16) -> String {
+    match std::net::TcpListener::bind(("127.0.0.1", port)) {
+        Ok(_) => format!("127.0.0.1:{port}"),
+        Err(_) => "127.0.0.1:0".into(),
+    }
+}
+
 /// Accelerator processes on loopback; stopped (SIGTERM) when dropped.
 pub struct Accelerators {
     children: Vec<Child>,
@@ -35,12 +45,13 @@ pub struct Accelerators {
 }
 
 impl Accelerators {
-    /// Starts `n` accelerators named `{prefix}-{i}` with `config`, logging into `log_dir`.
+    /// Starts `n` accelerators named `{prefix}-{i}` with `config`, logging into `log_dir`;
+    /// accelerator `i` serves metrics on `metrics[i]` (ephemeral if absent, "" for none).
     pub fn start(
         n: usize,
         config: &Path,
         prefix: &str,
-        extra: &[&str],
+        metrics: &[String],
         log_dir: &Path,
     ) -> anyhow::Result<Accelerators> {
         let bin = accelerator_binary()?;
@@ -51,8 +62,8 @@ impl Accelerators {
             let mut child = Command::new(&bin)
                 .args(["--config"])
                 .arg(config)
-                .args(["--listen", "127.0.0.1:0", "--name", &name, "--metrics-listen", "127.0.0.1:0"])
-                .args(extra)
+                .args(["--listen", "127.0.0.1:0", "--name", &name, "--metrics-listen"])
+                .arg(metrics.get(i).map(String::as_str).unwrap_or("127.0.0.1:0"))
                 .stdout(Stdio::piped())
                 .stderr(Stdio::from(log))
                 .spawn()
@@ -139,9 +150,15 @@ pub struct Live {
     pub completed: u64,
 }
 
-/// Runs `qdl-frontend run <args> --output-dir <out>` in a child process; its log goes to
-/// `<out>/frontend.log`, its progress to `on_progress`. Returns its report.
-pub fn run_test(args: &[String], out: &Path, on_progress: &(dyn Fn(Live) + Sync)) -> anyhow::Result<RunReport> {
+/// Runs `qdl-frontend run <args> --output-dir <out> --metrics-listen <metrics>` in a child
+/// process; its log goes to `<out>/frontend.log`, its progress to `on_progress`. Returns its
+/// report.
+pub fn run_test(
+    args: &[String],
+    out: &Path,
+    metrics: &str,
+    on_progress: &(dyn Fn(Live) + Sync),
+) -> anyhow::Result<RunReport> {
     std::fs::create_dir_all(out)?;
     let me = std::env::current_exe()?;
     let mut child = Command::new(me)
@@ -149,7 +166,7 @@ pub fn run_test(args: &[String], out: &Path, on_progress: &(dyn Fn(Live) + Sync)
         .args(args)
         .arg("--output-dir")
         .arg(out)
-        .args(["--progress", "json", "--metrics-listen", ""])
+        .args(["--progress", "json", "--metrics-listen", metrics])
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

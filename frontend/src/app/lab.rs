@@ -10,7 +10,7 @@ use qdl_frontend::report::RunReport;
 use qdl_shared::config::AcceleratorConfig;
 use serde::Serialize;
 
-use super::cluster::{Accelerators, Live, run_test};
+use super::cluster::{Accelerators, Live, preferred_metrics, run_test};
 use super::progress::thousands;
 
 /// The lab's accelerator: a synthetic device sized so the whole lab fits a 2-core machine
@@ -181,9 +181,11 @@ pub fn lab(opts: LabOptions) -> anyhow::Result<LabReport> {
         }
     };
     let acc_cfg = AcceleratorConfig::load(&acc_path)?;
-    let accs = Accelerators::start(opts.accelerators, &acc_path, "lab-acc", &[], out)?;
+    let metrics: Vec<String> = (0..opts.accelerators).map(|i| preferred_metrics(9102 + i as u16)).collect();
+    let accs = Accelerators::start(opts.accelerators, &acc_path, "lab-acc", &metrics, out)?;
+    let fe_metrics = preferred_metrics(9101);
     eprintln!(
-        "lab: {} accelerators on {} (metrics: {}); results in {}",
+        "lab: {} accelerators on {} (metrics: {}; frontend metrics: {fe_metrics}); results in {}",
         accs.addrs.len(),
         accs.addrs.join(", "),
         accs.metrics.join(", "),
@@ -250,7 +252,7 @@ pub fn lab(opts: LabOptions) -> anyhow::Result<LabReport> {
                     }
                 }
                 let planned = opts.duration_ms as f64 / 1000.0 + 1.0;
-                match display.run(&label, planned, |p| run_test(&a, &dir, p)) {
+                match display.run(&label, planned, |p| run_test(&a, &dir, &fe_metrics, p)) {
                     Ok(r) => {
                         let t = r.loadgen.throughput();
                         let p99 = r.loadgen.p99_ns().map(|v| v / 1e6);
