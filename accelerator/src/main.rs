@@ -72,6 +72,10 @@ fn main() -> anyhow::Result<()> {
         );
         let _ = out.flush();
         tracing::info!(name = %ready.name, listen = %ready.listen, %metrics, backend = ready.backend, workers = ready.workers, "accelerator ready");
+        let status = format!("READY=1\nSTATUS=serving on {} ({} x {})", ready.listen, ready.workers, ready.backend);
+        if let Err(e) = qdl_shared::sdnotify::notify(&status) {
+            tracing::warn!("{e}");
+        }
     })
     .context("accelerator failed")?;
     Ok(())

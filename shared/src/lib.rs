@@ -11,7 +11,8 @@
 //! - [`workload`]: tensor descriptors of the workloads and the reference output function.
 //! - [`config`]: both nodes' configuration, validated field by field.
 //! - [`metrics`]: metric names and descriptions; [`telemetry`]: log and metrics set-up.
-//! - [`time`]: the nanosecond clock the sans-IO cores take as `now`; [`signals`]: SIGTERM/SIGINT.
+//! - [`time`]: the nanosecond clock the sans-IO cores take as `now`; [`signals`]: SIGTERM/SIGINT;
+//!   [`sdnotify`]: systemd readiness notifications.
 
 #![warn(missing_docs)]
 
@@ -19,6 +20,7 @@ pub mod config;
 pub mod control;
 pub mod control_link;
 pub mod metrics;
+pub mod sdnotify;
 pub mod signals;
 pub mod slots;
 pub mod telemetry;

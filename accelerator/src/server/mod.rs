@@ -150,6 +150,7 @@ async fn serve(shared: Arc<Shared>, on_ready: impl FnOnce(&Ready)) -> Result<(),
     };
     signals.recv().await;
     tracing::info!("shutting down: draining sessions (send the signal again to exit at once)");
+    let _ = qdl_shared::sdnotify::notify("STOPPING=1\nSTATUS=draining sessions");
     actix::spawn(async move {
         signals.recv().await;
         tracing::warn!("second signal: exiting now");

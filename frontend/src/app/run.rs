@@ -446,6 +446,15 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         let i = issuer.clone();
         Timeline::start(Duration::from_millis(500), shared.latencies.clone(), move || i.completed())
     };
+    let status = format!(
+        "READY=1\nSTATUS=running {} {} {}",
+        spec.name,
+        cfg.loadgen.scenario.as_str(),
+        cfg.loadgen.mode.as_str()
+    );
+    if let Err(e) = qdl_shared::sdnotify::notify(&status) {
+        tracing::warn!("{e}");
+    }
     let started = Instant::now();
     qdl_loadgen::start_test(&sut, &qsl, &settings, &log)?;
     let wall = started.elapsed();
