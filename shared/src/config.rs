@@ -875,14 +875,20 @@ mod tests {
     #[test]
     fn shipped_config_files_are_valid() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
-        for entry in std::fs::read_dir(&root).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            if name.starts_with("accelerator") && name.ends_with(".toml") {
-                AcceleratorConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
-            } else if name.starts_with("frontend") && name.ends_with(".toml") {
-                FrontendConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mut checked = 0;
+        for dir in [root.clone(), root.join("lab")] {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().to_string();
+                if name.starts_with("accelerator") && name.ends_with(".toml") {
+                    AcceleratorConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                    checked += 1;
+                } else if name.starts_with("frontend") && name.ends_with(".toml") {
+                    FrontendConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                    checked += 1;
+                }
             }
         }
+        assert_eq!(checked, 4, "config/ and config/lab/ each hold a frontend and an accelerator config");
     }
 }
