@@ -22,7 +22,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use metrics::{Gauge, Histogram};
 use qdl_shared::config::{BackendConfig, BatcherConfig};
-use qdl_shared::metrics::accelerator as m;
+use qdl_shared::metrics::{Sampler, accelerator as m};
 use qdl_shared::slots::SlotLease;
 use qdl_shared::time::Nanos;
 use qdl_shared::transport::Payload;
@@ -280,6 +280,7 @@ struct GpuWorker {
     inference: Histogram,
     queue_depth: Gauge,
     sizes: Arc<[AtomicU64]>,
+    sampler: Sampler,
 }
 
 fn same_spec(a: &WorkItem, b: &WorkItem) -> bool {
@@ -307,6 +308,7 @@ impl GpuWorker {
             inference: metrics::histogram!(m::INFERENCE, "worker" => w.clone()),
             queue_depth: metrics::gauge!(m::QUEUE_DEPTH, "worker" => w),
             sizes,
+            sampler: Sampler::default(),
         }
     }
 
@@ -375,7 +377,9 @@ impl GpuWorker {
             c.fetch_add(1, Ordering::Relaxed);
         }
         for (_, at) in batch.iter() {
-            self.queue_delay.record(now.since(*at).as_secs_f64());
+            if self.sampler.hit() {
+                self.queue_delay.record(now.since(*at).as_secs_f64());
+            }
         }
         self.outputs.clear();
         self.outputs.resize(n * ob, 0);

@@ -20,7 +20,7 @@ use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Messag
 use metrics::{Counter, Gauge, Histogram};
 use qdl_accelerator::pump::{Nudge, Pump, Pumped};
 use qdl_loadgen::{CompletionBuffer, ResponseId};
-use qdl_shared::metrics::frontend as m;
+use qdl_shared::metrics::{Sampler, frontend as m};
 use qdl_shared::time::Nanos;
 use qdl_shared::tracker::TransactionTracker;
 use qdl_shared::transport::{InitiatorTransport, Payload, PayloadSource, TransportError, TransportStats};
@@ -119,6 +119,8 @@ pub struct ConnectionActor {
     stage_accelerator: Histogram,
     complete_call: Histogram,
     up: Gauge,
+    sampler: Sampler,
+    issue_sampler: Sampler,
     in_flight: Gauge,
     free_slots: Gauge,
     bytes_sent: Counter,
@@ -154,6 +156,8 @@ impl ConnectionActor {
             stage_accelerator: metrics::histogram!(m::STAGE, "stage" => "accelerator"),
             complete_call: metrics::histogram!(m::COMPLETE),
             up: metrics::gauge!(m::CONNECTION_UP, "connection" => label.clone()),
+            sampler: Sampler::default(),
+            issue_sampler: Sampler::default(),
             in_flight: metrics::gauge!(m::IN_FLIGHT, "connection" => label.clone()),
             free_slots: metrics::gauge!(m::FREE_SLOTS, "connection" => label.clone()),
             bytes_sent: metrics::counter!(m::BYTES_SENT, "accelerator" => p.accelerator.clone()),
@@ -190,6 +194,7 @@ impl ConnectionActor {
                 latencies,
                 stage_network,
                 stage_accelerator,
+                sampler,
                 label,
                 ..
             } = self;
@@ -203,7 +208,7 @@ impl ConnectionActor {
                 latency.record(e2e.as_secs_f64());
                 latencies.record(e2e.0);
                 let error = h.kind == FrameKind::Error;
-                if !error {
+                if !error && sampler.hit() {
                     // The round trip from the request being queued, split at the accelerator's residence.
                     let residence = Nanos::from_micros(h.aux as u64);
                     stage_accelerator.record(residence.as_secs_f64());
@@ -278,7 +283,9 @@ impl ConnectionActor {
         let now = Nanos::now();
         let mut n = 0;
         while let Some(Submission { sample: sub, issued }) = self.lane.pop() {
-            self.stage_issue.record(now.since(issued).as_secs_f64());
+            if self.issue_sampler.hit() {
+                self.stage_issue.record(now.since(issued).as_secs_f64());
+            }
             let Some((set, offset)) = set.as_ref().and_then(|s| s.offset(sub.index).map(|o| (s, o))) else {
                 // LoadGen only issues loaded samples; answering keeps LoadGen whole if it ever did not.
                 tracing::error!(conn = %self.label, index = sub.index, "LoadGen issued a sample that is not loaded; failing it");

@@ -2,6 +2,25 @@
 //! types, labels and units. Labels are bounded: connection and worker labels name configured
 //! resources, never samples.
 
+/// Per-sample breakdown histograms (stages, residence, queue delay, send delay) record one sample
+/// in this many, which keeps their cost low at hundreds of thousands of samples per second; the
+/// end-to-end latency histogram and every counter see every sample.
+pub const SAMPLE_EVERY: u64 = 8;
+
+/// Picks the samples a breakdown histogram records: every [`SAMPLE_EVERY`]-th. One per owner
+/// (actor, worker, transport); never shared between threads.
+#[derive(Debug, Default)]
+pub struct Sampler(u64);
+
+impl Sampler {
+    /// Whether to record this sample.
+    #[inline]
+    pub fn hit(&mut self) -> bool {
+        self.0 = self.0.wrapping_add(1);
+        self.0.is_multiple_of(SAMPLE_EVERY)
+    }
+}
+
 /// Histogram buckets for latencies in seconds (50 µs to 10 s).
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.13, 0.25, 0.5, 1.0, 2.5,

@@ -14,7 +14,7 @@ use std::task::Poll;
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
 use metrics::{Counter, Histogram};
-use qdl_shared::metrics::accelerator as m;
+use qdl_shared::metrics::{Sampler, accelerator as m};
 use qdl_shared::time::Nanos;
 use qdl_shared::transport::{TargetTransport, TransportError, TransportStats};
 use qdl_shared::wire::attach::SessionToken;
@@ -93,6 +93,7 @@ pub struct ConnectionActor {
     bytes_in: Counter,
     bytes_out: Counter,
     residence: Histogram,
+    sampler: Sampler,
 }
 
 impl ConnectionActor {
@@ -119,6 +120,7 @@ impl ConnectionActor {
             bytes_in: metrics::counter!(m::BYTES_RECEIVED),
             bytes_out: metrics::counter!(m::BYTES_SENT),
             residence: metrics::histogram!(m::RESIDENCE),
+            sampler: Sampler::default(),
         }
     }
 
@@ -135,7 +137,9 @@ impl ConnectionActor {
         let now = Nanos::now();
         for (i, e) in replies.entries.iter().enumerate() {
             let residence = now.since(e.received);
-            self.residence.record(residence.as_secs_f64());
+            if self.sampler.hit() {
+                self.residence.record(residence.as_secs_f64());
+            }
             match &replies.error {
                 None => {
                     let out = replies.output(i);

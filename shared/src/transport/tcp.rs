@@ -163,6 +163,7 @@ pub struct TcpInitiator {
     max_response: u32,
     stats: TransportStats,
     metrics: TransportMetrics,
+    sampler: crate::metrics::Sampler,
 }
 
 impl TcpInitiator {
@@ -177,6 +178,7 @@ impl TcpInitiator {
             max_response,
             stats: TransportStats::default(),
             metrics,
+            sampler: Default::default(),
         }
     }
 
@@ -188,7 +190,9 @@ impl TcpInitiator {
             let left = DATA_HEADER_LEN + front.payload.len() - self.front_written;
             if n >= left {
                 n -= left;
-                self.metrics.send_delay.record(now.since(front.queued).as_secs_f64());
+                if self.sampler.hit() {
+                    self.metrics.send_delay.record(now.since(front.queued).as_secs_f64());
+                }
                 self.out.pop_front();
                 self.front_written = 0;
                 self.stats.frames_sent += 1;
