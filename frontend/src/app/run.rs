@@ -479,10 +479,10 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     }
 
     // Wind down: final stats, goodbyes, stop.
-    if !opts.local {
-        if let Err(e) = set_run_state(&io, &conns.clients, RunState::Done) {
-            tracing::warn!("{e}");
-        }
+    if !opts.local
+        && let Err(e) = set_run_state(&io, &conns.clients, RunState::Done)
+    {
+        tracing::warn!("{e}");
     }
     let actors = conns.actors.clone();
     let stats = io.block_on(async move { join_all(actors.iter().map(|a| a.send(GetStats))).await })?;
@@ -503,10 +503,10 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         std::thread::sleep(Duration::from_millis(5));
     }
     io.stop();
-    if let Some(pool) = conns.pool {
-        if let Ok(pool) = Arc::try_unwrap(pool) {
-            pool.shutdown();
-        }
+    if let Some(pool) = conns.pool
+        && let Ok(pool) = Arc::try_unwrap(pool)
+    {
+        pool.shutdown();
     }
 
     let loadgen = parse_detail_log(&out_dir.join("mlperf_log_detail.txt")).context("reading LoadGen's detail log")?;
