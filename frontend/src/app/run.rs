@@ -70,43 +70,24 @@ pub fn loadgen_settings(cfg: &FrontendConfig, model: &str) -> anyhow::Result<Tes
         ModeName::Performance => TestMode::PerformanceOnly,
         ModeName::Accuracy => TestMode::AccuracyOnly,
     };
-    let ms_to_ns = |ms: f64| ms * 1e6;
-    if let Some(v) = l.min_duration_ms {
-        s.min_duration_ms = v;
+    fn set<T>(dst: &mut T, v: Option<T>) {
+        if let Some(v) = v {
+            *dst = v;
+        }
     }
-    if let Some(v) = l.max_duration_ms {
-        s.max_duration_ms = v;
-    }
-    if let Some(v) = l.min_query_count {
-        s.min_query_count = v;
-    }
-    if let Some(v) = l.max_query_count {
-        s.max_query_count = v;
-    }
-    if let Some(v) = l.server_target_qps {
-        s.server_target_qps = v;
-    }
-    if let Some(v) = l.server_target_latency_ms {
-        s.server_target_latency_ns = ms_to_ns(v) as u64;
-    }
-    if let Some(v) = l.offline_expected_qps {
-        s.offline_expected_qps = v;
-    }
-    if let Some(v) = l.single_stream_expected_latency_ms {
-        s.single_stream_expected_latency_ns = ms_to_ns(v);
-    }
-    if let Some(v) = l.multi_stream_expected_latency_ms {
-        s.multi_stream_expected_latency_ns = ms_to_ns(v);
-    }
-    if let Some(v) = l.multi_stream_samples_per_query {
-        s.multi_stream_samples_per_query = v;
-    }
-    if let Some(v) = l.accuracy_sample_count {
-        s.accuracy_sample_count_override = v;
-    }
-    if let Some(v) = l.performance_sample_count {
-        s.performance_sample_count_override = v;
-    }
+    let ns = |ms: Option<f64>| ms.map(|ms| ms * 1e6);
+    set(&mut s.min_duration_ms, l.min_duration_ms);
+    set(&mut s.max_duration_ms, l.max_duration_ms);
+    set(&mut s.min_query_count, l.min_query_count);
+    set(&mut s.max_query_count, l.max_query_count);
+    set(&mut s.server_target_qps, l.server_target_qps);
+    set(&mut s.server_target_latency_ns, ns(l.server_target_latency_ms).map(|v| v as u64));
+    set(&mut s.offline_expected_qps, l.offline_expected_qps);
+    set(&mut s.single_stream_expected_latency_ns, ns(l.single_stream_expected_latency_ms));
+    set(&mut s.multi_stream_expected_latency_ns, ns(l.multi_stream_expected_latency_ms));
+    set(&mut s.multi_stream_samples_per_query, l.multi_stream_samples_per_query);
+    set(&mut s.accuracy_sample_count_override, l.accuracy_sample_count);
+    set(&mut s.performance_sample_count_override, l.performance_sample_count);
     Ok(s)
 }
 
