@@ -632,3 +632,33 @@ pub fn print_summary(r: &RunReport, out_dir: &std::path::Path) {
     row("logs", out_dir.display().to_string());
     row("plots", PLOTS.join(", "));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_overrides_apply_on_top_of_mlperf_conf() {
+        let mut cfg = FrontendConfig::default();
+        cfg.loadgen.scenario = ScenarioName::Server;
+        cfg.loadgen.mode = ModeName::Accuracy;
+        let s = loadgen_settings(&cfg, "bert").unwrap();
+        assert_eq!(s.server_target_latency_ns, 130_000_000, "mlperf.conf's BERT bound");
+        assert_eq!(s.min_duration_ms, 600_000);
+        assert_eq!(s.qsl_rng_seed, 2085463073848966840);
+        assert_eq!((s.scenario, s.mode), (Scenario::Server, TestMode::AccuracyOnly));
+
+        cfg.loadgen.server_target_latency_ms = Some(50.5);
+        cfg.loadgen.min_duration_ms = Some(1234);
+        cfg.loadgen.server_target_qps = Some(777.0);
+        cfg.loadgen.single_stream_expected_latency_ms = Some(2.0);
+        cfg.loadgen.accuracy_sample_count = Some(10);
+        let s = loadgen_settings(&cfg, "bert").unwrap();
+        assert_eq!(s.server_target_latency_ns, 50_500_000);
+        assert_eq!(s.min_duration_ms, 1234);
+        assert_eq!(s.server_target_qps, 777.0);
+        assert_eq!(s.single_stream_expected_latency_ns, 2e6);
+        assert_eq!(s.accuracy_sample_count_override, 10);
+        assert_eq!(s.qsl_rng_seed, 2085463073848966840, "untouched settings keep mlperf.conf's values");
+    }
+}
