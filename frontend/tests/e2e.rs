@@ -219,3 +219,26 @@ fn check_accuracy_catches_wrong_missing_and_duplicated_responses() {
     });
     assert!(t.contains("1 duplicated"), "{t}");
 }
+
+#[test]
+fn the_lab_runs_network_and_local_and_reports_the_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lab");
+    let o = frontend(&["lab", "-w", "bert", "-s", "offline", "--duration-ms", "1000", "-o", out.to_str().unwrap()]);
+    let stdout = ok(&o);
+    assert!(stdout.contains("Network division vs. accelerators in the box"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("bert") && l.contains("offline") && l.contains('%')), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("lab-report.json")).unwrap()).unwrap();
+    let row = &report["rows"][0];
+    let ratio = row["ratio"].as_f64().unwrap();
+    assert!((0.5..2.0).contains(&ratio), "network/local ratio {ratio}");
+    assert_eq!(report["accelerators"].as_array().unwrap().len(), 2);
+    for kind in ["network", "local"] {
+        let run = out.join(format!("bert-offline-{kind}"));
+        assert!(run.join("mlperf_log_summary.txt").is_file(), "{kind}");
+        assert!(run.join("latency.svg").is_file() && run.join("batch-sizes.svg").is_file(), "{kind} plots");
+    }
+    // The lab stopped its accelerators with SIGTERM and they exited 0 (it warns otherwise).
+    assert!(!text(&o).contains("lab: warning"), "{}", text(&o));
+    assert!(out.join("lab-acc-0.log").is_file() && out.join("lab-acc-1.log").is_file());
+}
