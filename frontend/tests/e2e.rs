@@ -228,7 +228,8 @@ fn the_lab_runs_network_and_local_and_reports_the_ratio() {
     let stdout = ok(&o);
     assert!(stdout.contains("Network division vs. accelerators in the box"), "{stdout}");
     assert!(stdout.lines().any(|l| l.starts_with("bert") && l.contains("offline") && l.contains('%')), "{stdout}");
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("lab-report.json")).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("lab-report.json")).unwrap()).unwrap();
     let row = &report["rows"][0];
     let ratio = row["ratio"].as_f64().unwrap();
     assert!((0.5..2.0).contains(&ratio), "network/local ratio {ratio}");
