@@ -22,8 +22,8 @@ use qdl_frontend::sut::{QdlQsl, QdlSut, SutName, duplicate_names, network_sut_na
 use qdl_frontend::timeline::{LatencyBuckets, Timeline, TimelinePoint};
 use qdl_loadgen::{LogSettings, Scenario, TestMode, TestSettings};
 use qdl_shared::config::{AcceleratorConfig, FrontendConfig, ModeName, ScenarioName};
-use qdl_shared::transport::TransportMetrics;
 use qdl_shared::transport::tcp::{TcpInitiator, connect_data};
+use qdl_shared::transport::{InitiatorTransport, TransportMetrics};
 use qdl_shared::wire::attach::Attach;
 use qdl_shared::wire::message::{RunState, SessionRequest};
 use qdl_shared::workload::WorkloadSpec;
@@ -107,13 +107,37 @@ struct Shared {
     io: Vec<actix::ArbiterHandle>,
 }
 
-fn start_connection(
-    shared: &Shared,
-    k: usize,
-    parts: impl FnOnce() -> ConnectionParts + Send + 'static,
-) -> Addr<ConnectionActor> {
-    let arbiter = &shared.io[k % shared.io.len()];
-    ConnectionActor::start_in_arbiter(arbiter, move |_| ConnectionActor::new(parts()))
+impl Connections {
+    /// Starts a `ConnectionActor` for a new lane on an I/O arbiter (round-robin); the transport
+    /// is built there, inside the arbiter's runtime.
+    fn add(
+        &mut self,
+        shared: &Arc<Shared>,
+        accelerator: &str,
+        label: String,
+        slots: u32,
+        output_bytes: u32,
+        transport: impl FnOnce() -> Box<dyn InitiatorTransport> + Send + 'static,
+    ) {
+        let lane = Lane::new(label, slots);
+        let (sh, l, acc) = (shared.clone(), lane.clone(), accelerator.to_string());
+        let arbiter = &shared.io[self.actors.len() % shared.io.len()];
+        self.actors.push(ConnectionActor::start_in_arbiter(arbiter, move |_| {
+            ConnectionActor::new(ConnectionParts {
+                label: l.label().to_string(),
+                accelerator: acc,
+                lane: l,
+                transport: transport(),
+                slots,
+                output_bytes,
+                store: sh.store.clone(),
+                gate: sh.gate.clone(),
+                on_failure: sh.failure.clone(),
+                latencies: sh.latencies.clone(),
+            })
+        }));
+        self.lanes.push(lane);
+    }
 }
 
 async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Shared>) -> anyhow::Result<Connections> {
@@ -193,27 +217,12 @@ async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Sh
                 .await
                 .with_context(|| format!("data connection {c} to accelerator {} ({})", est.name, est.addr))?;
             let std_stream = stream.into_std().context("detaching the data connection")?;
-            let lane = Lane::new(format!("{}/{c}", est.name), g.slots_per_connection);
-            let (sh, l, name, slots, out_bytes) =
-                (shared.clone(), lane.clone(), est.name.clone(), g.slots_per_connection, g.output_slot_bytes);
-            let k = out.actors.len();
-            out.actors.push(start_connection(&shared, k, move || ConnectionParts {
-                label: l.label().to_string(),
-                lane: l,
-                transport: Box::new(TcpInitiator::new(
-                    TcpStream::from_std(std_stream).expect("I/O arbiters run a tokio runtime with I/O enabled"),
-                    out_bytes,
-                    transport_metrics(&name),
-                )),
-                accelerator: name,
-                slots,
-                output_bytes: out_bytes,
-                store: sh.store.clone(),
-                gate: sh.gate.clone(),
-                on_failure: sh.failure.clone(),
-                latencies: sh.latencies.clone(),
-            }));
-            out.lanes.push(lane);
+            let (name, out_bytes) = (est.name.clone(), g.output_slot_bytes);
+            out.add(&shared, &est.name, format!("{}/{c}", est.name), g.slots_per_connection, out_bytes, move || {
+                let stream =
+                    TcpStream::from_std(std_stream).expect("I/O arbiters run a tokio runtime with I/O enabled");
+                Box::new(TcpInitiator::new(stream, out_bytes, transport_metrics(&name)))
+            });
         }
         out.accelerators.push(AcceleratorReport {
             address: est.addr.to_string(),
@@ -256,22 +265,10 @@ fn connect_local(
         for c in 0..conns as usize {
             // Connections of one box share that box's workers, as they would on a real accelerator.
             let worker = pool.sender(b * per_box + c % per_box);
-            let lane = Lane::new(format!("{name}/{c}"), slots);
-            let (sh, l, sp, acc_name) = (shared.clone(), lane.clone(), spec.clone(), name.clone());
-            let k = out.actors.len();
-            out.actors.push(start_connection(shared, k, move || ConnectionParts {
-                label: l.label().to_string(),
-                accelerator: acc_name,
-                lane: l,
-                transport: Box::new(LocalTransport::new(worker, sp.clone(), slots)),
-                slots,
-                output_bytes: sp.output_bytes,
-                store: sh.store.clone(),
-                gate: sh.gate.clone(),
-                on_failure: sh.failure.clone(),
-                latencies: sh.latencies.clone(),
-            }));
-            out.lanes.push(lane);
+            let sp = spec.clone();
+            out.add(shared, &name, format!("{name}/{c}"), slots, spec.output_bytes, move || {
+                Box::new(LocalTransport::new(worker, sp, slots))
+            });
         }
         out.accelerators.push(AcceleratorReport {
             address: "in-process".into(),
