@@ -57,6 +57,32 @@ pub trait ReplySink: Send + Sync {
     fn deliver(&self, replies: Replies);
 }
 
+/// A [`ReplySink`] that forwards answers into a bounded channel.
+struct ChannelSink(tokio::sync::mpsc::Sender<Replies>);
+
+impl ReplySink for ChannelSink {
+    fn deliver(&self, replies: Replies) {
+        use tokio::sync::mpsc::error::TrySendError;
+        match self.0.try_send(replies) {
+            Ok(()) => {}
+            // The receiver is gone: dropping the replies frees their slots.
+            Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Full(r)) => {
+                // Cannot happen (capacity = slots, each message answers at least one sample that
+                // holds one); never drop silently.
+                tracing::error!(samples = r.entries.len(), "reply channel full; answers dropped");
+            }
+        }
+    }
+}
+
+/// A sink and the channel it feeds, for a connection of `slots` slots: a worker never blocks on
+/// it, because every message in it answers at least one of the connection's in-flight samples.
+pub fn reply_channel(slots: u32) -> (Arc<dyn ReplySink>, tokio::sync::mpsc::Receiver<Replies>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(slots as usize + 1);
+    (Arc::new(ChannelSink(tx)), rx)
+}
+
 /// One sample to infer.
 pub struct WorkItem {
     /// Its input.

@@ -6,22 +6,12 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use qdl_accelerator::worker::{Input, Replies, ReplySink, WorkItem, WorkerSender, refuse};
+use qdl_accelerator::worker::{Input, Replies, ReplySink, WorkItem, WorkerSender, refuse, reply_channel};
 use qdl_shared::time::Nanos;
 use qdl_shared::transport::{InitiatorTransport, OnResponse, Payload, TransportError, TransportStats};
 use qdl_shared::wire::data::{DataErrorCode, DataHeader};
 use qdl_shared::workload::WorkloadSpec;
 use tokio::sync::mpsc;
-
-struct ChannelSink(mpsc::Sender<Replies>);
-
-impl ReplySink for ChannelSink {
-    fn deliver(&self, replies: Replies) {
-        // Capacity is the lane's slot count and each message answers at least one of its samples,
-        // so this only fails once the connection is gone.
-        let _ = self.0.try_send(replies);
-    }
-}
 
 /// An in-process "connection" to one worker; see the module docs.
 pub struct LocalTransport {
@@ -35,8 +25,8 @@ pub struct LocalTransport {
 impl LocalTransport {
     /// A transport to `worker` for a lane of `slots` slots.
     pub fn new(worker: WorkerSender, spec: Arc<WorkloadSpec>, slots: u32) -> LocalTransport {
-        let (tx, rx) = mpsc::channel(slots as usize + 1);
-        LocalTransport { worker, spec, sink: Arc::new(ChannelSink(tx)), replies: rx, stats: TransportStats::default() }
+        let (sink, replies) = reply_channel(slots);
+        LocalTransport { worker, spec, sink, replies, stats: TransportStats::default() }
     }
 }
 

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use super::registry::Registry;
 use crate::pump::{Nudge, Pump, Pumped};
-use crate::worker::{Input, Replies, ReplySink, WorkItem, WorkerSender, refuse};
+use crate::worker::{Input, Replies, ReplySink, WorkItem, WorkerSender, refuse, reply_channel};
 
 /// Asks the connection to finish its in-flight samples and close (its session ended).
 #[derive(Message)]
@@ -32,24 +32,6 @@ use crate::worker::{Input, Replies, ReplySink, WorkItem, WorkerSender, refuse};
 pub struct Close {
     /// Why, for the log.
     pub reason: &'static str,
-}
-
-struct ChannelSink {
-    tx: mpsc::Sender<Replies>,
-}
-
-impl ReplySink for ChannelSink {
-    fn deliver(&self, replies: Replies) {
-        match self.tx.try_send(replies) {
-            Ok(()) => {}
-            // The connection is gone: dropping the replies frees their slots.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-            Err(mpsc::error::TrySendError::Full(r)) => {
-                // Cannot happen (capacity = slots, each message holds a lease); never drop silently.
-                tracing::error!(samples = r.entries.len(), "reply channel full; answers dropped");
-            }
-        }
-    }
 }
 
 /// Everything a connection actor is built from.
@@ -99,7 +81,7 @@ pub struct ConnectionActor {
 impl ConnectionActor {
     /// Builds the actor (start it inside the arbiter that will run it).
     pub fn new(p: ConnectionParts) -> ConnectionActor {
-        let (tx, rx) = mpsc::channel(p.slots as usize + 1);
+        let (sink, replies) = reply_channel(p.slots);
         ConnectionActor {
             label: p.label,
             token: p.token,
@@ -107,8 +89,8 @@ impl ConnectionActor {
             transport: p.transport,
             worker: p.worker,
             spec: p.spec,
-            sink: Arc::new(ChannelSink { tx }),
-            replies: rx,
+            sink,
+            replies,
             registry: p.registry,
             draining: None,
             in_flight: 0,
