@@ -47,7 +47,7 @@ async fn drive(stream: &mut TcpStream, ep: &mut Endpoint, mut stop: impl FnMut(&
 
 async fn establish(addr: SocketAddr, spec: WorkloadSpec) -> (TcpStream, Endpoint, SessionGrant) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let req = SessionRequest { workload: spec, connections: 2, slots_per_connection: 8 };
+    let req = SessionRequest { workload: spec, connections: 2, slots_per_connection: 8, transport: Default::default() };
     let mut ep = Endpoint::client("test", req, Heartbeat::default(), Nanos::now());
     let events = drive(&mut stream, &mut ep, |e| matches!(e, Event::Established(_) | Event::Failed(_))).await;
     match events.last() {

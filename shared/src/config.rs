@@ -156,6 +156,9 @@ pub struct AcceleratorConfig {
     pub backend: BackendConfig,
     /// Control-connection heartbeats.
     pub heartbeat: HeartbeatConfig,
+    /// Data transport. With `kind = "rdma"` the accelerator opens its RDMA device at start and
+    /// serves RDMA sessions as well as TCP ones.
+    pub transport: TransportConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -383,7 +386,150 @@ impl AcceleratorConfig {
         for (name, m) in &self.backend.synthetic.workloads {
             m.validate(&format!("backend.synthetic.workloads.{name}"))?;
         }
+        self.transport.validate()?;
         self.heartbeat.validate("heartbeat")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transport (both nodes)
+// ---------------------------------------------------------------------------------------------
+
+/// Which data transport a node uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// TCP data connections (works everywhere).
+    #[default]
+    Tcp,
+    /// RDMA reliable connections through libibverbs (InfiniBand, RoCE, Soft-RoCE).
+    Rdma,
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportKind::Tcp => "tcp",
+            TransportKind::Rdma => "rdma",
+        })
+    }
+}
+
+/// How RDMA completions are noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CompletionMode {
+    /// Sleep on the completion channel (registered with the I/O thread's event loop); wake on
+    /// solicited completions. Costs no CPU when idle.
+    #[default]
+    Event,
+    /// Busy-poll the completion queue: lowest latency, one core per I/O thread at 100 %.
+    Poll,
+}
+
+/// `[transport]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportConfig {
+    /// "tcp" or "rdma". Default "tcp".
+    pub kind: TransportKind,
+    /// RDMA settings, used when `kind = "rdma"`.
+    pub rdma: RdmaConfig,
+}
+
+impl TransportConfig {
+    /// Checks every value; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.rdma.validate("transport.rdma")
+    }
+}
+
+/// `[transport.rdma]`: device selection and the data path's efficiency knobs (each one is
+/// visible in the `qdl_rdma_*` metrics).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RdmaConfig {
+    /// Device name (`ibv_devices` lists them, e.g. "mlx5_0" or "rxe0"); "" = the first device.
+    /// Default "".
+    pub device: String,
+    /// Port number on the device (1-based). Default 1.
+    pub port: u8,
+    /// GID index; -1 picks the first RoCE v2 IPv4 GID, else the first non-zero GID. Default -1.
+    pub gid_index: i32,
+    /// Path MTU, bytes (256, 512, 1024, 2048 or 4096); 0 = the port's active MTU. The smaller of
+    /// the two sides' values is used. Default 0.
+    pub mtu: u32,
+    /// Payloads of at most this many bytes are copied into the work request ("inline") instead of
+    /// being read by the NIC from memory; 0 disables. Capped by what the device allows. Default 256.
+    pub inline_threshold: u32,
+    /// Every Nth write is signalled (generates a local completion that frees send-queue entries);
+    /// the rest are unsignalled. Default 64.
+    pub signal_every: u32,
+    /// Most work requests posted with one doorbell (a chain). Default 256.
+    pub max_chain: u32,
+    /// Send-queue depth, work requests. Default 2048.
+    pub send_queue_depth: u32,
+    /// Mark the last work request of every chain solicited, so an event-driven peer wakes once per
+    /// chain. Default true.
+    pub solicit: bool,
+    /// "event" (completion channel) or "poll" (busy polling). Default "event".
+    pub completion: CompletionMode,
+    /// Local ACK timeout exponent: the NIC waits 4.096 µs × 2^n for an ACK before retrying
+    /// (14 ≈ 67 ms). Default 14.
+    pub ack_timeout: u8,
+    /// Retries before the connection is declared broken (0..=7). Default 7.
+    pub retry_count: u8,
+}
+
+impl Default for RdmaConfig {
+    fn default() -> Self {
+        RdmaConfig {
+            device: String::new(),
+            port: 1,
+            gid_index: -1,
+            mtu: 0,
+            inline_threshold: 256,
+            signal_every: 64,
+            max_chain: 256,
+            send_queue_depth: 2048,
+            solicit: true,
+            completion: CompletionMode::Event,
+            ack_timeout: 14,
+            retry_count: 7,
+        }
+    }
+}
+
+impl RdmaConfig {
+    /// Checks every value; `prefix` is the section's dotted path.
+    pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        let f = |name: &str| format!("{prefix}.{name}");
+        check(
+            self.device.len() <= 64 && self.device.chars().all(|c| c.is_ascii_graphic()),
+            &f("device"),
+            "must be a device name of at most 64 printable characters",
+        )?;
+        check(self.port >= 1, &f("port"), "must be at least 1 (ports are numbered from 1)")?;
+        check((-1..=255).contains(&self.gid_index), &f("gid_index"), "must be -1 (automatic) or 0 to 255")?;
+        check(
+            matches!(self.mtu, 0 | 256 | 512 | 1024 | 2048 | 4096),
+            &f("mtu"),
+            "must be 0 (the port's MTU), 256, 512, 1024, 2048 or 4096",
+        )?;
+        check(self.inline_threshold <= 4096, &f("inline_threshold"), "must be at most 4096 bytes")?;
+        check((16..=65_536).contains(&self.send_queue_depth), &f("send_queue_depth"), "must be between 16 and 65536")?;
+        check(
+            self.signal_every >= 1 && self.signal_every <= self.send_queue_depth / 2,
+            &f("signal_every"),
+            "must be between 1 and half of send_queue_depth",
+        )?;
+        check(
+            self.max_chain >= 1 && self.max_chain <= self.send_queue_depth,
+            &f("max_chain"),
+            "must be between 1 and send_queue_depth",
+        )?;
+        check(self.ack_timeout <= 31, &f("ack_timeout"), "must be between 0 and 31")?;
+        check(self.retry_count <= 7, &f("retry_count"), "must be between 0 and 7")
     }
 }
 
@@ -405,6 +551,8 @@ pub struct FrontendConfig {
     pub local: LocalConfig,
     /// Control-connection heartbeats.
     pub heartbeat: HeartbeatConfig,
+    /// Data transport to the accelerators.
+    pub transport: TransportConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -741,6 +889,7 @@ impl FrontendConfig {
         if let Some(p) = &self.local.accelerator_config {
             check(p.is_file(), "local.accelerator_config", &format!("{} is not a file", p.display()))?;
         }
+        self.transport.validate()?;
         self.heartbeat.validate("heartbeat")
     }
 }
@@ -813,6 +962,17 @@ mod tests {
             ),
             ("[heartbeat]\ninterval_ms = 0", "heartbeat.interval_ms"),
             ("[heartbeat]\nmisses = 0", "heartbeat.misses"),
+            ("[transport.rdma]\nport = 0", "transport.rdma.port"),
+            ("[transport.rdma]\ngid_index = -2", "transport.rdma.gid_index"),
+            ("[transport.rdma]\nmtu = 1500", "transport.rdma.mtu"),
+            ("[transport.rdma]\ninline_threshold = 100000", "transport.rdma.inline_threshold"),
+            ("[transport.rdma]\nsend_queue_depth = 8", "transport.rdma.send_queue_depth"),
+            ("[transport.rdma]\nsignal_every = 0", "transport.rdma.signal_every"),
+            ("[transport.rdma]\nsend_queue_depth = 64\nsignal_every = 64", "transport.rdma.signal_every"),
+            ("[transport.rdma]\nmax_chain = 0", "transport.rdma.max_chain"),
+            ("[transport.rdma]\nack_timeout = 32", "transport.rdma.ack_timeout"),
+            ("[transport.rdma]\nretry_count = 8", "transport.rdma.retry_count"),
+            ("[transport.rdma]\ndevice = \"has space\"", "transport.rdma.device"),
         ];
         for (text, field) in cases {
             assert_eq!(field_of(acc(text).unwrap_err()), field, "{text}");
@@ -842,6 +1002,7 @@ mod tests {
             ("[local]\naccelerators = 0", "local.accelerators"),
             ("[local]\naccelerator_config = \"/no/such.toml\"", "local.accelerator_config"),
             ("[heartbeat]\nmisses = 1000", "heartbeat.misses"),
+            ("[transport.rdma]\nmax_chain = 100000", "transport.rdma.max_chain"),
             (
                 "[workload]\nname = \"tiny\"\n[workload.spec]\nname = \"x\"\noutput_kind = \"class-id\"\noutput_bytes = 3\n\
                  inputs = [{ name = \"x\", dtype = \"f32\", shape = [4] }]",
@@ -861,6 +1022,8 @@ mod tests {
         assert!(e.contains("turbo") || e.contains("scenario"), "{e}");
         let e = fe("[frontend]\nslots_per_connection = \"many\"").unwrap_err().to_string();
         assert!(e.contains("slots_per_connection"), "{e}");
+        let e = acc("[transport]\nkind = \"udp\"").unwrap_err().to_string();
+        assert!(e.contains("udp") || e.contains("kind"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!   Configure {workload, ...}   ───────▶    → Event::ConfigureRequested → grant()/refuse()
 //!                               ◀───────    Configured {token, slots, ...} | Error
 //!   QueryName / RunState        ───────▶    Name (answered here) / RunStateAck (by the driver)
+//!   RdmaConnect {conn, qp, ring} ──────▶    → Event::RdmaConnectRequested → accept_rdma()/refuse()
+//!                               ◀───────    RdmaAccept {qp, ring}  (only on an established session)
 //!   Heartbeat / HeartbeatAck    ◀──────▶    every interval, both ways; silence for
 //!                                           `misses` intervals = peer dead
 //!   Goodbye                     ◀──────▶
@@ -21,7 +23,9 @@ use std::collections::VecDeque;
 
 use crate::time::Nanos;
 use crate::wire::WireError;
-use crate::wire::message::{self, ErrorCode, Limits, Message, NodeStats, RunState, SessionGrant, SessionRequest};
+use crate::wire::message::{
+    self, ErrorCode, Limits, Message, NodeStats, RdmaEndpoint, RunState, SessionGrant, SessionRequest,
+};
 use crate::wire::preamble::{PREAMBLE_LEN, Preamble, Role};
 
 /// Errors that end a control session.
@@ -134,6 +138,23 @@ pub enum Event {
         request: u32,
         /// The new state.
         state: RunState,
+    },
+    /// (server) The frontend asks for RDMA data connection `connection`: set it up, then
+    /// [`Endpoint::accept_rdma`] (or [`Endpoint::refuse`]).
+    RdmaConnectRequested {
+        /// Correlates the answer.
+        request: u32,
+        /// The connection index.
+        connection: u32,
+        /// The frontend's queue pair and response ring.
+        endpoint: RdmaEndpoint,
+    },
+    /// (client) Answer to [`Endpoint::connect_rdma`].
+    RdmaAccepted {
+        /// The request answered.
+        request: u32,
+        /// The accelerator's queue pair and request ring.
+        endpoint: RdmaEndpoint,
     },
     /// (both) A heartbeat round trip completed.
     HeartbeatRtt(Nanos),
@@ -314,6 +335,9 @@ impl Endpoint {
             (false, Phase::Established, Message::Stats { request, stats }) => {
                 self.events.push_back(Event::Stats { request, stats });
             }
+            (false, Phase::Established, Message::RdmaAccept { request, endpoint }) => {
+                self.events.push_back(Event::RdmaAccepted { request, endpoint });
+            }
             // server
             (true, Phase::Greeting, Message::Hello { node }) => {
                 self.events.push_back(Event::Hello { node });
@@ -335,6 +359,10 @@ impl Endpoint {
             }
             (true, Phase::Established, Message::QueryStats { request }) => {
                 self.events.push_back(Event::StatsRequested { request });
+            }
+            // RDMA parameters (and so rkeys) are exchanged only once the session is established.
+            (true, Phase::Established, Message::RdmaConnect { request, connection, endpoint }) => {
+                self.events.push_back(Event::RdmaConnectRequested { request, connection, endpoint });
             }
             (server, phase, other) => {
                 let err = ControlError::Unexpected { got: other.name(), phase: phase.describe(server) };
@@ -414,6 +442,22 @@ impl Endpoint {
         let request = self.take_request_id();
         self.send(&Message::QueryStats { request });
         Ok(request)
+    }
+
+    /// (client) Asks the accelerator to set up RDMA data connection `connection` with the
+    /// frontend's `endpoint`; the answer arrives as [`Event::RdmaAccepted`].
+    pub fn connect_rdma(&mut self, connection: u32, endpoint: RdmaEndpoint) -> Result<u32, ControlError> {
+        self.require_established()?;
+        let request = self.take_request_id();
+        self.send(&Message::RdmaConnect { request, connection, endpoint });
+        Ok(request)
+    }
+
+    /// (server) Answers an RDMA connection request with the accelerator's side.
+    pub fn accept_rdma(&mut self, request: u32, endpoint: RdmaEndpoint) -> Result<(), ControlError> {
+        self.require_established()?;
+        self.send(&Message::RdmaAccept { request, endpoint });
+        Ok(())
     }
 
     /// (server) Answers a statistics request.
@@ -503,7 +547,12 @@ mod tests {
     }
 
     fn request() -> SessionRequest {
-        SessionRequest { workload: WorkloadSpec::bert(), connections: 2, slots_per_connection: 32 }
+        SessionRequest {
+            workload: WorkloadSpec::bert(),
+            connections: 2,
+            slots_per_connection: 32,
+            transport: Default::default(),
+        }
     }
 
     fn grant() -> SessionGrant {
@@ -573,6 +622,51 @@ mod tests {
         assert!(c.is_done() && s.is_done());
     }
 
+    fn rdma_endpoint(qp_num: u32) -> RdmaEndpoint {
+        RdmaEndpoint { qp_num, psn: 1, gid: [0; 16], lid: 0, mtu: 1024, addr: 4096, rkey: 7, slots: 32, slot_bytes: 64 }
+    }
+
+    #[test]
+    fn rdma_parameters_flow_only_on_an_established_session() {
+        let t = Nanos::ZERO;
+        let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t);
+        let mut s = Endpoint::server("acc-0", limits(), Heartbeat::default(), t);
+        // Before the session is granted the client cannot even queue its parameters.
+        assert_eq!(c.connect_rdma(0, rdma_endpoint(1)), Err(ControlError::NotEstablished));
+        pump(&mut c, &mut s, t);
+        events(&mut s);
+        assert_eq!(s.accept_rdma(1, rdma_endpoint(2)), Err(ControlError::NotEstablished), "no rkey before the grant");
+        s.grant(grant()).unwrap();
+        pump(&mut c, &mut s, t);
+        events(&mut c);
+        let r = c.connect_rdma(1, rdma_endpoint(11)).unwrap();
+        pump(&mut c, &mut s, t);
+        assert_eq!(
+            events(&mut s),
+            vec![Event::RdmaConnectRequested { request: r, connection: 1, endpoint: rdma_endpoint(11) }]
+        );
+        s.accept_rdma(r, rdma_endpoint(22)).unwrap();
+        pump(&mut c, &mut s, t);
+        assert_eq!(events(&mut c), vec![Event::RdmaAccepted { request: r, endpoint: rdma_endpoint(22) }]);
+    }
+
+    #[test]
+    fn rdma_connect_before_the_grant_fails_the_session() {
+        let t = Nanos::ZERO;
+        let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t);
+        let mut s = Endpoint::server("acc-0", limits(), Heartbeat::default(), t);
+        pump(&mut c, &mut s, t);
+        events(&mut s);
+        // A peer that skips the handshake and sends RDMA parameters is refused, not answered.
+        let mut raw = Vec::new();
+        message::encode(&Message::RdmaConnect { request: 1, connection: 0, endpoint: rdma_endpoint(3) }, &mut raw)
+            .unwrap();
+        s.handle_input(&raw, t);
+        let ev = events(&mut s);
+        assert!(matches!(&ev[..], [Event::Failed(ControlError::Unexpected { got: "RdmaConnect", .. })]), "{ev:?}");
+        assert!(s.is_done());
+    }
+
     #[test]
     fn bytes_may_arrive_one_at_a_time() {
         let t = Nanos::ZERO;
@@ -591,11 +685,11 @@ mod tests {
         let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t);
         let mut s = Endpoint::server("acc", limits(), Heartbeat::default(), t);
         let mut hello = c.poll_transmit().unwrap();
-        hello[4] = 2; // the frontend claims protocol v2
+        hello[4] = 9; // the frontend claims protocol v9
         s.handle_input(&hello, t);
         let ev = events(&mut s);
         assert!(
-            matches!(&ev[..], [Event::Failed(ControlError::Wire(WireError::VersionMismatch { peer: 2, .. }))]),
+            matches!(&ev[..], [Event::Failed(ControlError::Wire(WireError::VersionMismatch { peer: 9, .. }))]),
             "{ev:?}"
         );
         // The server still sends its preamble, so the client can say which versions differ.

@@ -29,6 +29,26 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// Histogram buckets for batch sizes and frames per system call.
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
+/// RDMA transport metric names (both nodes; label `role` is "frontend" or "accelerator").
+pub mod rdma {
+    /// Counter: completion-queue polls.
+    pub const CQ_POLLS: &str = "qdl_rdma_cq_polls_total";
+    /// Histogram: completions per non-empty poll.
+    pub const COMPLETIONS_PER_POLL: &str = "qdl_rdma_completions_per_poll";
+    /// Counter: completion-channel events (event mode).
+    pub const CQ_EVENTS: &str = "qdl_rdma_cq_events_total";
+    /// Counter, label `kind` (signalled, unsignalled): writes posted.
+    pub const POSTS: &str = "qdl_rdma_posts_total";
+    /// Counter: writes posted inline.
+    pub const INLINE_POSTS: &str = "qdl_rdma_inline_posts_total";
+    /// Counter: doorbells (chains of writes posted at once).
+    pub const DOORBELLS: &str = "qdl_rdma_doorbells_total";
+    /// Counter: payloads copied into a staging slot because their memory was not registered.
+    pub const STAGED: &str = "qdl_rdma_staged_total";
+    /// Counter, label `status`: work completions with an error status.
+    pub const WC_ERRORS: &str = "qdl_rdma_wc_errors_total";
+}
+
 /// Frontend metric names.
 pub mod frontend {
     /// Counter: samples LoadGen issued to the QDL.

@@ -106,7 +106,12 @@ fn exchange(c: &mut Endpoint, s: &mut Endpoint, up: &mut Link, down: &mut Link, 
 #[test]
 fn control_session_over_a_slow_link_then_a_partition() {
     let hb = Heartbeat { interval: Nanos::from_millis(100), misses: 3 };
-    let req = SessionRequest { workload: WorkloadSpec::bert(), connections: 2, slots_per_connection: 32 };
+    let req = SessionRequest {
+        workload: WorkloadSpec::bert(),
+        connections: 2,
+        slots_per_connection: 32,
+        transport: Default::default(),
+    };
     let mut c = Endpoint::client("fe", req.clone(), hb, Nanos::ZERO);
     let mut s = Endpoint::server("acc", limits(), hb, Nanos::ZERO);
     let (mut up, mut down) = (Link::default(), Link::default());

@@ -248,7 +248,12 @@ mod tests {
     use super::*;
 
     fn req(conns: u32, slots: u32) -> SessionRequest {
-        SessionRequest { workload: WorkloadSpec::resnet50(), connections: conns, slots_per_connection: slots }
+        SessionRequest {
+            workload: WorkloadSpec::resnet50(),
+            connections: conns,
+            slots_per_connection: slots,
+            transport: Default::default(),
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! Transports batch: many frames are queued with `push_*` and written with one `poll_flush`
 //! (drain, then flush once), and `poll_*` deliver every frame that has arrived.
 
+pub mod rdma;
 pub mod tcp;
 
 use std::sync::Arc;
@@ -43,6 +44,9 @@ pub enum TransportError {
     /// The accelerator refused to attach the connection.
     #[error("the accelerator refused the data connection: {}", .0.describe())]
     Refused(AttachStatus),
+    /// The RDMA layer failed (device, verbs, a work completion with an error status).
+    #[error(transparent)]
+    Rdma(#[from] rdma::RdmaError),
     /// Connecting or attaching took too long.
     #[error("timed out {0}")]
     Timeout(&'static str),
@@ -112,6 +116,11 @@ impl Payload {
     pub fn new(source: Arc<dyn PayloadSource>, offset: usize, len: usize) -> Option<Payload> {
         let end = offset.checked_add(len)?;
         (end <= source.bytes().len()).then_some(Payload { source, offset, len })
+    }
+
+    /// The buffer the payload lies in.
+    pub fn source(&self) -> &Arc<dyn PayloadSource> {
+        &self.source
     }
 
     /// The bytes.

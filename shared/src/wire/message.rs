@@ -98,6 +98,58 @@ pub enum Message {
         /// The statistics.
         stats: NodeStats,
     },
+    /// Frontend → accelerator, on an established RDMA session: set up data connection
+    /// `connection`; `endpoint` is the frontend's queue pair and response ring.
+    RdmaConnect {
+        /// Correlates the answer.
+        request: u32,
+        /// The connection index (0..connections granted).
+        connection: u32,
+        /// The frontend's side.
+        endpoint: RdmaEndpoint,
+    },
+    /// Accelerator → frontend: the connection is ready (its queue pair is ready to receive);
+    /// `endpoint` is the accelerator's queue pair and request ring.
+    RdmaAccept {
+        /// The request answered.
+        request: u32,
+        /// The accelerator's side.
+        endpoint: RdmaEndpoint,
+    },
+}
+
+/// How a session's data connections move samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum DataTransport {
+    /// TCP data connections that attach with the session token.
+    #[default]
+    Tcp,
+    /// RDMA reliable-connection queue pairs set up over the control connection.
+    Rdma,
+}
+
+/// One side of an RDMA data connection: what the peer needs to connect its queue pair and to
+/// write into this side's ring. Sent only on an established (accepted) control session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RdmaEndpoint {
+    /// Queue pair number.
+    pub qp_num: u32,
+    /// Initial packet sequence number (24 bits).
+    pub psn: u32,
+    /// The port's GID (RoCE: an IPv6 or IPv4-mapped address).
+    pub gid: [u8; 16],
+    /// The port's LID (InfiniBand; 0 on RoCE).
+    pub lid: u16,
+    /// Path MTU, bytes (256..=4096); the smaller of the two sides is used.
+    pub mtu: u32,
+    /// Address of the ring the peer writes into.
+    pub addr: u64,
+    /// Remote key of that ring.
+    pub rkey: u32,
+    /// Slots in the ring.
+    pub slots: u32,
+    /// Bytes per slot.
+    pub slot_bytes: u32,
 }
 
 /// What an accelerator reports about its work since the run's `Start`.
@@ -125,6 +177,8 @@ impl Message {
             Message::Goodbye => "Goodbye",
             Message::QueryStats { .. } => "QueryStats",
             Message::Stats { .. } => "Stats",
+            Message::RdmaConnect { .. } => "RdmaConnect",
+            Message::RdmaAccept { .. } => "RdmaAccept",
         }
     }
 }
@@ -151,6 +205,8 @@ pub struct SessionRequest {
     pub connections: u32,
     /// Slots wanted per connection.
     pub slots_per_connection: u32,
+    /// How data connections move samples.
+    pub transport: DataTransport,
 }
 
 /// The session an accelerator grants (never more than asked).
@@ -291,6 +347,30 @@ mod tests {
         assert_eq!(framed(&grant), expected);
     }
 
+    fn endpoint() -> RdmaEndpoint {
+        RdmaEndpoint {
+            qp_num: 0x11,
+            psn: 0xabcdef,
+            gid: [0xfe; 16],
+            lid: 0,
+            mtu: 4096,
+            addr: 0x7f00_0000_1000,
+            rkey: 0x1234,
+            slots: 64,
+            slot_bytes: 1560,
+        }
+    }
+
+    #[test]
+    fn rdma_endpoint_golden_bytes() {
+        let mut expected = vec![0, 0, 0, 0, 14, 4, 1, 0x11, 252, 0xef, 0xcd, 0xab, 0x00];
+        expected.extend_from_slice(&[0xfe; 16]);
+        expected.extend_from_slice(&[0, 251, 0x00, 0x10, 253, 0x00, 0x10, 0x00, 0x00, 0x00, 0x7f, 0x00, 0x00]);
+        expected.extend_from_slice(&[251, 0x34, 0x12, 64, 251, 0x18, 0x06]);
+        expected[0] = (expected.len() - 4) as u8;
+        assert_eq!(framed(&Message::RdmaConnect { request: 4, connection: 1, endpoint: endpoint() }), expected);
+    }
+
     #[test]
     fn every_message_round_trips() {
         let msgs = vec![
@@ -309,7 +389,10 @@ mod tests {
                 workload: WorkloadSpec::bert(),
                 connections: 2,
                 slots_per_connection: 16,
+                transport: DataTransport::Rdma,
             }),
+            Message::RdmaConnect { request: 4, connection: 1, endpoint: endpoint() },
+            Message::RdmaAccept { request: 4, endpoint: endpoint() },
             Message::Name { request: 3, name: "acc-0".into() },
             Message::RunStateAck { request: 3, state: RunState::Warmup },
             Message::HeartbeatAck { seq: u64::MAX, sent_ns: 5 },

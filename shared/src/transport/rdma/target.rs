@@ -1,0 +1,220 @@
+//! The accelerator's end of an RDMA data connection.
+//!
+//! Requests land in the connection's slot arena (registered for remote writes) by the frontend's
+//! write-with-immediate; the receive completion names the slot and the length. A response is
+//! copied (header + output) into this slot's response buffer and written into the same slot of
+//! the frontend's response ring.
+//!
+//! Freeing: a slot is busy from its request until its response is queued (the lease), as over
+//! TCP. The frontend reuses a slot only after it has received that slot's response, so the next
+//! request into slot N is also the acknowledgement that the previous response write from buffer
+//! N has completed: no separate ack message is needed (NVIDIA's design sends a zero-length
+//! write-with-immediate on a second queue pair for the same purpose).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use sideway::ibverbs::memory_region::MemoryRegion;
+
+use super::device::RdmaDevice;
+use super::link::{Link, RemoteRing, Write};
+use super::{RESPONSE_ROOM, RdmaError, RdmaMetrics};
+use crate::slots::SlotArena;
+use crate::transport::{OnRequest, Request, TargetTransport, TransportError, TransportMetrics, TransportStats};
+use crate::wire::data::{DATA_HEADER_LEN, DataHeader};
+use crate::wire::message::RdmaEndpoint;
+
+/// Largest response slot a frontend may ask for beyond the session's output size.
+fn max_response_slot(output_bytes: u32) -> u32 {
+    DATA_HEADER_LEN as u32 + output_bytes.max(RESPONSE_ROOM)
+}
+
+/// The accelerator's end of an RDMA data connection; see the module docs.
+pub struct RdmaTarget {
+    link: Link,
+    _arena_mr: Arc<MemoryRegion>,
+    arena: Arc<SlotArena>,
+    resp_mr: Arc<MemoryRegion>,
+    responses: Arc<SlotArena>,
+    out: VecDeque<Write>,
+    queued_bytes: usize,
+    batch: Vec<Write>,
+    stats: TransportStats,
+    metrics: TransportMetrics,
+}
+
+impl RdmaTarget {
+    /// Sets up the accelerator's side for a frontend `peer`: registers `arena` (the connection's
+    /// request slots) for remote writes and a response buffer per slot, creates the queue pair and
+    /// connects it (ready to receive before the frontend hears back). Returns the transport and
+    /// the endpoint to answer with. Nothing is allocated if the peer's parameters do not fit the
+    /// session.
+    pub fn accept(
+        device: &Arc<RdmaDevice>,
+        arena: Arc<SlotArena>,
+        output_bytes: u32,
+        peer: &RdmaEndpoint,
+        rdma_metrics: RdmaMetrics,
+        metrics: TransportMetrics,
+    ) -> Result<(RdmaTarget, RdmaEndpoint), RdmaError> {
+        let slots = arena.slots();
+        let min = DATA_HEADER_LEN as u32 + output_bytes;
+        if peer.slots != slots || peer.slot_bytes < min || peer.slot_bytes > max_response_slot(output_bytes) {
+            return Err(RdmaError::Peer(format!(
+                "the frontend's response ring ({} slots of {} bytes) does not match the session ({} slots of {} to {} bytes)",
+                peer.slots,
+                peer.slot_bytes,
+                slots,
+                min,
+                max_response_slot(output_bytes)
+            )));
+        }
+        let (ptr, len) = arena.region();
+        // SAFETY: the arena's mapping lives as long as the Arc kept beside the region in the
+        // returned transport; the peer may write only into it (remote write, bounded by the MR).
+        let arena_mr = unsafe { device.register(ptr, len, true)? };
+        let responses = SlotArena::new(slots, peer.slot_bytes as usize)
+            .map_err(|e| RdmaError::Register { bytes: 0, reason: e.to_string() })?;
+        let (rptr, rlen) = responses.region();
+        // SAFETY: as above, for the response buffers (local access only).
+        let resp_mr = unsafe { device.register(rptr, rlen, false)? };
+        let mut link = Link::create(device, slots, rdma_metrics)?;
+        link.connect(peer)?;
+        let endpoint = link.endpoint(RemoteRing {
+            addr: ptr as u64,
+            rkey: arena_mr.rkey(),
+            slots,
+            slot_bytes: arena.slot_bytes() as u32,
+        });
+        Ok((
+            RdmaTarget {
+                link,
+                _arena_mr: arena_mr,
+                arena,
+                resp_mr,
+                responses,
+                out: VecDeque::new(),
+                queued_bytes: 0,
+                batch: Vec::new(),
+                stats: TransportStats::default(),
+                metrics,
+            },
+            endpoint,
+        ))
+    }
+
+    fn take_requests(&mut self, on_request: &mut OnRequest<'_>) -> Result<usize, TransportError> {
+        let mut n = 0;
+        let max = self.arena.slot_bytes();
+        while let Some(a) = self.link.arrived.pop_front() {
+            if a.len as usize > max || a.len == 0 {
+                return Err(TransportError::Protocol(format!(
+                    "request of {} bytes into slot {} (slots hold {max})",
+                    a.len, a.slot
+                )));
+            }
+            // A request into a busy slot is refused here (its bytes may already have overwritten
+            // the earlier request's: the connection closes).
+            let slot = self.arena.try_lease(a.slot)?;
+            self.stats.frames_received += 1;
+            self.stats.bytes_received += a.len as u64;
+            n += 1;
+            on_request(Request { header: DataHeader::request(a.slot, 0, a.len, 0), slot })?;
+        }
+        Ok(n)
+    }
+}
+
+impl TargetTransport for RdmaTarget {
+    fn poll_requests(
+        &mut self,
+        cx: &mut Context<'_>,
+        on_request: &mut OnRequest<'_>,
+    ) -> Poll<Result<usize, TransportError>> {
+        let mut n = self.take_requests(on_request)?;
+        for _ in 0..4 {
+            match self.link.poll_cq(cx) {
+                Poll::Ready(Ok(_)) => {
+                    self.stats.read_calls += 1;
+                    let got = self.take_requests(on_request)?;
+                    if got > 0 {
+                        self.metrics.frames_per_read.record(got as f64);
+                    }
+                    n += got;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => return if n > 0 { Poll::Ready(Ok(n)) } else { Poll::Pending },
+            }
+        }
+        cx.waker().wake_by_ref();
+        if n > 0 { Poll::Ready(Ok(n)) } else { Poll::Pending }
+    }
+
+    fn push_response(&mut self, header: DataHeader, output: &[u8]) {
+        let Ok(mut buf) = self.responses.try_lease(header.slot) else {
+            // Not a slot of this ring: the connection's own bug; the frontend will time it out.
+            tracing::error!(slot = header.slot, "response for a slot outside the ring");
+            return;
+        };
+        let room = buf.bytes().len() - DATA_HEADER_LEN;
+        let len = output.len().min(room);
+        let mut h = header;
+        h.len = len as u32;
+        let bytes = buf.bytes_mut();
+        bytes[..DATA_HEADER_LEN].copy_from_slice(&h.encode());
+        bytes[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(&output[..len]);
+        let total = DATA_HEADER_LEN + len;
+        self.out.push_back(Write {
+            slot: header.slot,
+            addr: bytes.as_ptr() as u64,
+            len: total as u32,
+            lkey: self.resp_mr.lkey(),
+        });
+        self.queued_bytes += total;
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        loop {
+            if !self.out.is_empty() {
+                self.batch.clear();
+                self.batch.extend(self.out.iter().copied());
+                // SAFETY: each write's source is its slot's response buffer, rewritten only for
+                // the slot's next response, which needs a new request, which the frontend sends
+                // only after this write has landed.
+                let posted = unsafe { self.link.post(&self.batch)? };
+                for w in self.out.drain(..posted) {
+                    self.queued_bytes -= w.len as usize;
+                    self.stats.bytes_sent += w.len as u64;
+                    self.stats.frames_sent += 1;
+                }
+                if posted > 0 {
+                    self.stats.write_calls += 1;
+                    self.metrics.frames_per_write.record(posted as f64);
+                }
+            }
+            if self.out.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            match self.link.poll_cq(cx) {
+                Poll::Ready(Ok(_)) => {
+                    if !self.link.arrived.is_empty() {
+                        // Arrivals taken while waiting for room: make sure they are read.
+                        cx.waker().wake_by_ref();
+                    }
+                    continue;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn stats(&self) -> TransportStats {
+        self.stats
+    }
+}
