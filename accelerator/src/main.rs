@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use qdl_shared::config::{AcceleratorConfig, BackendKind, LogFormat};
+use qdl_shared::config::{AcceleratorConfig, BackendKind, LogFormat, TransportKind};
 
 /// Serves inference to qdl frontends across the network.
 #[derive(Parser, Debug)]
@@ -29,6 +29,13 @@ struct Cli {
     /// Worker threads, one per device (overrides workers.count).
     #[arg(long)]
     workers: Option<u32>,
+    /// Data transport (overrides transport.kind). With rdma the node serves RDMA sessions as well
+    /// as TCP ones.
+    #[arg(long, value_parser = ["tcp", "rdma"])]
+    transport: Option<String>,
+    /// RDMA device, e.g. mlx5_0 or rxe0 (overrides transport.rdma.device; default: the first).
+    #[arg(long)]
+    rdma_device: Option<String>,
     /// Log format (overrides log.format).
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
@@ -55,6 +62,12 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = cli.workers {
         config.workers.count = v;
     }
+    if let Some(v) = cli.transport {
+        config.transport.kind = if v == "rdma" { TransportKind::Rdma } else { TransportKind::Tcp };
+    }
+    if let Some(v) = cli.rdma_device {
+        config.transport.rdma.device = v;
+    }
     if let Some(v) = cli.log_format {
         config.log.format = if v == "json" { LogFormat::Json } else { LogFormat::Text };
     }
@@ -67,8 +80,8 @@ fn main() -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "qdl-accelerator ready name={} listen={} metrics={} backend={} workers={}",
-            ready.name, ready.listen, metrics, ready.backend, ready.workers
+            "qdl-accelerator ready name={} listen={} metrics={} backend={} workers={} transport={}",
+            ready.name, ready.listen, metrics, ready.backend, ready.workers, ready.transport
         );
         let _ = out.flush();
         tracing::info!(name = %ready.name, listen = %ready.listen, %metrics, backend = ready.backend, workers = ready.workers, "accelerator ready");

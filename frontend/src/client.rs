@@ -15,7 +15,7 @@ use qdl_shared::control_link::ControlLink;
 use qdl_shared::metrics::frontend as m;
 use qdl_shared::time::Nanos;
 use qdl_shared::transport::TransportError;
-use qdl_shared::wire::message::{Limits, NodeStats, RunState, SessionGrant, SessionRequest};
+use qdl_shared::wire::message::{Limits, NodeStats, RdmaEndpoint, RunState, SessionGrant, SessionRequest};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -84,6 +84,17 @@ pub struct SetRunState(pub RunState);
 #[rtype(result = "Result<NodeStats, ClientError>")]
 pub struct QueryStats;
 
+/// Sets up RDMA data connection `connection` with the frontend's endpoint; resolves with the
+/// accelerator's.
+#[derive(Message)]
+#[rtype(result = "Result<RdmaEndpoint, ClientError>")]
+pub struct ConnectRdma {
+    /// The connection index.
+    pub connection: u32,
+    /// The frontend's queue pair and response ring.
+    pub endpoint: RdmaEndpoint,
+}
+
 /// Ends the session politely (the run is over).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -137,6 +148,7 @@ pub struct AcceleratorClient {
     names: Waiters<String>,
     states: Waiters<()>,
     stats: Waiters<NodeStats>,
+    rdma: Waiters<RdmaEndpoint>,
     on_failure: FailureHandler,
     closing: bool,
     nudge: Nudge,
@@ -174,6 +186,7 @@ impl AcceleratorClient {
             names: Waiters::new(),
             states: Waiters::new(),
             stats: Waiters::new(),
+            rdma: Waiters::new(),
             on_failure,
             closing: false,
             nudge: Nudge::default(),
@@ -205,6 +218,7 @@ impl AcceleratorClient {
             Event::Name { request, name } => self.names.answer(request, name),
             Event::RunStateAck { request, .. } => self.states.answer(request, ()),
             Event::Stats { request, stats } => self.stats.answer(request, stats),
+            Event::RdmaAccepted { request, endpoint } => self.rdma.answer(request, endpoint),
             Event::HeartbeatRtt(rtt) => {
                 metrics::gauge!(m::HEARTBEAT_RTT, "accelerator" => self.name.clone()).set(rtt.as_secs_f64());
             }
@@ -214,6 +228,7 @@ impl AcceleratorClient {
             Event::Hello { .. }
             | Event::ConfigureRequested(_)
             | Event::RunState { .. }
+            | Event::RdmaConnectRequested { .. }
             | Event::StatsRequested { .. } => {}
         }
     }
@@ -229,6 +244,7 @@ impl AcceleratorClient {
         self.names.fail_all(&err);
         self.states.fail_all(&err);
         self.stats.fail_all(&err);
+        self.rdma.fail_all(&err);
     }
 }
 
@@ -267,6 +283,16 @@ impl Handler<QueryStats> for AcceleratorClient {
         let sent = self.link.endpoint.query_stats();
         self.nudge.wake();
         self.stats.register(sent, &self.addr)
+    }
+}
+
+impl Handler<ConnectRdma> for AcceleratorClient {
+    type Result = ResponseFuture<Result<RdmaEndpoint, ClientError>>;
+
+    fn handle(&mut self, msg: ConnectRdma, _ctx: &mut Context<Self>) -> Self::Result {
+        let sent = self.link.endpoint.connect_rdma(msg.connection, msg.endpoint);
+        self.nudge.wake();
+        self.rdma.register(sent, &self.addr)
     }
 }
 

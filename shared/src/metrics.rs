@@ -130,6 +130,7 @@ pub mod accelerator {
 
 /// Registers descriptions and units of every frontend metric with the installed recorder.
 pub fn describe_frontend() {
+    describe_rdma();
     use frontend::*;
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(SAMPLES_ISSUED, Unit::Count, "Samples LoadGen issued to the QDL");
@@ -161,6 +162,7 @@ pub fn describe_frontend() {
 
 /// Registers descriptions and units of every accelerator metric with the installed recorder.
 pub fn describe_accelerator() {
+    describe_rdma();
     use accelerator::*;
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(SAMPLES_RECEIVED, Unit::Count, "Requests received");
@@ -186,4 +188,16 @@ pub fn describe_accelerator() {
     }
     metrics::gauge!(SESSIONS).set(0.0);
     metrics::gauge!(CONNECTIONS).set(0.0);
+}
+
+fn describe_rdma() {
+    use rdma as r;
+    metrics::describe_counter!(r::CQ_POLLS, "RDMA completion-queue polls");
+    metrics::describe_histogram!(r::COMPLETIONS_PER_POLL, "RDMA completions per non-empty poll");
+    metrics::describe_counter!(r::CQ_EVENTS, "RDMA completion-channel events");
+    metrics::describe_counter!(r::POSTS, "RDMA writes posted, by kind (signalled, unsignalled)");
+    metrics::describe_counter!(r::INLINE_POSTS, "RDMA writes posted inline");
+    metrics::describe_counter!(r::DOORBELLS, "RDMA doorbells (chains of writes posted at once)");
+    metrics::describe_counter!(r::STAGED, "RDMA payloads copied into staging slots (unregistered memory)");
+    metrics::describe_counter!(r::WC_ERRORS, "RDMA work completions with an error status, by status");
 }

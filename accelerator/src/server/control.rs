@@ -11,10 +11,13 @@ use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler,
 use qdl_shared::config::BackendConfig;
 use qdl_shared::control::{ControlError, Event};
 use qdl_shared::control_link::ControlLink;
+use qdl_shared::slots::SlotArena;
 use qdl_shared::transport::TransportError;
-use qdl_shared::wire::attach::SessionToken;
-use qdl_shared::wire::message::{ErrorCode, NodeStats, RunState, SessionRequest};
+use qdl_shared::transport::rdma::{RdmaMetrics, RdmaTarget};
+use qdl_shared::wire::attach::{Attach, SessionToken};
+use qdl_shared::wire::message::{DataTransport, ErrorCode, NodeStats, RdmaEndpoint, RunState, SessionRequest};
 
+use super::Shared;
 use super::connection::Close;
 use super::registry::Registry;
 use crate::pump::{Nudge, Pump, Pumped};
@@ -30,6 +33,7 @@ pub struct ControlActor {
     link: ControlLink,
     peer: String,
     frontend: String,
+    node: Arc<Shared>,
     registry: Arc<Registry>,
     pool: Arc<WorkerPool>,
     backend: Arc<BackendConfig>,
@@ -39,26 +43,90 @@ pub struct ControlActor {
 
 impl ControlActor {
     /// A control actor for an accepted connection whose preamble was already read.
-    pub fn new(
-        link: ControlLink,
-        registry: Arc<Registry>,
-        pool: Arc<WorkerPool>,
-        backend: Arc<BackendConfig>,
-    ) -> ControlActor {
+    pub(super) fn new(link: ControlLink, node: Arc<Shared>) -> ControlActor {
         let peer = link.peer().map(|p| p.to_string()).unwrap_or_else(|| "?".into());
         ControlActor {
             link,
             peer,
             frontend: String::new(),
-            registry,
-            pool,
-            backend,
+            registry: node.registry.clone(),
+            pool: node.pool.clone(),
+            backend: node.backend.clone(),
+            node,
             session: None,
             nudge: Nudge::default(),
         }
     }
 
+    /// Sets up RDMA data connection `connection` of this session for the frontend's `endpoint`
+    /// and answers with this side's; a failure ends the session with the reason.
+    fn connect_rdma(&mut self, request: u32, connection: u32, endpoint: RdmaEndpoint) {
+        let Some((id, token)) = self.session else { return };
+        let Some(device) = self.node.rdma.clone() else {
+            self.link.endpoint.refuse(ErrorCode::Unsupported, "this accelerator does not serve RDMA".into());
+            return;
+        };
+        // Nothing is allocated for the connection before its index checks out.
+        let grant = match self.registry.attach(&Attach { token, connection }) {
+            Ok(g) => g,
+            Err(status) => {
+                let msg = format!("RDMA connection {connection}: {}", status.describe());
+                tracing::warn!(peer = %self.peer, session = id, "{msg}");
+                self.link.endpoint.refuse(ErrorCode::Protocol, msg);
+                return;
+            }
+        };
+        let setup =
+            SlotArena::new(grant.slots, grant.spec.input_bytes()).map_err(|e| e.to_string()).and_then(|arena| {
+                RdmaTarget::accept(
+                    &device,
+                    arena,
+                    grant.spec.output_bytes,
+                    &endpoint,
+                    RdmaMetrics::registered("accelerator"),
+                    super::transport_metrics(),
+                )
+                .map_err(|e| e.to_string())
+            });
+        match setup {
+            Ok((target, ours)) => {
+                let _ = self.link.endpoint.accept_rdma(request, ours);
+                tracing::debug!(
+                    session = id,
+                    connection,
+                    qp = ours.qp_num,
+                    peer_qp = endpoint.qp_num,
+                    "RDMA connection up"
+                );
+                super::start_connection(
+                    &self.node,
+                    format!("s{id}/c{connection}"),
+                    token,
+                    connection,
+                    grant,
+                    move || Box::new(target),
+                );
+            }
+            Err(e) => {
+                self.registry.detach(&token, connection);
+                let msg = format!("cannot set up RDMA connection {connection}: {e}");
+                tracing::warn!(peer = %self.peer, session = id, "{msg}");
+                self.link.endpoint.refuse(ErrorCode::Internal, msg);
+            }
+        }
+        self.nudge.wake();
+    }
+
     fn configure(&mut self, req: SessionRequest) {
+        if req.transport == DataTransport::Rdma && self.node.rdma.is_none() {
+            let msg =
+                "this accelerator serves TCP only: start it with --transport rdma (or transport.kind = \"rdma\") \
+                       to serve RDMA sessions"
+                    .to_string();
+            tracing::warn!(peer = %self.peer, "refusing session: {msg}");
+            self.link.endpoint.refuse(ErrorCode::Unsupported, msg);
+            return;
+        }
         if let Err(e) = self.pool.check(&self.backend, &req.workload) {
             tracing::warn!(peer = %self.peer, "refusing session: {e}");
             self.link.endpoint.refuse(ErrorCode::Unsupported, e.to_string());
@@ -123,6 +191,9 @@ impl ControlActor {
             }
             Event::ConfigureRequested(req) => self.configure(req),
             Event::RunState { request, state } => self.run_state(request, state, ctx),
+            Event::RdmaConnectRequested { request, connection, endpoint } => {
+                self.connect_rdma(request, connection, endpoint)
+            }
             Event::StatsRequested { request } => {
                 let stats = NodeStats { batch_sizes: self.pool.batch_sizes() };
                 let _ = self.link.endpoint.send_stats(request, stats);
@@ -138,6 +209,7 @@ impl ControlActor {
             | Event::Established(_)
             | Event::Name { .. }
             | Event::RunStateAck { .. }
+            | Event::RdmaAccepted { .. }
             | Event::Stats { .. } => {}
         }
     }

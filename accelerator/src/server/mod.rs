@@ -24,13 +24,16 @@ use std::time::Duration;
 
 use actix::{Actor, Arbiter, WeakAddr};
 use qdl_shared::config::AcceleratorConfig;
+use qdl_shared::config::TransportKind;
 use qdl_shared::control::Endpoint;
 use qdl_shared::control_link::ControlLink;
 use qdl_shared::metrics::accelerator as m;
 use qdl_shared::slots::SlotArena;
 use qdl_shared::time::Nanos;
-use qdl_shared::transport::TransportMetrics;
+use qdl_shared::transport::rdma::{RdmaDevice, RdmaError};
 use qdl_shared::transport::tcp::{TcpTarget, read_exact_or_closed, tune};
+use qdl_shared::transport::{TargetTransport, TransportMetrics};
+use qdl_shared::wire::attach::SessionToken;
 use qdl_shared::wire::attach::{ATTACH_LEN, Attach, AttachStatus};
 use qdl_shared::wire::preamble::{PREAMBLE_LEN, Preamble, Role};
 use tokio::io::AsyncWriteExt;
@@ -38,7 +41,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use self::connection::{ConnectionActor, ConnectionParts};
 use self::control::{ControlActor, Shutdown};
-use self::registry::Registry;
+use self::registry::{AttachGrant, Registry};
 use crate::worker::WorkerPool;
 
 /// How long a new connection may take to send its preamble (and attach block).
@@ -60,6 +63,9 @@ pub enum NodeError {
     /// Worker threads could not be started.
     #[error("cannot start worker threads: {0}")]
     Workers(std::io::Error),
+    /// The RDMA transport was selected but cannot be used.
+    #[error(transparent)]
+    Rdma(#[from] RdmaError),
 }
 
 /// What a started node reports.
@@ -73,6 +79,8 @@ pub struct Ready {
     pub workers: usize,
     /// The backend.
     pub backend: &'static str,
+    /// "tcp", or "tcp+rdma (DEVICE ...)" when RDMA sessions are served too.
+    pub transport: String,
 }
 
 struct Shared {
@@ -83,11 +91,20 @@ struct Shared {
     arbiters: Vec<actix::ArbiterHandle>,
     next_arbiter: AtomicUsize,
     controls: Mutex<Vec<WeakAddr<ControlActor>>>,
+    rdma: Option<Arc<RdmaDevice>>,
 }
 
 /// Runs an accelerator until SIGTERM/SIGINT, then drains and returns. `on_ready` is called once
 /// the node listens.
 pub fn run(config: AcceleratorConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), NodeError> {
+    let rdma = match config.transport.kind {
+        TransportKind::Rdma => {
+            let dev = RdmaDevice::open(&config.transport.rdma)?;
+            tracing::info!(device = %dev.describe(), "RDMA transport ready");
+            Some(dev)
+        }
+        TransportKind::Tcp => None,
+    };
     let pool = Arc::new(
         WorkerPool::start(config.workers.count as usize, config.batcher, &config.backend)
             .map_err(NodeError::Workers)?,
@@ -102,6 +119,7 @@ pub fn run(config: AcceleratorConfig, on_ready: impl FnOnce(&Ready)) -> Result<(
         arbiters: io.iter().map(|a| a.handle()).collect(),
         next_arbiter: AtomicUsize::new(0),
         controls: Mutex::new(Vec::new()),
+        rdma,
         config,
     });
     let result = system.block_on(serve(shared.clone(), on_ready));
@@ -130,6 +148,10 @@ async fn serve(shared: Arc<Shared>, on_ready: impl FnOnce(&Ready)) -> Result<(),
         listen: local,
         workers: shared.pool.len(),
         backend: shared.pool.backend(),
+        transport: match &shared.rdma {
+            Some(d) => format!("tcp+rdma({})", d.name()),
+            None => "tcp".into(),
+        },
     });
     let accept = {
         let shared = shared.clone();
@@ -227,12 +249,7 @@ async fn accept(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 shared.config.heartbeat.to_heartbeat(),
                 Nanos::now(),
             );
-            let actor = ControlActor::new(
-                ControlLink::new(stream, endpoint),
-                shared.registry.clone(),
-                shared.pool.clone(),
-                shared.backend.clone(),
-            );
+            let actor = ControlActor::new(ControlLink::new(stream, endpoint), shared.clone());
             let addr = actor.start();
             let mut controls = shared.controls.lock().unwrap_or_else(|p| p.into_inner());
             controls.retain(|w| w.upgrade().is_some());
@@ -295,16 +312,32 @@ async fn attach_data(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared
             return;
         }
     };
+    let label = format!("s{}/c{}", grant.session, attach.connection);
+    let metrics = transport_metrics();
+    start_connection(&shared, label, attach.token, attach.connection, grant, move || {
+        let stream = TcpStream::from_std(std_stream).expect("I/O arbiters run a tokio runtime with I/O enabled");
+        Box::new(TcpTarget::new(stream, arena, sample_bytes as u32, metrics))
+    });
+}
+
+/// Starts the `ConnectionActor` of an attached data connection on an I/O arbiter (round-robin);
+/// the transport is built there, inside the arbiter's runtime.
+fn start_connection(
+    shared: &Arc<Shared>,
+    label: String,
+    token: SessionToken,
+    index: u32,
+    grant: AttachGrant,
+    transport: impl FnOnce() -> Box<dyn TargetTransport> + Send + 'static,
+) {
     let arbiter = &shared.arbiters[shared.next_arbiter.fetch_add(1, Ordering::Relaxed) % shared.arbiters.len()];
     let parts_shared = shared.clone();
-    let label = format!("s{}/c{}", grant.session, attach.connection);
     ConnectionActor::start_in_arbiter(arbiter, move |_ctx| {
-        let stream = TcpStream::from_std(std_stream).expect("I/O arbiters run a tokio runtime with I/O enabled");
         ConnectionActor::new(ConnectionParts {
             label,
-            token: attach.token,
-            index: attach.connection,
-            transport: Box::new(TcpTarget::new(stream, arena, sample_bytes as u32, transport_metrics())),
+            token,
+            index,
+            transport: transport(),
             worker: parts_shared.pool.pick(),
             spec: grant.spec,
             slots: grant.slots,

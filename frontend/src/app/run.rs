@@ -10,7 +10,7 @@ use anyhow::{Context as _, anyhow, bail};
 use futures::future::join_all;
 use qdl_accelerator::worker::WorkerPool;
 use qdl_frontend::client::{
-    AcceleratorClient, ClientError, Close as CloseClient, Established, QueryStats, SetRunState,
+    AcceleratorClient, ClientError, Close as CloseClient, ConnectRdma, Established, QueryStats, SetRunState,
 };
 use qdl_frontend::connection::{Close, ConnectionActor, ConnectionParts, FailureHandler, GetStats};
 use qdl_frontend::issuer::{CreditGate, Dispatcher, Lane, QueryIssuer};
@@ -21,10 +21,13 @@ use qdl_frontend::report::{AcceleratorReport, FrontendReport, RunReport, parse_d
 use qdl_frontend::sut::{QdlQsl, QdlSut, SutName, duplicate_names, network_sut_name};
 use qdl_frontend::timeline::{LatencyBuckets, Timeline, TimelinePoint};
 use qdl_loadgen::{LogSettings, Scenario, TestMode, TestSettings};
+use qdl_shared::config::TransportKind;
 use qdl_shared::config::{AcceleratorConfig, FrontendConfig, ModeName, ScenarioName};
+use qdl_shared::transport::rdma::{InitiatorSetup, RdmaDevice, RdmaMetrics};
 use qdl_shared::transport::tcp::{TcpInitiator, connect_data};
 use qdl_shared::transport::{InitiatorTransport, TransportMetrics};
 use qdl_shared::wire::attach::Attach;
+use qdl_shared::wire::message::DataTransport;
 use qdl_shared::wire::message::{RunState, SessionRequest};
 use qdl_shared::workload::WorkloadSpec;
 use tokio::net::TcpStream;
@@ -147,10 +150,19 @@ async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Sh
             "no accelerator given: pass --accelerator HOST:PORT (or frontend.accelerators in the config), or --local"
         );
     }
+    let rdma = match cfg.transport.kind {
+        TransportKind::Rdma => {
+            let dev = RdmaDevice::open(&cfg.transport.rdma)?;
+            tracing::info!(device = %dev.describe(), "RDMA transport ready");
+            Some(dev)
+        }
+        TransportKind::Tcp => None,
+    };
     let request = SessionRequest {
         workload: spec.clone(),
         connections: f.connections_per_accelerator,
         slots_per_connection: f.slots_per_connection,
+        transport: if rdma.is_some() { DataTransport::Rdma } else { DataTransport::Tcp },
     };
     let timeout = Duration::from_millis(f.connect_timeout_ms);
     let hb = cfg.heartbeat.to_heartbeat();
@@ -212,13 +224,36 @@ async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Sh
             );
         }
         for c in 0..g.connections {
+            let (name, out_bytes) = (est.name.clone(), g.output_slot_bytes);
+            let label = format!("{}/{c}", est.name);
+            if let Some(dev) = &rdma {
+                let setup = InitiatorSetup::new(
+                    dev,
+                    g.slots_per_connection,
+                    g.input_slot_bytes,
+                    out_bytes,
+                    RdmaMetrics::registered("frontend"),
+                )
+                .with_context(|| format!("RDMA connection {c} to accelerator {}", est.name))?;
+                let peer = tokio::time::timeout(
+                    timeout,
+                    client.send(ConnectRdma { connection: c, endpoint: setup.endpoint() }),
+                )
+                .await
+                .map_err(|_| anyhow::anyhow!("accelerator {}: no answer to RDMA connection {c} in time", est.name))?
+                .context("the accelerator's control actor stopped")??;
+                let init = setup
+                    .connect(&peer, transport_metrics(&name))
+                    .with_context(|| format!("RDMA connection {c} to accelerator {}", est.name))?;
+                out.add(&shared, &est.name, label, g.slots_per_connection, out_bytes, move || Box::new(init));
+                continue;
+            }
             let attach = Attach { token: g.token, connection: c };
             let stream = connect_data(est.addr, attach, timeout)
                 .await
                 .with_context(|| format!("data connection {c} to accelerator {} ({})", est.name, est.addr))?;
             let std_stream = stream.into_std().context("detaching the data connection")?;
-            let (name, out_bytes) = (est.name.clone(), g.output_slot_bytes);
-            out.add(&shared, &est.name, format!("{}/{c}", est.name), g.slots_per_connection, out_bytes, move || {
+            out.add(&shared, &est.name, label, g.slots_per_connection, out_bytes, move || {
                 let stream =
                     TcpStream::from_std(std_stream).expect("I/O arbiters run a tokio runtime with I/O enabled");
                 Box::new(TcpInitiator::new(stream, out_bytes, transport_metrics(&name)))

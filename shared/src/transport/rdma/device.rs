@@ -18,8 +18,8 @@ use crate::transport::PayloadSource;
 const LINK_LAYER_ETHERNET: u8 = 2;
 /// IBV_PORT_ACTIVE.
 const PORT_ACTIVE: u32 = 4;
-/// IBV_GID_TYPE_ROCE_V2.
-const GID_TYPE_ROCE_V2: u32 = rdma_mummy_sys::IBV_GID_TYPE_ROCE_V2;
+/// IBV_GID_TYPE_SYSFS_ROCE_V2 (what ibv_query_gid_type reports).
+const GID_TYPE_ROCE_V2: u32 = rdma_mummy_sys::IBV_GID_TYPE_SYSFS_ROCE_V2;
 
 /// An opened device port, shared by every connection of a node.
 pub struct RdmaDevice {
