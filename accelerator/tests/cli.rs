@@ -96,3 +96,43 @@ fn tells_systemd_when_ready_and_when_stopping() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("STOPPING=1"));
     assert!(child.wait().unwrap().success());
 }
+
+/// Where RDMA cannot be used (no device here; or, with `unshare`, no libibverbs at all), selecting
+/// it is a clear start-up error that points at the TCP transport, never a panic; TCP is unaffected.
+#[test]
+fn rdma_without_a_device_or_library_is_a_clear_error() {
+    let has_device = std::fs::read_dir("/sys/class/infiniband").is_ok_and(|mut d| d.next().is_some());
+    if has_device {
+        eprintln!("skipped: this machine has an RDMA device (the guest tests cover it)");
+        return;
+    }
+    let args = ["--listen", "127.0.0.1:0", "--metrics-listen", "", "--transport", "rdma"];
+    let o = bin().args(args).output().unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("RDMA transport unavailable") && t.contains("transport = \"tcp\""), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+
+    // The library itself hidden: a private mount namespace binds /dev/null over libibverbs.
+    let lib = ["/usr/lib/x86_64-linux-gnu/libibverbs.so.1", "/usr/lib/aarch64-linux-gnu/libibverbs.so.1"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let root = unsafe { libc::geteuid() } == 0;
+    let Some(lib) = lib.filter(|_| root) else {
+        eprintln!("library check skipped: needs root and an installed libibverbs to hide");
+        return;
+    };
+    let script = format!("mount --bind /dev/null {lib} && exec \"$0\" \"$@\"");
+    let o = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script, env!("CARGO_BIN_EXE_qdl-accelerator")])
+        .args(args)
+        .output()
+        .unwrap();
+    let t = text(&o);
+    if t.contains("unshare failed") || t.contains("Operation not permitted") {
+        eprintln!("library check skipped: {t}");
+        return;
+    }
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("libibverbs cannot be loaded") && t.contains("transport = \"tcp\""), "{t}");
+}
