@@ -76,13 +76,13 @@ fn protocol_version_mismatch_is_refused_clearly_on_both_sides() {
     });
     acc.wait_log("protocol version mismatch: the peer speaks v99", Duration::from_secs(5));
 
-    // An "accelerator" of protocol v2: the frontend says so and exits non-zero.
+    // An "accelerator" of protocol v7: the frontend says so and exits non-zero.
     let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let fake_addr = fake.local_addr().unwrap().to_string();
     let t = std::thread::spawn(move || {
         let (mut s, _) = fake.accept().unwrap();
         let mut p = Preamble::ours(Role::Control).encode();
-        p[4] = 2;
+        p[4] = 7;
         std::io::Write::write_all(&mut s, &p).unwrap();
         std::thread::sleep(Duration::from_millis(200));
     });
@@ -101,7 +101,7 @@ fn protocol_version_mismatch_is_refused_clearly_on_both_sides() {
     t.join().unwrap();
     assert!(!o.status.success());
     let t = text(&o);
-    assert!(t.contains("protocol version mismatch") && t.contains("peer speaks v2"), "{t}");
+    assert!(t.contains("protocol version mismatch") && t.contains("peer speaks v7"), "{t}");
 
     // The real accelerator is unharmed and still serves.
     assert!(acc.alive());
