@@ -125,6 +125,23 @@ async fn exchange(p: &mut Pair, slots: u32, input: usize, output: usize, count: 
     got
 }
 
+/// Flushes and reads until the initiator fails; returns the failure.
+async fn first_error(init: &mut dyn InitiatorTransport) -> TransportError {
+    poll_fn(|cx| {
+        if let Poll::Ready(Err(e)) = init.poll_flush(cx) {
+            return Poll::Ready(e);
+        }
+        match init.poll_responses(cx, &mut |_, _| Ok(())) {
+            Poll::Ready(Err(e)) => Poll::Ready(e),
+            _ => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -174,18 +191,7 @@ fn a_peer_that_dies_is_a_clear_error() {
     drop(target); // its queue pair is destroyed: writes to it are never acknowledged
     let samples: Arc<dyn PayloadSource> = Arc::new(Samples(vec![1; 64]));
     init.push_request(DataHeader::request(0, 1, 64, 0), Payload::new(samples, 0, 64).unwrap());
-    let err = rt.block_on(poll_fn(|cx| {
-        if let Poll::Ready(Err(e)) = init.poll_flush(cx) {
-            return Poll::Ready(e);
-        }
-        match init.poll_responses(cx, &mut |_, _| Ok(())) {
-            Poll::Ready(Err(e)) => Poll::Ready(e),
-            _ => {
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-        }
-    }));
+    let err = rt.block_on(first_error(init.as_mut()));
     let msg = err.to_string();
     assert!(matches!(err, TransportError::Rdma(RdmaError::Completion { .. })), "{msg}");
     assert!(msg.contains("retry") || msg.contains("flushed"), "{msg}");
@@ -215,18 +221,7 @@ fn a_write_outside_the_peers_ring_is_a_remote_access_error() {
     let mut init = setup.connect(&ep, TransportMetrics::default()).unwrap();
     let samples: Arc<dyn PayloadSource> = Arc::new(Samples(vec![3; 4096]));
     init.push_request(DataHeader::request(6, 1, 4096, 0), Payload::new(samples, 0, 4096).unwrap());
-    let err = rt().block_on(poll_fn(|cx| {
-        if let Poll::Ready(Err(e)) = init.poll_flush(cx) {
-            return Poll::Ready(e);
-        }
-        match init.poll_responses(cx, &mut |_, _| Ok(())) {
-            Poll::Ready(Err(e)) => Poll::Ready(e),
-            _ => {
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-        }
-    }));
+    let err = rt().block_on(first_error(&mut init));
     assert!(err.to_string().contains("remote access error"), "{err}");
 }
 
