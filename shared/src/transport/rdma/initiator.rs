@@ -82,6 +82,7 @@ impl InitiatorSetup {
             ring: self.ring,
             staging: None,
             current: None,
+            unregistered: None,
             slot_source: (0..n).map(|_| None).collect(),
             sample_ids: vec![0; n],
             in_flight: vec![false; n],
@@ -114,6 +115,8 @@ pub struct RdmaInitiator {
     ring: Arc<SlotArena>,
     staging: Option<Staging>,
     current: Option<Arc<SourceRegion>>,
+    /// A source whose registration failed (address, length): not retried per sample.
+    unregistered: Option<(usize, usize)>,
     /// The payload source of each in-flight slot, kept registered and alive until its response.
     slot_source: Vec<Option<Arc<SourceRegion>>>,
     sample_ids: Vec<u64>,
@@ -130,13 +133,15 @@ impl RdmaInitiator {
     /// Where a payload is sent from: its registered source, or a staging copy.
     fn source_of(&mut self, slot: u32, payload: &Payload) -> Result<(u64, u32), RdmaError> {
         let bytes = payload.as_slice();
-        if self.current.as_ref().is_none_or(|r| !r.contains(bytes)) {
+        let src = payload.source().bytes();
+        let key = (src.as_ptr() as usize, src.len());
+        if self.current.as_ref().is_none_or(|r| !r.contains(bytes)) && self.unregistered != Some(key) {
+            // Registration is tried once per source: a source that failed is staged from then on.
             match self.link.device.source_region(payload.source()) {
                 Ok(r) => self.current = Some(r),
                 Err(e) => {
-                    if self.staging.is_none() {
-                        tracing::warn!("cannot register the sample buffer ({e}); copying payloads into staging slots");
-                    }
+                    tracing::warn!("cannot register the sample buffer ({e}); copying payloads into staging slots");
+                    self.unregistered = Some(key);
                     self.current = None;
                 }
             }
