@@ -240,17 +240,23 @@ impl Default for BatcherConfig {
     }
 }
 
-/// `[workers]`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// `[workers]`: one worker per device. With the `onnx` backend and a GPU execution provider
+/// (tensorrt, cuda) each visible NVIDIA GPU (or each one listed in `gpus`) gets a `GpuWorker`;
+/// without a GPU or its driver the node runs `count` CPU workers and says so at start-up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkersConfig {
-    /// Worker threads, one per device. Default 1.
+    /// Worker threads when no GPU is used (CPU workers, or the virtual devices of the synthetic
+    /// and echo backends). Default 1.
     pub count: u32,
+    /// GPUs to use, by CUDA ordinal (`[0, 1]`); absent: every visible GPU; `[]`: none (CPU
+    /// workers only). Only the `onnx` backend uses GPUs. Default absent.
+    pub gpus: Option<Vec<u32>>,
 }
 
 impl Default for WorkersConfig {
     fn default() -> Self {
-        WorkersConfig { count: 1 }
+        WorkersConfig { count: 1, gpus: None }
     }
 }
 
@@ -264,6 +270,9 @@ pub enum BackendKind {
     Synthetic,
     /// Returns the reference output at once: the network-only upper bound.
     Echo,
+    /// Runs a real ONNX model with ONNX Runtime (`[backend.onnx]`): TensorRT or CUDA on GPUs,
+    /// the CPU elsewhere.
+    Onnx,
 }
 
 impl BackendKind {
@@ -272,6 +281,7 @@ impl BackendKind {
         match self {
             BackendKind::Synthetic => "synthetic",
             BackendKind::Echo => "echo",
+            BackendKind::Onnx => "onnx",
         }
     }
 }
@@ -280,10 +290,115 @@ impl BackendKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
-    /// "synthetic" or "echo". Default "synthetic".
+    /// "synthetic", "echo" or "onnx". Default "synthetic".
     pub kind: BackendKind,
     /// The synthetic backend's latency model.
     pub synthetic: SyntheticConfig,
+    /// The onnx backend: model, ONNX Runtime library, execution providers.
+    pub onnx: OnnxConfig,
+}
+
+/// An ONNX Runtime execution provider, in config form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProviderName {
+    /// NVIDIA TensorRT (through ONNX Runtime's TensorRT execution provider); needs a GPU, the
+    /// `onnxruntime-gpu` build, CUDA, cuDNN and TensorRT libraries.
+    Tensorrt,
+    /// NVIDIA CUDA (ONNX Runtime's CUDA execution provider); needs a GPU, CUDA and cuDNN.
+    Cuda,
+    /// The CPU; always available.
+    Cpu,
+}
+
+impl ExecutionProviderName {
+    /// The name used in config, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionProviderName::Tensorrt => "tensorrt",
+            ExecutionProviderName::Cuda => "cuda",
+            ExecutionProviderName::Cpu => "cpu",
+        }
+    }
+
+    /// Whether it runs on a GPU.
+    pub fn is_gpu(self) -> bool {
+        !matches!(self, ExecutionProviderName::Cpu)
+    }
+}
+
+/// `[backend.onnx]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnnxConfig {
+    /// The model file (.onnx); relative paths resolve against the config file's directory.
+    /// Required with `kind = "onnx"` (or `--model`). Default none.
+    pub model: Option<PathBuf>,
+    /// The ONNX Runtime shared library (libonnxruntime.so.1.x, version 1.31 or newer). Default
+    /// none: `ORT_DYLIB_PATH`, then the library of the Python `onnxruntime` (or
+    /// `onnxruntime-gpu`) package if `python3` can import it.
+    pub library: Option<PathBuf>,
+    /// Execution providers to try, in order; the first that registers is used (and reported at
+    /// start-up and in `qdl_backend_info`). Default ["tensorrt", "cuda", "cpu"].
+    pub execution_providers: Vec<ExecutionProviderName>,
+    /// Threads ONNX Runtime uses inside one operator, per worker (1 is right on 2-core
+    /// machines). Default 1.
+    pub intra_op_threads: u32,
+    /// Where the TensorRT execution provider caches built engines (and timing data), so a
+    /// restart does not rebuild them; relative paths resolve against the config file's
+    /// directory. Default none (no cache: engines are built at every start).
+    pub trt_engine_cache_dir: Option<PathBuf>,
+    /// Let TensorRT use FP16 kernels. Default false.
+    pub trt_fp16: bool,
+}
+
+impl Default for OnnxConfig {
+    fn default() -> Self {
+        OnnxConfig {
+            model: None,
+            library: None,
+            execution_providers: vec![
+                ExecutionProviderName::Tensorrt,
+                ExecutionProviderName::Cuda,
+                ExecutionProviderName::Cpu,
+            ],
+            intra_op_threads: 1,
+            trt_engine_cache_dir: None,
+            trt_fp16: false,
+        }
+    }
+}
+
+impl OnnxConfig {
+    fn validate(&self, kind: BackendKind) -> Result<(), ConfigError> {
+        if kind == BackendKind::Onnx {
+            match &self.model {
+                None => {
+                    return Err(invalid("backend.onnx.model", "is required with backend.kind = \"onnx\" (or --model)"));
+                }
+                Some(p) if !p.is_file() => {
+                    return Err(invalid("backend.onnx.model", format!("{} is not a file", p.display())));
+                }
+                Some(_) => {}
+            }
+            if let Some(l) = &self.library {
+                check(l.is_file(), "backend.onnx.library", &format!("{} is not a file", l.display()))?;
+            }
+        }
+        check(
+            !self.execution_providers.is_empty(),
+            "backend.onnx.execution_providers",
+            "must name at least one of \"tensorrt\", \"cuda\", \"cpu\"",
+        )?;
+        for (i, p) in self.execution_providers.iter().enumerate() {
+            check(
+                !self.execution_providers[..i].contains(p),
+                "backend.onnx.execution_providers",
+                &format!("names {:?} twice", p.as_str()),
+            )?;
+        }
+        check((1..=256).contains(&self.intra_op_threads), "backend.onnx.intra_op_threads", "must be between 1 and 256")
+    }
 }
 
 /// `[backend.synthetic]`: batch latency = `fixed_us + per_sample_us × batch`, per workload.
@@ -333,11 +448,27 @@ impl LatencyModel {
 }
 
 impl AcceleratorConfig {
-    /// Reads and validates a config file.
+    /// Reads a config file (relative paths resolved against its directory) and validates it.
     pub fn load(path: &Path) -> Result<AcceleratorConfig, ConfigError> {
-        let cfg: AcceleratorConfig = load_toml(path)?;
+        let mut cfg: AcceleratorConfig = load_toml(path)?;
+        cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Reads a config file without validating it (command-line flags may still complete it);
+    /// relative paths are resolved against its directory. Call [`AcceleratorConfig::validate`].
+    pub fn load_unchecked(path: &Path) -> Result<AcceleratorConfig, ConfigError> {
+        let mut cfg: AcceleratorConfig = load_toml(path)?;
+        cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let o = &mut self.backend.onnx;
+        resolve(base, &mut o.model);
+        resolve(base, &mut o.library);
+        resolve(base, &mut o.trt_engine_cache_dir);
     }
 
     /// Parses and validates TOML text (`origin` names it in errors).
@@ -382,6 +513,13 @@ impl AcceleratorConfig {
         check(b.max_queue_delay_us <= 10_000_000, "batcher.max_queue_delay_us", "must be at most 10000000 µs (10 s)")?;
         check(b.max_queue >= b.max_batch, "batcher.max_queue", "must be at least batcher.max_batch")?;
         check((1..=1024).contains(&self.workers.count), "workers.count", "must be between 1 and 1024")?;
+        if let Some(gpus) = &self.workers.gpus {
+            for (i, g) in gpus.iter().enumerate() {
+                check(*g < 1024, "workers.gpus", &format!("{g} is not a CUDA device ordinal"))?;
+                check(!gpus[..i].contains(g), "workers.gpus", &format!("lists GPU {g} twice"))?;
+            }
+        }
+        self.backend.onnx.validate(self.backend.kind)?;
         self.backend.synthetic.default.validate("backend.synthetic.default")?;
         for (name, m) in &self.backend.synthetic.workloads {
             m.validate(&format!("backend.synthetic.workloads.{name}"))?;
@@ -627,6 +765,10 @@ pub struct WorkloadConfig {
     pub performance_samples: Option<u32>,
     /// A custom workload's tensors (`[workload.spec]`); built-in names need none.
     pub spec: Option<WorkloadSpec>,
+    /// Reference outputs for `check-accuracy` of a tensors workload: `<output>.npy` per output
+    /// tensor, samples stacked along the first axis (e.g. computed by ONNX Runtime in Python).
+    /// Recorded in report.json. Default none.
+    pub reference_dir: Option<PathBuf>,
 }
 
 impl Default for WorkloadConfig {
@@ -638,6 +780,7 @@ impl Default for WorkloadConfig {
             total_samples: None,
             performance_samples: None,
             spec: None,
+            reference_dir: None,
         }
     }
 }
@@ -647,7 +790,7 @@ impl WorkloadConfig {
     pub fn resolve_spec(&self) -> Result<WorkloadSpec, ConfigError> {
         match &self.spec {
             Some(spec) => {
-                let mut s = spec.clone();
+                let mut s = spec.clone().complete();
                 s.name = self.name.clone();
                 s.validate().map_err(|r| invalid("workload.spec", r))?;
                 Ok(s)
@@ -829,6 +972,7 @@ impl FrontendConfig {
 
     fn resolve_paths(&mut self, base: &Path) {
         resolve(base, &mut self.workload.dataset_dir);
+        resolve(base, &mut self.workload.reference_dir);
         resolve(base, &mut self.loadgen.user_conf);
         resolve(base, &mut self.local.accelerator_config);
     }

@@ -96,6 +96,8 @@ pub mod frontend {
 
 /// Accelerator metric names.
 pub mod accelerator {
+    /// Gauge, 1 per worker: what it runs (labels worker, backend, provider, device).
+    pub const BACKEND_INFO: &str = "qdl_accelerator_backend_info";
     /// Counter: requests received.
     pub const SAMPLES_RECEIVED: &str = "qdl_accelerator_samples_received_total";
     /// Counter: responses queued.
@@ -174,6 +176,7 @@ pub fn describe_accelerator() {
     describe_histogram!(QUEUE_DELAY, Unit::Seconds, "Time samples waited for a batch");
     describe_gauge!(QUEUE_DEPTH, Unit::Count, "Samples waiting in the batcher's queue");
     describe_histogram!(INFERENCE, Unit::Seconds, "Backend time per batch, gather included");
+    describe_gauge!(BACKEND_INFO, Unit::Count, "1 per worker: its backend, execution provider and device");
     describe_gauge!(SESSIONS, Unit::Count, "Live sessions");
     describe_gauge!(CONNECTIONS, Unit::Count, "Attached data connections");
     describe_counter!(CONNECTION_ERRORS, Unit::Count, "Connection-level errors, by kind");

@@ -61,9 +61,10 @@ pub struct TensorSpec {
 }
 
 impl TensorSpec {
-    /// Bytes of one sample's tensor.
+    /// Bytes of one sample's tensor (saturating: [`WorkloadSpec::validate`] refuses sizes above
+    /// 4 GiB before anything relies on them).
     pub fn bytes(&self) -> usize {
-        self.shape.iter().map(|&d| d as usize).product::<usize>() * self.dtype.size()
+        self.shape.iter().fold(self.dtype.size(), |acc, &d| acc.saturating_mul(d as usize))
     }
 }
 
@@ -77,19 +78,33 @@ pub enum OutputKind {
     Span,
     /// `bytes` bytes of digest (any other workload).
     Digest,
+    /// The model's output tensors (the workload's `outputs`), each sample's concatenated in
+    /// declaration order as raw little-endian elements: what a real model (the `onnx` backend)
+    /// answers. There is no reference function; `check-accuracy --reference` compares them with
+    /// outputs computed elsewhere.
+    Tensors,
 }
 
 /// A workload: named input tensors and a fixed-size output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkloadSpec {
     /// The workload's name; also the model name LoadGen's config files use ("resnet50", "bert").
+    /// In `[workload.spec]` it may be left out: `workload.name` is used.
+    #[serde(default)]
     pub name: String,
     /// Input tensors, in wire order.
     pub inputs: Vec<TensorSpec>,
     /// What the output means.
     pub output_kind: OutputKind,
-    /// Output bytes per sample.
+    /// Output bytes per sample. With `output_kind = "tensors"` it may be left out (0): it is the
+    /// sum of the `outputs`' sizes.
+    #[serde(default)]
     pub output_bytes: u32,
+    /// The model outputs a sample's answer is made of (`output_kind = "tensors"` only), per-sample
+    /// shapes (without the batch dimension), in the order they are concatenated. (Always
+    /// serialized: the wire encoding is not self-describing.)
+    #[serde(default)]
+    pub outputs: Vec<TensorSpec>,
 }
 
 /// BERT's sequence length.
@@ -103,6 +118,7 @@ impl WorkloadSpec {
             inputs: vec![TensorSpec { name: "input".into(), dtype: DType::I8, shape: vec![3, 224, 224] }],
             output_kind: OutputKind::ClassId,
             output_bytes: 4,
+            outputs: Vec::new(),
         }
     }
 
@@ -115,6 +131,7 @@ impl WorkloadSpec {
             inputs: vec![t("input_ids"), t("input_mask"), t("segment_ids")],
             output_kind: OutputKind::Span,
             output_bytes: 8,
+            outputs: Vec::new(),
         }
     }
 
@@ -132,6 +149,15 @@ impl WorkloadSpec {
         self.inputs.iter().map(TensorSpec::bytes).sum()
     }
 
+    /// Fills in what can be derived: a tensors workload's `output_bytes` (when 0) from its outputs.
+    pub fn complete(mut self) -> WorkloadSpec {
+        if self.output_kind == OutputKind::Tensors && self.output_bytes == 0 {
+            let sum = self.outputs.iter().fold(0u64, |acc, t| acc.saturating_add(t.bytes() as u64));
+            self.output_bytes = sum.min(u32::MAX as u64) as u32;
+        }
+        self
+    }
+
     /// Checks internal consistency (used for specs that arrive over the network or from config).
     pub fn validate(&self) -> Result<(), String> {
         if self.name.is_empty() || self.name.len() > 64 {
@@ -140,15 +166,7 @@ impl WorkloadSpec {
         if self.inputs.is_empty() || self.inputs.len() > 16 {
             return Err("a workload needs 1 to 16 input tensors".into());
         }
-        for t in &self.inputs {
-            if t.shape.is_empty() || t.shape.len() > 8 || t.shape.contains(&0) {
-                return Err(format!("tensor {:?} needs 1 to 8 non-zero dimensions", t.name));
-            }
-            let bytes = t.shape.iter().try_fold(t.dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64));
-            if bytes.is_none_or(|b| b > u32::MAX as u64) {
-                return Err(format!("tensor {:?} is larger than 4 GiB", t.name));
-            }
-        }
+        check_tensors("input", &self.inputs)?;
         let total = self.inputs.iter().try_fold(0u64, |acc, t| acc.checked_add(t.bytes() as u64));
         if total.is_none_or(|b| b == 0 || b > u32::MAX as u64) {
             return Err("input size must be between 1 byte and 4 GiB".into());
@@ -157,7 +175,21 @@ impl WorkloadSpec {
             OutputKind::ClassId => Some(4),
             OutputKind::Span => Some(8),
             OutputKind::Digest => None,
+            OutputKind::Tensors => {
+                if self.outputs.is_empty() || self.outputs.len() > 16 {
+                    return Err("a tensors workload needs 1 to 16 output tensors in `outputs`".into());
+                }
+                check_tensors("output", &self.outputs)?;
+                let sum = self.outputs.iter().try_fold(0u64, |acc, t| acc.checked_add(t.bytes() as u64));
+                match sum {
+                    Some(b) if b <= u32::MAX as u64 => Some(b as u32),
+                    _ => return Err("output size must be at most 4 GiB".into()),
+                }
+            }
         };
+        if self.output_kind != OutputKind::Tensors && !self.outputs.is_empty() {
+            return Err(format!("`outputs` is only for output_kind = \"tensors\", not {:?}", self.output_kind));
+        }
         if let Some(w) = want
             && self.output_bytes != w
         {
@@ -170,13 +202,34 @@ impl WorkloadSpec {
     }
 }
 
+/// Checks a list of tensors: names unique and non-empty, 1 to 8 non-zero dimensions, at most 4 GiB.
+fn check_tensors(what: &str, tensors: &[TensorSpec]) -> Result<(), String> {
+    for (i, t) in tensors.iter().enumerate() {
+        if t.name.is_empty() || t.name.len() > 256 {
+            return Err(format!("{what} tensor {i} needs a name of 1 to 256 characters"));
+        }
+        if tensors[..i].iter().any(|o| o.name == t.name) {
+            return Err(format!("{what} tensor {:?} is declared twice", t.name));
+        }
+        if t.shape.is_empty() || t.shape.len() > 8 || t.shape.contains(&0) {
+            return Err(format!("tensor {:?} needs 1 to 8 non-zero dimensions", t.name));
+        }
+        let bytes = t.shape.iter().try_fold(t.dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64));
+        if bytes.is_none_or(|b| b > u32::MAX as u64) {
+            return Err(format!("tensor {:?} is larger than 4 GiB", t.name));
+        }
+    }
+    Ok(())
+}
+
 /// Writes the reference output of one sample's `input` into `out` (`output_bytes` long).
 ///
 /// This is the documented, deterministic function the `echo` and `synthetic` backends compute and
 /// `check-accuracy` recomputes. With `h(s) = xxh3_64(input, seed s)` (XXH3, 64-bit):
 /// - `ClassId`: `u32 LE (h(0) % 1000)`.
 /// - `Span`: `start = h(0) % 384`, `end = start + (h(0) >> 32) % (384 - start)`, as two u32 LE.
-/// - `Digest`: the little-endian bytes of `h(0), h(1), h(2), ...`, truncated to the output size.
+/// - `Digest` (and `Tensors`, for the echo and synthetic backends): the little-endian bytes of
+///   `h(0), h(1), h(2), ...`, truncated to the output size.
 ///
 /// Any changed input byte changes the output with overwhelming probability, so a corrupted or
 /// misrouted sample shows up as a wrong answer.
@@ -193,7 +246,9 @@ pub fn reference_output(kind: OutputKind, input: &[u8], out: &mut [u8]) {
             out[..4].copy_from_slice(&start.to_le_bytes());
             out[4..8].copy_from_slice(&end.to_le_bytes());
         }
-        OutputKind::Digest => {
+        // A real model's outputs have no reference function: the digest stands in for the
+        // echo and synthetic backends, so such workloads can still be run over the network.
+        OutputKind::Digest | OutputKind::Tensors => {
             for (i, chunk) in out.chunks_mut(8).enumerate() {
                 let h = if i == 0 { xxh3_64(input) } else { xxh3_64_with_seed(input, i as u64) };
                 chunk.copy_from_slice(&h.to_le_bytes()[..chunk.len()]);
@@ -257,5 +312,34 @@ mod tests {
         let mut w = WorkloadSpec::bert();
         w.inputs[0].shape = vec![u32::MAX, u32::MAX];
         assert!(w.validate().is_err());
+        let mut w = WorkloadSpec::bert();
+        w.inputs[1].name = "input_ids".into();
+        assert!(w.validate().unwrap_err().contains("twice"));
+        let mut w = WorkloadSpec::resnet50();
+        w.outputs = vec![TensorSpec { name: "x".into(), dtype: DType::F32, shape: vec![1] }];
+        assert!(w.validate().unwrap_err().contains("only for"));
+    }
+
+    #[test]
+    fn tensors_workloads_derive_their_output_size() {
+        let spec = WorkloadSpec {
+            name: "onet".into(),
+            inputs: vec![TensorSpec { name: "input_3".into(), dtype: DType::F32, shape: vec![48, 48, 3] }],
+            output_kind: OutputKind::Tensors,
+            output_bytes: 0,
+            outputs: vec![
+                TensorSpec { name: "dense_5".into(), dtype: DType::F32, shape: vec![4] },
+                TensorSpec { name: "softmax_2".into(), dtype: DType::F32, shape: vec![2] },
+            ],
+        }
+        .complete();
+        assert_eq!(spec.output_bytes, 24);
+        spec.validate().unwrap();
+        let mut wrong = spec.clone();
+        wrong.output_bytes = 20;
+        assert!(wrong.validate().unwrap_err().contains("24"), "{:?}", wrong.validate());
+        let mut none = spec;
+        none.outputs.clear();
+        assert!(none.validate().unwrap_err().contains("output tensors"));
     }
 }

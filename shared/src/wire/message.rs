@@ -347,6 +347,38 @@ mod tests {
         assert_eq!(framed(&grant), expected);
     }
 
+    #[test]
+    fn a_tensors_workload_golden_bytes() {
+        use crate::workload::{DType, OutputKind, TensorSpec};
+        let t = |n: &str| TensorSpec { name: n.into(), dtype: DType::F32, shape: vec![2] };
+        let req = Message::Configure(SessionRequest {
+            workload: WorkloadSpec {
+                name: "w".into(),
+                inputs: vec![t("x")],
+                output_kind: OutputKind::Tensors,
+                output_bytes: 8,
+                outputs: vec![t("y")],
+            },
+            connections: 1,
+            slots_per_connection: 4,
+            transport: DataTransport::Tcp,
+        });
+        // Configure = 2; name; inputs [x f32 [2]]; Tensors = 3; 8 bytes; outputs [y f32 [2]];
+        // 1 connection, 4 slots, TCP.
+        let body = [2, 1, b'w', 1, 1, b'x', 5, 1, 2, 3, 8, 1, 1, b'y', 5, 1, 2, 1, 4, 0];
+        let mut expected = vec![body.len() as u8, 0, 0, 0];
+        expected.extend_from_slice(&body);
+        assert_eq!(framed(&req), expected);
+        // A workload without output tensors still encodes the (empty) list.
+        let bert = framed(&Message::Configure(SessionRequest {
+            workload: WorkloadSpec::bert(),
+            connections: 1,
+            slots_per_connection: 4,
+            transport: DataTransport::Tcp,
+        }));
+        assert_eq!(parse(&bert).unwrap().1, bert.len());
+    }
+
     fn endpoint() -> RdmaEndpoint {
         RdmaEndpoint {
             qp_num: 0x11,
