@@ -8,6 +8,7 @@
 //!   used in-process by the frontend's local baseline.
 //! - [`batcher`]: the dynamic batching policy, sans-IO.
 //! - [`backend`]: the backend trait and the `echo` and `synthetic` backends.
+//! - [`gpu`]: NVIDIA GPUs through the CUDA driver: discovery, batched input staging, GPU checks.
 //! - [`pump`]: how actors drive their I/O without a message per sample.
 //!
 //! Data path of one sample: the connection's transport reads the request into its slot (leased),
@@ -19,6 +20,7 @@
 
 pub mod backend;
 pub mod batcher;
+pub mod gpu;
 pub mod pump;
 pub mod server;
 pub mod worker;

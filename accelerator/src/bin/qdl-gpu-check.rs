@@ -1,0 +1,253 @@
+//! `qdl-gpu-check`: checks this machine's NVIDIA GPUs for qdl's accelerator.
+//!
+//! Discovers the GPUs, then for each (or `--gpu N`): allocates a worker's pinned and device
+//! buffers, copies a batch of slots to the GPU and back byte for byte, compiles and runs a kernel
+//! with NVRTC, and runs a worker's copy load for `--seconds`. Prints one row per check
+//! (`check | gpu | result | detail | ms`) and exits 0 when all pass, 1 when one fails, and 2 when
+//! there is no NVIDIA driver or GPU at all ("no NVIDIA GPU: nothing to check").
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::Parser;
+use qdl_accelerator::gpu::{self, GpuError, GpuStaging};
+
+/// Bytes of one ResNet-50 sample, the unit of the buffer sizes checked.
+const SAMPLE: usize = 150_528;
+
+/// Checks this machine's NVIDIA GPUs for qdl: discovery, pinned and device buffers, batched
+/// copies, NVRTC, and a worker's copy load.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    /// Check only this GPU (CUDA ordinal); default: every GPU.
+    #[arg(long)]
+    gpu: Option<u32>,
+    /// Duration of the worker-under-load check, in seconds.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// One check's result.
+struct Row {
+    check: &'static str,
+    gpu: String,
+    ok: bool,
+    detail: String,
+    ms: f64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("qdl-gpu-check: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let mut rows = Vec::new();
+    let started = Instant::now();
+    let gpus = match gpu::discover() {
+        Ok(gpus) if gpus.is_empty() => {
+            return no_gpu(cli, "the NVIDIA driver reports no GPU");
+        }
+        Ok(gpus) => gpus,
+        Err(GpuError::NoDriver { reason }) => return no_gpu(cli, &reason),
+        Err(e) => {
+            rows.push(row("discover", "-", Err(e), started));
+            return finish(cli, &rows, &[]);
+        }
+    };
+    let driver = match gpu::driver_version() {
+        Ok((major, minor)) => format!("driver supports CUDA {major}.{minor}"),
+        Err(e) => format!("driver version unknown: {e}"),
+    };
+    println!("{} NVIDIA GPU(s), {driver}", gpus.len());
+    for g in &gpus {
+        println!(
+            "  GPU {}: {}, {:.1} GiB ({:.1} GiB free), compute capability {}.{}",
+            g.ordinal,
+            g.name,
+            g.total_bytes as f64 / GIB,
+            g.free_bytes as f64 / GIB,
+            g.compute_capability.0,
+            g.compute_capability.1
+        );
+    }
+    rows.push(row("discover", "-", Ok(format!("{} GPU(s), {driver}", gpus.len())), started));
+
+    let targets: Vec<u32> = match cli.gpu {
+        None => gpus.iter().map(|g| g.ordinal).collect(),
+        Some(n) if gpus.iter().any(|g| g.ordinal == n) => vec![n],
+        Some(n) => {
+            let e = GpuError::NoDevice { ordinal: n, count: gpus.len() };
+            rows.push(row("select", &n.to_string(), Err(e), Instant::now()));
+            vec![]
+        }
+    };
+    for ordinal in targets {
+        let g = ordinal.to_string();
+        let t = Instant::now();
+        rows.push(row("alloc", &g, alloc_check(ordinal), t));
+        let t = Instant::now();
+        rows.push(row("copy", &g, gpu::copy_check(ordinal), t));
+        let t = Instant::now();
+        rows.push(row("nvrtc", &g, gpu::nvrtc_smoke(ordinal), t));
+        let t = Instant::now();
+        rows.push(row("load", &g, gpu::load_check(ordinal, cli.seconds), t));
+    }
+    let infos: Vec<serde_json::Value> = gpus
+        .iter()
+        .map(|g| {
+            serde_json::json!({
+                "ordinal": g.ordinal,
+                "name": g.name,
+                "total_bytes": g.total_bytes,
+                "free_bytes": g.free_bytes,
+                "compute_capability": [g.compute_capability.0, g.compute_capability.1],
+            })
+        })
+        .collect();
+    finish(cli, &rows, &infos)
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// A worker's buffers for a batch of 64 ResNet samples, then grown for 128.
+fn alloc_check(ordinal: u32) -> Result<String, GpuError> {
+    let mut staging = GpuStaging::new(ordinal, 64 * SAMPLE, 64 * 4)?;
+    let before = (staging.input_capacity(), staging.output_capacity());
+    staging.grow(128 * SAMPLE, 128 * 4)?;
+    staging.synchronize()?;
+    Ok(format!(
+        "pinned + device: in {} -> {} B, out {} -> {} B; device in {:#x}, out {:#x}, stream {:#x}",
+        before.0,
+        staging.input_capacity(),
+        before.1,
+        staging.output_capacity(),
+        staging.device_input_ptr(),
+        staging.device_output_ptr(),
+        staging.stream_ptr()
+    ))
+}
+
+fn row(check: &'static str, gpu: &str, result: Result<String, GpuError>, since: Instant) -> Row {
+    let ms = since.elapsed().as_secs_f64() * 1e3;
+    let (ok, detail) = match result {
+        Ok(d) => (true, d),
+        Err(e) => (false, e.to_string()),
+    };
+    Row { check, gpu: gpu.to_string(), ok, detail, ms }
+}
+
+/// No driver or no GPU: says so and exits 2.
+fn no_gpu(cli: &Cli, reason: &str) -> anyhow::Result<ExitCode> {
+    eprintln!("no NVIDIA GPU: nothing to check ({reason})");
+    if let Some(path) = &cli.json {
+        let doc = serde_json::json!({ "ok": false, "no_gpu": reason, "gpus": [], "rows": [] });
+        write_json(path, &doc)?;
+    }
+    Ok(ExitCode::from(2))
+}
+
+/// Prints the table, writes the JSON, and answers the exit status.
+fn finish(cli: &Cli, rows: &[Row], gpus: &[serde_json::Value]) -> anyhow::Result<ExitCode> {
+    let ok = rows.iter().all(|r| r.ok);
+    print!("{}", table(rows));
+    if let Some(path) = &cli.json {
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "check": r.check,
+                    "gpu": r.gpu,
+                    "result": if r.ok { "PASS" } else { "FAIL" },
+                    "detail": r.detail,
+                    "ms": (r.ms * 10.0).round() / 10.0,
+                })
+            })
+            .collect();
+        write_json(path, &serde_json::json!({ "ok": ok, "gpus": gpus, "rows": rows }))?;
+    }
+    let failed = rows.iter().filter(|r| !r.ok).count();
+    if ok {
+        println!("all {} checks passed", rows.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{failed} of {} checks FAILED", rows.len());
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// The rows as an aligned text table, a header and a rule first.
+fn table(rows: &[Row]) -> String {
+    let header = ["check", "gpu", "result", "detail", "ms"];
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            let result = if r.ok { "PASS" } else { "FAIL" };
+            [r.check.to_string(), r.gpu.clone(), result.to_string(), r.detail.clone(), format!("{:.1}", r.ms)]
+        })
+        .collect();
+    let mut width = header.map(str::len);
+    for c in &cells {
+        for (w, cell) in width.iter_mut().zip(c) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |c: [&str; 5]| {
+        format!(
+            "{:<w0$} | {:<w1$} | {:<w2$} | {:<w3$} | {:>w4$}",
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c[4],
+            w0 = width[0],
+            w1 = width[1],
+            w2 = width[2],
+            w3 = width[3],
+            w4 = width[4]
+        )
+    };
+    let mut out = format!("{}\n{}\n", line(header), width.map(|w| "-".repeat(w)).join("-|-"));
+    for c in &cells {
+        out += &line([&c[0], &c[1], &c[2], &c[3], &c[4]]);
+        out.push('\n');
+    }
+    out
+}
+
+fn write_json(path: &std::path::Path, doc: &serde_json::Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(doc)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_aligned() {
+        let rows = [
+            Row { check: "discover", gpu: "-".into(), ok: true, detail: "1 GPU(s)".into(), ms: 12.34 },
+            Row { check: "copy", gpu: "0".into(), ok: false, detail: "CUDA: cuMemAlloc failed".into(), ms: 1.0 },
+        ];
+        let text = table(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{text}");
+        assert!(lines[0].starts_with("check    | gpu | result | detail "), "{text}");
+        assert!(lines[2].contains("| PASS   |") && lines[3].contains("| FAIL   |"), "{text}");
+        assert!(lines[2].ends_with(" 12.3") && lines[3].ends_with("  1.0"), "{text}");
+    }
+}
