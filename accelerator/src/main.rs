@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use qdl_shared::config::{AcceleratorConfig, BackendKind, LogFormat, TransportKind};
+use qdl_shared::config::{AcceleratorConfig, BackendKind, ExecutionProviderName, LogFormat, TransportKind};
 
 /// Serves inference to qdl frontends across the network.
 #[derive(Parser, Debug)]
@@ -23,9 +23,20 @@ struct Cli {
     /// Prometheus metrics address, "" to disable (overrides accelerator.metrics_listen).
     #[arg(long)]
     metrics_listen: Option<String>,
-    /// Inference backend (overrides backend.kind).
-    #[arg(long, value_parser = ["synthetic", "echo"])]
+    /// Inference backend (overrides backend.kind). `--model` alone implies onnx.
+    #[arg(long, value_parser = ["synthetic", "echo", "onnx"])]
     backend: Option<String>,
+    /// ONNX model for the onnx backend (overrides backend.onnx.model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// ONNX Runtime execution providers to try in order, comma-separated, e.g. "cuda,cpu"
+    /// (overrides backend.onnx.execution_providers).
+    #[arg(long, value_delimiter = ',', value_parser = ["tensorrt", "cuda", "cpu"])]
+    execution_providers: Option<Vec<String>>,
+    /// The ONNX Runtime library, libonnxruntime.so (overrides backend.onnx.library; default:
+    /// ORT_DYLIB_PATH, then Python's onnxruntime package).
+    #[arg(long)]
+    onnx_library: Option<PathBuf>,
     /// Worker threads, one per device (overrides workers.count).
     #[arg(long)]
     workers: Option<u32>,
@@ -43,8 +54,9 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let cli_backend_unset = cli.backend.is_none();
     let mut config = match &cli.config {
-        Some(path) => AcceleratorConfig::load(path)?,
+        Some(path) => AcceleratorConfig::load_unchecked(path)?,
         None => AcceleratorConfig::default(),
     };
     if let Some(v) = cli.listen {
@@ -57,7 +69,30 @@ fn main() -> anyhow::Result<()> {
         config.accelerator.metrics_listen = v;
     }
     if let Some(v) = cli.backend {
-        config.backend.kind = if v == "echo" { BackendKind::Echo } else { BackendKind::Synthetic };
+        config.backend.kind = match v.as_str() {
+            "echo" => BackendKind::Echo,
+            "onnx" => BackendKind::Onnx,
+            _ => BackendKind::Synthetic,
+        };
+    }
+    if let Some(v) = cli.model {
+        if cli_backend_unset {
+            config.backend.kind = BackendKind::Onnx;
+        }
+        config.backend.onnx.model = Some(v);
+    }
+    if let Some(v) = cli.execution_providers {
+        config.backend.onnx.execution_providers = v
+            .iter()
+            .map(|p| match p.as_str() {
+                "tensorrt" => ExecutionProviderName::Tensorrt,
+                "cuda" => ExecutionProviderName::Cuda,
+                _ => ExecutionProviderName::Cpu,
+            })
+            .collect();
+    }
+    if let Some(v) = cli.onnx_library {
+        config.backend.onnx.library = Some(v);
     }
     if let Some(v) = cli.workers {
         config.workers.count = v;
@@ -80,8 +115,8 @@ fn main() -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "qdl-accelerator ready name={} listen={} metrics={} backend={} workers={} transport={}",
-            ready.name, ready.listen, metrics, ready.backend, ready.workers, ready.transport
+            "qdl-accelerator ready name={} listen={} metrics={} backend={} workers={} transport={} provider={}",
+            ready.name, ready.listen, metrics, ready.backend, ready.workers, ready.transport, ready.provider
         );
         let _ = out.flush();
         tracing::info!(name = %ready.name, listen = %ready.listen, %metrics, backend = ready.backend, workers = ready.workers, "accelerator ready");

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use metrics::{Gauge, Histogram};
-use qdl_shared::config::{BackendConfig, BatcherConfig};
+use qdl_shared::config::{BackendConfig, BatcherConfig, WorkersConfig};
 use qdl_shared::metrics::{Sampler, accelerator as m};
 use qdl_shared::slots::SlotLease;
 use qdl_shared::time::Nanos;
@@ -178,22 +178,56 @@ pub struct WorkerPool {
     next: AtomicUsize,
     max_batch: usize,
     backend: &'static str,
+    checker: backend::Checker,
+    notes: Vec<String>,
+    described: Vec<String>,
+    providers: Vec<&'static str>,
+}
+
+/// Errors starting workers.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The backend could not be set up.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// A worker thread could not be started.
+    #[error("cannot start worker threads: {0}")]
+    Spawn(std::io::Error),
 }
 
 impl WorkerPool {
-    /// Starts `count` workers, each with its own batcher and backend instance.
-    pub fn start(count: usize, batcher: BatcherConfig, backend_cfg: &BackendConfig) -> std::io::Result<WorkerPool> {
+    /// Starts one worker per device (see [`backend::build`]), each with its own batcher and
+    /// backend instance. Backends are built here, so a model that cannot be loaded is an error
+    /// before any thread starts.
+    pub fn start(
+        workers: &WorkersConfig,
+        batcher: BatcherConfig,
+        backend_cfg: &BackendConfig,
+    ) -> Result<WorkerPool, WorkerError> {
+        let built = backend::build(backend_cfg, workers)?;
+        let mut max_batch = batcher.max_batch as usize;
+        for b in &built.backends {
+            if let Some(limit) = b.max_batch() {
+                max_batch = max_batch.min(limit);
+            }
+        }
+        let backend_name = built.backends.first().map(|b| b.name()).unwrap_or("none");
+        let mut described: Vec<String> = Vec::new();
+        let mut providers = Vec::new();
         let mut senders = Vec::new();
         let mut threads = Vec::new();
         let mut sizes = Vec::new();
-        let mut max_batch = batcher.max_batch as usize;
-        let mut backend_name = "";
-        for index in 0..count.max(1) {
-            let backend = backend::build(backend_cfg);
-            backend_name = backend.name();
-            if let Some(limit) = backend.max_batch() {
-                max_batch = max_batch.min(limit);
-            }
+        for (index, backend) in built.backends.into_iter().enumerate() {
+            described.push(backend.describe());
+            providers.push(backend.provider());
+            metrics::gauge!(
+                m::BACKEND_INFO,
+                "worker" => index.to_string(),
+                "backend" => backend.name(),
+                "provider" => backend.provider(),
+                "device" => backend.describe()
+            )
+            .set(1.0);
             let policy = BatchPolicy {
                 max_batch,
                 max_queue_delay: Nanos::from_micros(batcher.max_queue_delay_us),
@@ -203,10 +237,47 @@ impl WorkerPool {
             let counts: Arc<[AtomicU64]> = (0..=max_batch).map(|_| AtomicU64::new(0)).collect();
             sizes.push(counts.clone());
             let worker = GpuWorker::new(index, policy, backend, rx, counts);
-            threads.push(std::thread::Builder::new().name(format!("qdl-worker-{index}")).spawn(move || worker.run())?);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("qdl-worker-{index}"))
+                    .spawn(move || worker.run())
+                    .map_err(WorkerError::Spawn)?,
+            );
             senders.push(WorkerSender { tx, index });
         }
-        Ok(WorkerPool { senders, sizes, threads, next: AtomicUsize::new(0), max_batch, backend: backend_name })
+        Ok(WorkerPool {
+            senders,
+            sizes,
+            threads,
+            next: AtomicUsize::new(0),
+            max_batch,
+            backend: backend_name,
+            checker: built.checker,
+            notes: built.notes,
+            described,
+            providers,
+        })
+    }
+
+    /// Start-up notes: devices found or not, execution providers passed over and why.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// The distinct providers serving the workers ("cpu", "cuda", "virtual", ...).
+    pub fn providers(&self) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = Vec::new();
+        for p in &self.providers {
+            if !v.contains(p) {
+                v.push(p);
+            }
+        }
+        v
+    }
+
+    /// What each worker runs and where ("onnx onet.onnx on cpu").
+    pub fn workers_described(&self) -> &[String] {
+        &self.described
     }
 
     /// Workers in the pool.
@@ -264,9 +335,10 @@ impl WorkerPool {
         self.senders[i % self.senders.len()].clone()
     }
 
-    /// Checks that every worker's backend can serve `spec`.
-    pub fn check(&self, backend_cfg: &BackendConfig, spec: &WorkloadSpec) -> Result<(), BackendError> {
-        backend::build(backend_cfg).check(spec)
+    /// Checks that the workers' backend can serve `spec` (for the onnx backend: that `spec`
+    /// describes the model's inputs and outputs).
+    pub fn check(&self, spec: &WorkloadSpec) -> Result<(), BackendError> {
+        self.checker.check(spec)
     }
 
     /// Warms every worker up for `spec` and waits until all are done.
@@ -483,7 +555,8 @@ mod tests {
 
     fn pool(max_batch: u32, delay_us: u64) -> WorkerPool {
         let batcher = BatcherConfig { max_batch, max_queue_delay_us: delay_us, max_queue: 1024 };
-        WorkerPool::start(1, batcher, &BackendConfig { kind: BackendKind::Echo, ..Default::default() }).unwrap()
+        let backend = BackendConfig { kind: BackendKind::Echo, ..Default::default() };
+        WorkerPool::start(&WorkersConfig::default(), batcher, &backend).unwrap()
     }
 
     #[test]
@@ -550,7 +623,7 @@ mod tests {
         let batcher = BatcherConfig { max_batch: 1, max_queue_delay_us: 0, max_queue: 1 };
         let mut backend = BackendConfig::default();
         backend.synthetic.default = qdl_shared::config::LatencyModel { fixed_us: 50_000.0, per_sample_us: 0.0 };
-        let p = WorkerPool::start(1, batcher, &backend).unwrap();
+        let p = WorkerPool::start(&WorkersConfig::default(), batcher, &backend).unwrap();
         let w = p.pick();
         let mut refused = 0;
         for i in 0..20 {

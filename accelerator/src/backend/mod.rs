@@ -7,11 +7,19 @@
 //! - [`echo::Echo`]: answers at once (the network-only upper bound);
 //! - [`synthetic::Synthetic`]: answers after `fixed + per_sample × batch` µs, waiting rather than
 //!   spinning, so it stands for a device of a known rate without using the CPU.
+//!
+//! [`onnx::OnnxBackend`] runs a real model with ONNX Runtime and answers with its output tensors.
+//!
+//! [`build`] makes one backend per worker, choosing the workers' devices: GPUs for the onnx
+//! backend with a GPU execution provider when a driver and GPUs are there, CPU workers otherwise.
 
 pub mod echo;
+pub mod onnx;
 pub mod synthetic;
 
-use qdl_shared::config::{BackendConfig, BackendKind};
+use std::sync::Arc;
+
+use qdl_shared::config::{BackendConfig, BackendKind, WorkersConfig};
 use qdl_shared::workload::WorkloadSpec;
 
 /// Errors of a backend.
@@ -30,6 +38,9 @@ pub enum BackendError {
     /// Inference failed.
     #[error("inference failed: {0}")]
     Failed(String),
+    /// The backend could not be set up (library, model, device).
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// One batch, gathered: `n` samples of `spec.input_bytes()` each, back to back in `input`.
@@ -62,6 +73,17 @@ pub trait Backend: Send {
         Ok(())
     }
 
+    /// What it runs and where, for logs ("onnx onet.onnx on cpu").
+    fn describe(&self) -> String {
+        self.name().to_string()
+    }
+
+    /// The execution provider (onnx) or device kind serving it: "cpu", "cuda", "tensorrt",
+    /// or "virtual" for the synthetic and echo backends.
+    fn provider(&self) -> &'static str {
+        "virtual"
+    }
+
     /// Runs one batch; `output` receives `batch.n` outputs of `spec.output_bytes` each.
     fn infer(&mut self, batch: &Batch<'_>, output: &mut [u8]) -> Result<(), BackendError>;
 
@@ -82,10 +104,118 @@ pub fn reference_batch(batch: &Batch<'_>, output: &mut [u8]) {
     }
 }
 
-/// Builds the configured backend for one worker.
-pub fn build(config: &BackendConfig) -> Box<dyn Backend> {
-    match config.kind {
-        BackendKind::Echo => Box::new(echo::Echo),
-        BackendKind::Synthetic => Box::new(synthetic::Synthetic::new(config.synthetic.clone())),
+/// Checks workloads against what the backends can serve, without reaching into the workers.
+#[derive(Clone)]
+pub enum Checker {
+    /// Serves any valid workload (echo, synthetic).
+    Any,
+    /// Serves workloads that describe this model.
+    Model(Arc<onnx::model::ModelInfo>),
+}
+
+impl Checker {
+    /// Whether `spec` can be served; the error says why not.
+    pub fn check(&self, spec: &WorkloadSpec) -> Result<(), BackendError> {
+        match self {
+            Checker::Any => Ok(()),
+            Checker::Model(info) => info.check(spec).map_err(|reason| BackendError::Unsupported {
+                backend: "onnx",
+                workload: spec.name.clone(),
+                reason,
+            }),
+        }
     }
+}
+
+/// The backends of a node's workers.
+pub struct Backends {
+    /// One per worker.
+    pub backends: Vec<Box<dyn Backend>>,
+    /// The workload check.
+    pub checker: Checker,
+    /// Start-up notes: devices found or not, providers passed over and why.
+    pub notes: Vec<String>,
+}
+
+/// Builds one backend per worker; see the module docs. `count` is the number of workers without
+/// GPUs (`workers.count`).
+pub fn build(config: &BackendConfig, workers: &WorkersConfig) -> Result<Backends, BackendError> {
+    let count = workers.count.max(1) as usize;
+    match config.kind {
+        BackendKind::Echo => Ok(Backends {
+            backends: (0..count).map(|_| Box::new(echo::Echo) as Box<dyn Backend>).collect(),
+            checker: Checker::Any,
+            notes: Vec::new(),
+        }),
+        BackendKind::Synthetic => Ok(Backends {
+            backends: (0..count)
+                .map(|_| Box::new(synthetic::Synthetic::new(config.synthetic.clone())) as Box<dyn Backend>)
+                .collect(),
+            checker: Checker::Any,
+            notes: Vec::new(),
+        }),
+        BackendKind::Onnx => build_onnx(config, workers, count),
+    }
+}
+
+fn build_onnx(config: &BackendConfig, workers: &WorkersConfig, count: usize) -> Result<Backends, BackendError> {
+    let mut notes = Vec::new();
+    let wants_gpu = config.onnx.execution_providers.iter().any(|p| p.is_gpu());
+    let gpus: Vec<u32> = match (&workers.gpus, wants_gpu) {
+        (_, false) => Vec::new(),
+        (Some(list), true) if list.is_empty() => {
+            notes.push("workers.gpus = []: CPU workers only".into());
+            Vec::new()
+        }
+        (list, true) => match crate::gpu::discover() {
+            Ok(found) => {
+                for g in &found {
+                    notes.push(format!(
+                        "GPU {}: {} ({} MiB, compute {}.{})",
+                        g.ordinal,
+                        g.name,
+                        g.total_bytes >> 20,
+                        g.compute_capability.0,
+                        g.compute_capability.1
+                    ));
+                }
+                let visible: Vec<u32> = found.iter().map(|g| g.ordinal).collect();
+                match list {
+                    None => visible,
+                    Some(list) => {
+                        if let Some(missing) = list.iter().find(|g| !visible.contains(g)) {
+                            return Err(BackendError::Setup(format!(
+                                "workers.gpus lists GPU {missing}, but the visible GPUs are {visible:?}"
+                            )));
+                        }
+                        list.clone()
+                    }
+                }
+            }
+            Err(e) => {
+                notes.push(format!("no GPU used ({e}): running {count} CPU worker(s)"));
+                Vec::new()
+            }
+        },
+    };
+    let placements: Vec<onnx::Placement> = if gpus.is_empty() {
+        vec![onnx::Placement::Cpu; count]
+    } else {
+        gpus.iter().map(|&g| onnx::Placement::Gpu(g)).collect()
+    };
+    let mut backends: Vec<Box<dyn Backend>> = Vec::new();
+    let mut info = None;
+    for p in placements {
+        let b = onnx::OnnxBackend::load(&config.onnx, p)?;
+        for s in b.skipped() {
+            let note = format!("execution provider {s}");
+            if !notes.contains(&note) {
+                notes.push(note);
+            }
+        }
+        info.get_or_insert_with(|| b.info().clone());
+        backends.push(Box::new(b));
+    }
+    let info = info.expect("at least one worker");
+    Ok(Backends { backends, checker: Checker::Model(info), notes })
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
-use qdl_shared::config::BackendConfig;
 use qdl_shared::control::{ControlError, Event};
 use qdl_shared::control_link::ControlLink;
 use qdl_shared::slots::SlotArena;
@@ -36,7 +35,6 @@ pub struct ControlActor {
     node: Arc<Shared>,
     registry: Arc<Registry>,
     pool: Arc<WorkerPool>,
-    backend: Arc<BackendConfig>,
     session: Option<(u64, SessionToken)>,
     nudge: Nudge,
 }
@@ -51,7 +49,6 @@ impl ControlActor {
             frontend: String::new(),
             registry: node.registry.clone(),
             pool: node.pool.clone(),
-            backend: node.backend.clone(),
             node,
             session: None,
             nudge: Nudge::default(),
@@ -127,7 +124,7 @@ impl ControlActor {
             self.link.endpoint.refuse(ErrorCode::Unsupported, msg);
             return;
         }
-        if let Err(e) = self.pool.check(&self.backend, &req.workload) {
+        if let Err(e) = self.pool.check(&req.workload) {
             tracing::warn!(peer = %self.peer, "refusing session: {e}");
             self.link.endpoint.refuse(ErrorCode::Unsupported, e.to_string());
             return;

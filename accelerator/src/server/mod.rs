@@ -60,9 +60,9 @@ pub enum NodeError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// Worker threads could not be started.
-    #[error("cannot start worker threads: {0}")]
-    Workers(std::io::Error),
+    /// The workers could not be started (backend set-up, threads).
+    #[error(transparent)]
+    Workers(#[from] crate::worker::WorkerError),
     /// The RDMA transport was selected but cannot be used.
     #[error(transparent)]
     Rdma(#[from] RdmaError),
@@ -81,13 +81,14 @@ pub struct Ready {
     pub backend: &'static str,
     /// "tcp", or "tcp+rdma (DEVICE ...)" when RDMA sessions are served too.
     pub transport: String,
+    /// The workers' execution providers ("cpu", "cuda", "virtual", ...), comma-separated.
+    pub provider: String,
 }
 
 struct Shared {
     config: AcceleratorConfig,
     registry: Arc<Registry>,
     pool: Arc<WorkerPool>,
-    backend: Arc<qdl_shared::config::BackendConfig>,
     arbiters: Vec<actix::ArbiterHandle>,
     next_arbiter: AtomicUsize,
     controls: Mutex<Vec<WeakAddr<ControlActor>>>,
@@ -105,17 +106,19 @@ pub fn run(config: AcceleratorConfig, on_ready: impl FnOnce(&Ready)) -> Result<(
         }
         TransportKind::Tcp => None,
     };
-    let pool = Arc::new(
-        WorkerPool::start(config.workers.count as usize, config.batcher, &config.backend)
-            .map_err(NodeError::Workers)?,
-    );
+    let pool = Arc::new(WorkerPool::start(&config.workers, config.batcher, &config.backend)?);
+    for note in pool.notes() {
+        tracing::info!("{note}");
+    }
+    for (i, w) in pool.workers_described().iter().enumerate() {
+        tracing::info!(worker = i, max_batch = pool.max_batch(), "worker {i}: {w}");
+    }
     let registry = Registry::new(config.limits);
     let system = actix::System::new();
     let io: Vec<Arbiter> = (0..config.accelerator.io_threads).map(|_| Arbiter::new()).collect();
     let shared = Arc::new(Shared {
         registry: registry.clone(),
         pool: pool.clone(),
-        backend: Arc::new(config.backend.clone()),
         arbiters: io.iter().map(|a| a.handle()).collect(),
         next_arbiter: AtomicUsize::new(0),
         controls: Mutex::new(Vec::new()),
@@ -148,6 +151,7 @@ async fn serve(shared: Arc<Shared>, on_ready: impl FnOnce(&Ready)) -> Result<(),
         listen: local,
         workers: shared.pool.len(),
         backend: shared.pool.backend(),
+        provider: shared.pool.providers().join(","),
         transport: match &shared.rdma {
             Some(d) => format!("tcp+rdma({})", d.name()),
             None => "tcp".into(),
