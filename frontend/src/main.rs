@@ -32,6 +32,16 @@ enum Command {
     CheckAccuracy {
         /// A run's output directory (holds report.json and mlperf_log_accuracy.json).
         dir: PathBuf,
+        /// Reference outputs of a tensors workload (`<output>.npy` per output tensor); default:
+        /// the run's workload.reference_dir.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// Absolute tolerance for floating-point outputs.
+        #[arg(long, default_value_t = 1e-4)]
+        atol: f64,
+        /// Relative tolerance for floating-point outputs.
+        #[arg(long, default_value_t = 1e-3)]
+        rtol: f64,
     },
 }
 
@@ -56,6 +66,10 @@ struct LabArgs {
     /// Accelerators to start.
     #[arg(long, default_value_t = 2)]
     accelerators: usize,
+    /// A frontend config whose [workload] the lab runs instead of ResNet-50 and BERT (e.g. a
+    /// real model's workload written by scripts/models, with an onnx accelerator config).
+    #[arg(long)]
+    frontend_config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -261,8 +275,13 @@ fn main() -> anyhow::Result<()> {
             let all = |v: &str, options: &[&str]| -> Vec<String> {
                 if v == "all" { options.iter().map(|s| s.to_string()).collect() } else { vec![v.to_string()] }
             };
+            let workloads = match &a.frontend_config {
+                Some(p) => vec![qdl_shared::config::FrontendConfig::load(p)?.workload.name],
+                None => all(&a.workload, &["resnet50", "bert"]),
+            };
             let opts = app::lab::LabOptions {
-                workloads: all(&a.workload, &["resnet50", "bert"]),
+                workloads,
+                frontend_config: a.frontend_config.clone(),
                 scenarios: all(&a.scenario, &["offline", "server"]),
                 output_dir: a.output_dir.clone(),
                 duration_ms: a.duration_ms,
@@ -285,8 +304,10 @@ fn main() -> anyhow::Result<()> {
             app::bench::print(&report, &a.output_dir);
             0
         }
-        Command::CheckAccuracy { dir } => {
-            let v = app::accuracy::check(&dir).with_context(|| format!("checking {}", dir.display()))?;
+        Command::CheckAccuracy { dir, reference, atol, rtol } => {
+            let tol = app::accuracy::Tolerance { atol, rtol };
+            let v = app::accuracy::check(&dir, reference.as_deref(), tol)
+                .with_context(|| format!("checking {}", dir.display()))?;
             if app::accuracy::print(&v) { 0 } else { 1 }
         }
     };

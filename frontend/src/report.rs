@@ -172,6 +172,9 @@ pub struct RunReport {
     pub workload: WorkloadSpec,
     /// Where samples came from.
     pub dataset: DatasetInfo,
+    /// Reference outputs for check-accuracy (`workload.reference_dir`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_dir: Option<std::path::PathBuf>,
     /// QSL size.
     pub total_samples: usize,
     /// Samples loaded at once.

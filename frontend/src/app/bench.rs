@@ -266,6 +266,7 @@ pub fn bench(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         duration_ms: opts.duration_ms,
         accelerator_config: None,
         accelerators: 2,
+        frontend_config: None,
     })?;
     for row in labr.rows {
         r.offline.push(OfflineRatio {

@@ -56,6 +56,8 @@ pub struct LabOptions {
     pub accelerator_config: Option<PathBuf>,
     /// Accelerators to start.
     pub accelerators: usize,
+    /// A frontend config whose workload is run (with `workloads` = its name).
+    pub frontend_config: Option<PathBuf>,
 }
 
 /// One row of the table.
@@ -100,7 +102,8 @@ pub struct LabReport {
     pub wall_seconds: f64,
 }
 
-/// Modelled capacity of all accelerators for `workload`, samples/s.
+/// Modelled capacity of all accelerators for `workload`, samples/s. For a real model (onnx) it
+/// is a first guess: the Server target comes from the measured local Offline rate.
 pub fn modelled_capacity(cfg: &AcceleratorConfig, workload: &str, accelerators: usize) -> f64 {
     let b = cfg.batcher.max_batch as usize;
     let model = cfg.backend.synthetic.model_for(workload);
@@ -108,6 +111,7 @@ pub fn modelled_capacity(cfg: &AcceleratorConfig, workload: &str, accelerators: 
     match cfg.backend.kind {
         qdl_shared::config::BackendKind::Synthetic => per_worker * cfg.workers.count as f64 * accelerators as f64,
         qdl_shared::config::BackendKind::Echo => 50_000.0,
+        qdl_shared::config::BackendKind::Onnx => 200.0 * accelerators as f64,
     }
 }
 
@@ -212,7 +216,11 @@ pub fn lab(opts: LabOptions) -> anyhow::Result<LabReport> {
                 target_qps: None,
                 errors: Vec::new(),
             };
-            let mut args: Vec<String> = vec![
+            let mut args: Vec<String> = match &opts.frontend_config {
+                Some(p) => vec!["--config".into(), p.display().to_string()],
+                None => Vec::new(),
+            };
+            args.extend([
                 "--workload".into(),
                 w.clone(),
                 "--scenario".into(),
@@ -223,7 +231,7 @@ pub fn lab(opts: LabOptions) -> anyhow::Result<LabReport> {
                 slots_for(w).into(),
                 "--connections".into(),
                 "2".into(),
-            ];
+            ]);
             if sc == "offline" {
                 args.extend(["--expected-qps".into(), format!("{:.0}", capacity * 1.1)]);
             } else {

@@ -282,9 +282,12 @@ fn connect_local(
 ) -> anyhow::Result<Connections> {
     let boxes = cfg.local.accelerators as usize;
     let per_box = acc.workers.count as usize;
-    let pool =
-        Arc::new(WorkerPool::start(boxes * per_box, acc.batcher, &acc.backend).context("starting local workers")?);
-    pool.check(&acc.backend, spec)?;
+    let workers = qdl_shared::config::WorkersConfig { count: (boxes * per_box) as u32, gpus: acc.workers.gpus.clone() };
+    let pool = Arc::new(WorkerPool::start(&workers, acc.batcher, &acc.backend).context("starting local workers")?);
+    for note in pool.notes() {
+        tracing::info!("{note}");
+    }
+    pool.check(spec)?;
     let spec = Arc::new(spec.clone());
     let slots = cfg.frontend.slots_per_connection.min(acc.limits.max_slots_per_connection);
     let conns = cfg.frontend.connections_per_accelerator;
@@ -541,6 +544,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         sut_name,
         workload: spec,
         dataset: store.source().info().clone(),
+        reference_dir: cfg.workload.reference_dir.clone(),
         total_samples: store.total(),
         performance_samples: store.performance(),
         scenario: cfg.loadgen.scenario,
