@@ -468,6 +468,11 @@ def frontend_toml(model, n, sha_model):
         'output_kind = "tensors"\n'
         f"inputs = [ {', '.join(tensor_toml(*t) for t in model.inputs)} ]\n"
         f"outputs = [ {', '.join(tensor_toml(*t) for t in model.outputs)} ]\n"
+        "\n"
+        "[loadgen]\n"
+        "# Server latency bound for a small model on CPU workers (LoadGen's default for a model it\n"
+        "# does not know is 10 ms; MLPerf's bounds are for datacenter accelerators).\n"
+        "server_target_latency_ms = 100.0\n"
     )
 
 

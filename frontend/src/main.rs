@@ -70,6 +70,10 @@ struct LabArgs {
     /// real model's workload written by scripts/models, with an onnx accelerator config).
     #[arg(long)]
     frontend_config: Option<PathBuf>,
+    /// Run this ONNX model on the accelerators and in-process (the onnx backend on top of the
+    /// accelerator config); give its workload with --frontend-config.
+    #[arg(long, requires = "frontend_config")]
+    model: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -282,6 +286,7 @@ fn main() -> anyhow::Result<()> {
             let opts = app::lab::LabOptions {
                 workloads,
                 frontend_config: a.frontend_config.clone(),
+                model: a.model.clone(),
                 scenarios: all(&a.scenario, &["offline", "server"]),
                 output_dir: a.output_dir.clone(),
                 duration_ms: a.duration_ms,

@@ -1099,6 +1099,21 @@ mod tests {
             ("[batcher]\nmax_queue_delay_us = 99999999999", "batcher.max_queue_delay_us"),
             ("[batcher]\nmax_batch = 128\nmax_queue = 64", "batcher.max_queue"),
             ("[workers]\ncount = 0", "workers.count"),
+            ("[workers]\ngpus = [0, 0]", "workers.gpus"),
+            ("[workers]\ngpus = [5000]", "workers.gpus"),
+            ("[backend]\nkind = \"onnx\"", "backend.onnx.model"),
+            ("[backend]\nkind = \"onnx\"\n[backend.onnx]\nmodel = \"/no/such/model.onnx\"", "backend.onnx.model"),
+            (
+                concat!(
+                    "[backend]\nkind = \"onnx\"\n[backend.onnx]\nmodel = \"",
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/Cargo.toml\"\nlibrary = \"/no/such/lib.so\""
+                ),
+                "backend.onnx.library",
+            ),
+            ("[backend.onnx]\nexecution_providers = []", "backend.onnx.execution_providers"),
+            ("[backend.onnx]\nexecution_providers = [\"cpu\", \"cpu\"]", "backend.onnx.execution_providers"),
+            ("[backend.onnx]\nintra_op_threads = 0", "backend.onnx.intra_op_threads"),
             ("[backend.synthetic.default]\nfixed_us = -1.0\nper_sample_us = 1.0", "backend.synthetic.default.fixed_us"),
             (
                 "[backend.synthetic.workloads.bert]\nfixed_us = 1.0\nper_sample_us = nan",

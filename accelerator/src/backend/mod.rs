@@ -160,6 +160,8 @@ pub fn build(config: &BackendConfig, workers: &WorkersConfig) -> Result<Backends
 
 fn build_onnx(config: &BackendConfig, workers: &WorkersConfig, count: usize) -> Result<Backends, BackendError> {
     let mut notes = Vec::new();
+    let (_, located) = onnx::library::environment(config.onnx.library.as_deref()).map_err(BackendError::from)?;
+    notes.push(format!("ONNX Runtime {} (from {})", located.path.display(), located.source));
     let wants_gpu = config.onnx.execution_providers.iter().any(|p| p.is_gpu());
     let gpus: Vec<u32> = match (&workers.gpus, wants_gpu) {
         (_, false) => Vec::new(),
@@ -213,7 +215,10 @@ fn build_onnx(config: &BackendConfig, workers: &WorkersConfig, count: usize) -> 
                 notes.push(note);
             }
         }
-        info.get_or_insert_with(|| b.info().clone());
+        info.get_or_insert_with(|| {
+            notes.push(format!("model {}", b.info().summary()));
+            b.info().clone()
+        });
         backends.push(Box::new(b));
     }
     let info = info.expect("at least one worker");

@@ -267,6 +267,7 @@ pub fn bench(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         accelerator_config: None,
         accelerators: 2,
         frontend_config: None,
+        model: None,
     })?;
     for row in labr.rows {
         r.offline.push(OfflineRatio {

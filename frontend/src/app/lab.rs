@@ -58,6 +58,9 @@ pub struct LabOptions {
     pub accelerators: usize,
     /// A frontend config whose workload is run (with `workloads` = its name).
     pub frontend_config: Option<PathBuf>,
+    /// An ONNX model: the accelerators (and the in-process baseline) run it with the onnx
+    /// backend, on top of the accelerator config.
+    pub model: Option<PathBuf>,
 }
 
 /// One row of the table.
@@ -176,7 +179,7 @@ pub fn lab(opts: LabOptions) -> anyhow::Result<LabReport> {
     let started = Instant::now();
     let out = &opts.output_dir;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let (acc_path, acc_text) = match &opts.accelerator_config {
+    let (mut acc_path, mut acc_text) = match &opts.accelerator_config {
         Some(p) => (p.clone(), std::fs::read_to_string(p)?),
         None => {
             let p = out.join("accelerator.toml");
@@ -184,6 +187,22 @@ pub fn lab(opts: LabOptions) -> anyhow::Result<LabReport> {
             (p, LAB_ACCELERATOR_TOML.to_string())
         }
     };
+    if let Some(model) = &opts.model {
+        // The same accelerator config, running the model: written out in full so the
+        // accelerators and the in-process baseline read the same file.
+        let mut cfg = AcceleratorConfig::load_unchecked(&acc_path)?;
+        cfg.backend.kind = qdl_shared::config::BackendKind::Onnx;
+        cfg.backend.onnx.model =
+            Some(std::path::absolute(model).with_context(|| format!("locating {}", model.display()))?);
+        cfg.validate()?;
+        acc_text = format!(
+            "# The lab's accelerators, running {} (written by qdl-frontend lab --model).\n{}",
+            model.display(),
+            toml::to_string(&cfg).context("writing the accelerator config")?
+        );
+        acc_path = out.join("accelerator-onnx.toml");
+        std::fs::write(&acc_path, &acc_text)?;
+    }
     let acc_cfg = AcceleratorConfig::load(&acc_path)?;
     let metrics: Vec<String> = (0..opts.accelerators).map(|i| preferred_metrics(9102 + i as u16)).collect();
     let accs = Accelerators::start(opts.accelerators, &acc_path, "lab-acc", &metrics, out)?;

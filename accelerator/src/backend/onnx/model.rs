@@ -57,6 +57,13 @@ fn spec_describe(t: &TensorSpec) -> String {
 }
 
 impl ModelInfo {
+    /// "inputs: ...; outputs: ..." with names, dtypes and dimensions (? for dynamic ones): what a
+    /// workload must describe.
+    pub fn summary(&self) -> String {
+        let list = |ts: &[ModelTensor]| ts.iter().map(ModelTensor::describe).collect::<Vec<_>>().join(", ");
+        format!("{}: inputs {}; outputs {}", self.file, list(&self.inputs), list(&self.outputs))
+    }
+
     /// The batch every run must have, when the model fixes it (its inputs' first dimension).
     pub fn fixed_batch(&self) -> Option<usize> {
         self.inputs.iter().filter_map(|t| t.dims.first().copied()).find(|&d| d > 0).map(|d| d as usize)
