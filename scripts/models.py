@@ -21,7 +21,8 @@ Models:
                    wheel (sha256-pinned), sequence length 128
     resnet-shaped  generated: ResNet-50's MLPerf input (int8 [batch,3,224,224]) -> 1000 logits
     bert-shaped    generated: MLPerf BERT's inputs (3x int32 [batch,384]) -> logits [batch,384,2]
-    fixed-batch    resnet-shaped with the batch dimension fixed at 1
+    fixed-batch    resnet-shaped with the batch dimension fixed at 4 (each reference row computed
+                   alone, padded with zero samples)
 
 Determinism: every model has a seed S (SEEDS below, also in model.json). Generated weights come
 from numpy.random.default_rng([S, 0]); sample i of the dataset from default_rng([S, 1, i]), so a
@@ -58,6 +59,9 @@ except ImportError as e:
         file=sys.stderr,
     )
     sys.exit(2)
+
+# The fixed-batch model's batch dimension.
+FIXED_BATCH = 4
 
 SEEDS = {"onet": 1, "minilm": 2, "resnet-shaped": 3, "bert-shaped": 4, "fixed-batch": 3}
 OPSET = 17
@@ -184,12 +188,12 @@ MODELS = {
     ),
     "fixed-batch": Model(
         "fixed-batch",
-        "generated: resnet-shaped (same weights) with the batch dimension fixed at 1: input int8 [1,3,224,224] "
-        "-> logits [1,1000], for testing that the batcher respects a model's batch limit",
+        "generated: resnet-shaped (same weights) with the batch dimension fixed at 4: input int8 [4,3,224,224] "
+        "-> logits [4,1000], for testing that the batcher respects a model's batch limit and pads partial batches",
         "generated",
         [("input", np.int8, [3, 224, 224])],
         [("logits", np.float32, [RESNET_CLASSES])],
-        {"input": [1, 3, 224, 224], "logits": [1, RESNET_CLASSES], "class": [1]},
+        {"input": [FIXED_BATCH, 3, 224, 224], "logits": [FIXED_BATCH, RESNET_CLASSES], "class": [FIXED_BATCH]},
     ),
 }
 
@@ -279,7 +283,7 @@ def finish_model(graph):
 GENERATORS = {
     "resnet-shaped": lambda: resnet_shaped("batch"),
     "bert-shaped": bert_shaped,
-    "fixed-batch": lambda: resnet_shaped(1),
+    "fixed-batch": lambda: resnet_shaped(FIXED_BATCH),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -422,8 +426,13 @@ def check_io(model, sess):
 def reference(model, sess, data, n):
     names = [name for name, _, _ in model.outputs]
     rows = {name: [] for name in names}
+    # A fixed batch dimension takes each sample alone, padded with zero samples.
+    pad = FIXED_BATCH - 1 if model.name == "fixed-batch" else 0
     for i in range(n):
-        feed = {name: data[name][i : i + 1] for name, _, _ in model.inputs}
+        feed = {}
+        for name, _, _ in model.inputs:
+            one = data[name][i : i + 1]
+            feed[name] = np.concatenate([one, np.zeros((pad, *one.shape[1:]), one.dtype)]) if pad else one
         for name, value in zip(names, sess.run(names, feed)):
             rows[name].append(value[0])
     out = {}
@@ -503,7 +512,8 @@ def model_json(model, n, sha_model, sess):
             "samples": n,
             "seed": model.seed,
             "rng": "numpy.random.default_rng([seed, 0]) for generated weights, default_rng([seed, 1, i]) for sample i",
-            "reference": f"onnxruntime {ort.__version__} CPU, batch 1",
+            "reference": f"onnxruntime {ort.__version__} CPU, batch 1"
+            + (f" padded to {FIXED_BATCH} with zero samples" if model.name == "fixed-batch" else ""),
         }
     )
     return json.dumps(doc, indent=2) + "\n"

@@ -34,6 +34,14 @@ pub fn accelerator_bin() -> PathBuf {
         .clone()
 }
 
+/// `QDL_PYTHON` for child processes: the caller's, else the project's environment (target/python,
+/// made by scripts/setup) if it exists, so the onnx backend finds ONNX Runtime there.
+pub fn python() -> Option<PathBuf> {
+    std::env::var_os("QDL_PYTHON").map(PathBuf::from).or_else(|| {
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/python/bin/python3")).filter(|p| p.is_file())
+    })
+}
+
 /// A running accelerator; killed when dropped.
 pub struct Acc {
     pub child: Child,
@@ -54,6 +62,9 @@ impl Acc {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("acc.log");
         let mut cmd = Command::new(accelerator_bin());
+        if let Some(py) = python() {
+            cmd.env("QDL_PYTHON", py);
+        }
         if let Some(text) = config {
             let p = dir.path().join("acc.toml");
             std::fs::write(&p, text).unwrap();
@@ -133,7 +144,11 @@ impl Drop for Acc {
 
 /// Runs `qdl-frontend` with `args`; metrics off, progress off.
 pub fn frontend(args: &[&str]) -> Output {
-    Command::new(frontend_bin()).args(args).env("RUST_LOG", "warn").output().expect("run qdl-frontend")
+    let mut cmd = Command::new(frontend_bin());
+    if let Some(py) = python() {
+        cmd.env("QDL_PYTHON", py);
+    }
+    cmd.args(args).env("RUST_LOG", "warn").output().expect("run qdl-frontend")
 }
 
 /// Runs `qdl-frontend run` against `accs` with `args`, writing into `out`.
