@@ -7,8 +7,10 @@
 //! - [`worker`]: `GpuWorker` threads (one per device) with their [`batcher`] and backend; also
 //!   used in-process by the frontend's local baseline.
 //! - [`batcher`]: the dynamic batching policy, sans-IO.
-//! - [`backend`]: the backend trait and the `echo` and `synthetic` backends.
+//! - [`backend`]: the backend trait; the `echo`, `synthetic` and `onnx` (ONNX Runtime) backends;
+//!   one backend per worker, on GPUs or CPUs.
 //! - [`gpu`]: NVIDIA GPUs through the CUDA driver: discovery, batched input staging, GPU checks.
+//! - [`loadcheck`]: a worker under load with a real model, answers checked (qdl-gpu-check).
 //! - [`pump`]: how actors drive their I/O without a message per sample.
 //!
 //! Data path of one sample: the connection's transport reads the request into its slot (leased),
@@ -21,6 +23,7 @@
 pub mod backend;
 pub mod batcher;
 pub mod gpu;
+pub mod loadcheck;
 pub mod pump;
 pub mod server;
 pub mod worker;

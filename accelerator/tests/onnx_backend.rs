@@ -178,3 +178,30 @@ fn a_fixed_batch_caps_the_batch_and_pads_partial_ones() {
     let e = b.infer(&Batch { spec: &s, n: 5, input: &input, formed: Instant::now() }, &mut out).unwrap_err();
     assert!(e.to_string().contains("exceeds the model's batch of 4"), "{e}");
 }
+
+#[test]
+fn a_worker_under_load_answers_every_sample_right() {
+    use qdl_accelerator::loadcheck::{LoadOptions, ModelDir, worker_load};
+    let Some(dir) = models() else { return };
+    let opts = LoadOptions {
+        gpu: None,
+        providers: vec![ExecutionProviderName::Cpu],
+        library: library(),
+        duration: std::time::Duration::from_millis(300),
+        max_batch: 16,
+        atol: 1e-4,
+        rtol: 1e-3,
+    };
+    let onet = ModelDir::open(&dir.join("onet")).unwrap();
+    let r = worker_load(&onet, &opts).unwrap();
+    assert_eq!(r.provider, "cpu");
+    assert!(r.samples >= onet.samples as u64, "at least one pass over the samples: {r:?}");
+    assert!(r.batch_sizes.iter().any(|&(b, _)| b > 1), "the worker batched: {:?}", r.batch_sizes);
+    // MiniLM's batched outputs differ from the batch-1 reference in the 7th digit: with no
+    // tolerance at all the check must catch that.
+    let minilm = ModelDir::open(&dir.join("minilm")).unwrap();
+    let exact = LoadOptions { atol: 0.0, rtol: 0.0, ..opts.clone() };
+    let e = worker_load(&minilm, &exact).unwrap_err();
+    assert!(e.contains("output \"461\"") && e.contains("reference"), "{e}");
+    worker_load(&minilm, &opts).unwrap();
+}

@@ -33,7 +33,8 @@ pub mod client;
 pub mod connection;
 pub mod issuer;
 pub mod local;
-pub mod npy;
+/// NumPy files (moved to the shared crate; kept here for existing paths).
+pub use qdl_shared::npy;
 pub mod plot;
 pub mod qsl;
 pub mod report;

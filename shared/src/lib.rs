@@ -8,7 +8,8 @@
 //! - [`tracker`]: the frontend's per-connection `TransactionTracker` (sans-IO slot ring).
 //! - [`slots`]: the accelerator's per-connection slot memory and leases.
 //! - [`transport`]: the data transport traits and the TCP transport.
-//! - [`workload`]: tensor descriptors of the workloads and the reference output function.
+//! - [`workload`]: tensor descriptors of the workloads and the reference output function;
+//!   [`npy`]: reading (and writing) NumPy files of samples and reference outputs.
 //! - [`config`]: both nodes' configuration, validated field by field.
 //! - [`metrics`]: metric names and descriptions; [`telemetry`]: log and metrics set-up.
 //! - [`time`]: the nanosecond clock the sans-IO cores take as `now`; [`signals`]: SIGTERM/SIGINT;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod control;
 pub mod control_link;
 pub mod metrics;
+pub mod npy;
 pub mod sdnotify;
 pub mod signals;
 pub mod slots;

@@ -2,7 +2,10 @@
 //!
 //! Discovers the GPUs, then for each (or `--gpu N`): allocates a worker's pinned and device
 //! buffers, copies a batch of slots to the GPU and back byte for byte, compiles and runs a kernel
-//! with NVRTC, and runs a worker's copy load for `--seconds`. Prints one row per check
+//! with NVRTC, and runs a worker's copy load for `--seconds`. With `--model-dir` (a directory
+//! written by scripts/models) it also runs the accelerator's own worker (batcher + onnx backend)
+//! on each GPU under load, every answer checked against the directory's references; the row
+//! names the execution provider that served, so a fall-back to the CPU shows. Prints one row per check
 //! (`check | gpu | result | detail | ms`) and exits 0 when all pass, 1 when one fails, and 2 when
 //! there is no NVIDIA driver or GPU at all ("no NVIDIA GPU: nothing to check").
 
@@ -31,6 +34,16 @@ struct Cli {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// A model directory (scripts/models: model.onnx, frontend.toml, dataset, references): run a
+    /// GpuWorker with the onnx backend on it under load, answers checked.
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// Execution providers for the worker check, in order.
+    #[arg(long, value_delimiter = ',', default_value = "tensorrt,cuda,cpu")]
+    execution_providers: Vec<String>,
+    /// Tolerance of the worker check's float outputs (absolute; the relative one is 10x).
+    #[arg(long, default_value_t = 1e-3)]
+    atol: f64,
 }
 
 /// One check's result.
@@ -83,8 +96,12 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             g.compute_capability.1
         );
     }
-    rows.push(row("discover", "-", Ok(format!("{} GPU(s), {driver}", gpus.len())), started));
+    rows.push(row::<GpuError>("discover", "-", Ok(format!("{} GPU(s), {driver}", gpus.len())), started));
 
+    let model_dir = match &cli.model_dir {
+        Some(d) => Some(qdl_accelerator::loadcheck::ModelDir::open(d).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let targets: Vec<u32> = match cli.gpu {
         None => gpus.iter().map(|g| g.ordinal).collect(),
         Some(n) if gpus.iter().any(|g| g.ordinal == n) => vec![n],
@@ -104,6 +121,10 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         rows.push(row("nvrtc", &g, gpu::nvrtc_smoke(ordinal), t));
         let t = Instant::now();
         rows.push(row("load", &g, gpu::load_check(ordinal, cli.seconds), t));
+        if let Some(dir) = &model_dir {
+            let t = Instant::now();
+            rows.push(row("worker", &g, worker_check(cli, dir, ordinal), t));
+        }
     }
     let infos: Vec<serde_json::Value> = gpus
         .iter()
@@ -121,6 +142,41 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
+
+/// The accelerator's worker (batcher + onnx backend) on GPU `ordinal` under load.
+fn worker_check(cli: &Cli, dir: &qdl_accelerator::loadcheck::ModelDir, ordinal: u32) -> Result<String, String> {
+    use qdl_shared::config::ExecutionProviderName as P;
+    let providers = cli
+        .execution_providers
+        .iter()
+        .map(|p| match p.as_str() {
+            "tensorrt" => P::Tensorrt,
+            "cuda" => P::Cuda,
+            _ => P::Cpu,
+        })
+        .collect();
+    let opts = qdl_accelerator::loadcheck::LoadOptions {
+        gpu: Some(ordinal),
+        providers,
+        library: None,
+        duration: std::time::Duration::from_secs_f64(cli.seconds),
+        max_batch: 64,
+        atol: cli.atol,
+        rtol: cli.atol * 10.0,
+    };
+    let r = qdl_accelerator::loadcheck::worker_load(dir, &opts)?;
+    let largest = r.batch_sizes.iter().map(|b| b.0).max().unwrap_or(0);
+    Ok(format!(
+        "{} on {}: {} samples in {:.1} s = {:.0}/s, batches up to {largest}, all within tolerance \
+         (max abs error {:.1e})",
+        dir.spec.name,
+        r.provider,
+        r.samples,
+        r.seconds,
+        r.rate(),
+        r.max_abs_error
+    ))
+}
 
 /// A worker's buffers for a batch of 64 ResNet samples, then grown for 128.
 fn alloc_check(ordinal: u32) -> Result<String, GpuError> {
@@ -140,7 +196,7 @@ fn alloc_check(ordinal: u32) -> Result<String, GpuError> {
     ))
 }
 
-fn row(check: &'static str, gpu: &str, result: Result<String, GpuError>, since: Instant) -> Row {
+fn row<E: std::fmt::Display>(check: &'static str, gpu: &str, result: Result<String, E>, since: Instant) -> Row {
     let ms = since.elapsed().as_secs_f64() * 1e3;
     let (ok, detail) = match result {
         Ok(d) => (true, d),

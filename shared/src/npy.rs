@@ -5,7 +5,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use qdl_shared::workload::DType;
+use crate::workload::DType;
 
 /// Errors reading `.npy` files.
 #[derive(Debug, thiserror::Error)]
