@@ -210,9 +210,8 @@ fn build_onnx(config: &BackendConfig, workers: &WorkersConfig, count: usize) -> 
     for p in placements {
         let b = onnx::OnnxBackend::load(&config.onnx, p)?;
         for s in b.skipped() {
-            let note = format!("execution provider {s}");
-            if !notes.contains(&note) {
-                notes.push(note);
+            if !notes.contains(s) {
+                notes.push(s.clone());
             }
         }
         info.get_or_insert_with(|| {

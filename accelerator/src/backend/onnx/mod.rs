@@ -138,7 +138,7 @@ impl OnnxBackend {
             let device = match (provider.is_gpu(), placement) {
                 (true, Placement::Gpu(d)) => d as i32,
                 (true, Placement::Cpu) => {
-                    skipped.push(format!("{}: this worker has no GPU", provider.as_str()));
+                    skipped.push(format!("execution provider {}: this worker has no GPU", provider.as_str()));
                     continue;
                 }
                 (false, _) => 0,
@@ -147,7 +147,15 @@ impl OnnxBackend {
                 Ok(session) => {
                     let info = Arc::new(model_info(&session, path));
                     let gpu = match (provider, placement) {
-                        (ExecutionProviderName::Cuda, Placement::Gpu(d)) => gpu::GpuIo::new(d).ok(),
+                        (ExecutionProviderName::Cuda, Placement::Gpu(d)) => match gpu::GpuIo::new(d) {
+                            Ok(io) => Some(io),
+                            Err(e) => {
+                                skipped.push(format!(
+                                    "GPU {d} staging unavailable ({e}): ONNX Runtime copies the inputs itself"
+                                ));
+                                None
+                            }
+                        },
                         _ => None,
                     };
                     return Ok(OnnxBackend {
@@ -161,10 +169,11 @@ impl OnnxBackend {
                         skipped,
                     });
                 }
-                Err(reason) => skipped.push(format!("{}: {reason}", provider.as_str())),
+                Err(reason) => skipped.push(format!("execution provider {}: {reason}", provider.as_str())),
             }
         }
-        Err(OnnxError::Model { model: path.display().to_string(), reason: skipped.join("; ") })
+        let reason = skipped.iter().map(|s| s.trim_start_matches("execution provider ")).collect::<Vec<_>>().join("; ");
+        Err(OnnxError::Model { model: path.display().to_string(), reason })
     }
 
     /// The model's inputs and outputs.
