@@ -23,7 +23,7 @@ use ort::value::{Shape, TensorRefMut};
 use qdl_shared::workload::DType;
 
 use super::model::ModelInfo;
-use super::{OnnxError, output_bytes};
+use super::{OnnxError, split_outputs};
 use crate::backend::Batch;
 use crate::gpu::GpuStaging;
 
@@ -95,19 +95,7 @@ impl GpuIo {
             at += (rows * t.bytes()) as u64;
         }
         let outputs = session.run_with_options(inputs, options).map_err(|e| OnnxError::Run(e.to_string()))?;
-        let ob = spec.output_bytes as usize;
-        let mut offset = 0;
-        for t in &spec.outputs {
-            let value =
-                outputs.get(&t.name).ok_or_else(|| OnnxError::Run(format!("the model gave no output {:?}", t.name)))?;
-            let b = t.bytes();
-            let data = output_bytes(value, t, rows)?;
-            for i in 0..n {
-                output[i * ob + offset..i * ob + offset + b].copy_from_slice(&data[i * b..(i + 1) * b]);
-            }
-            offset += b;
-        }
-        Ok(())
+        split_outputs(&outputs, spec, rows, n, output)
     }
 }
 

@@ -242,20 +242,32 @@ impl OnnxBackend {
         }
         let options = &self.selected.as_ref().expect("selected above").1;
         let outputs = self.session.run_with_options(inputs, options).map_err(|e| OnnxError::Run(e.to_string()))?;
-        let ob = spec.output_bytes as usize;
-        let mut offset = 0;
-        for t in &spec.outputs {
-            let value =
-                outputs.get(&t.name).ok_or_else(|| OnnxError::Run(format!("the model gave no output {:?}", t.name)))?;
-            let b = t.bytes();
-            let data = output_bytes(value, t, rows)?;
-            for i in 0..n {
-                output[i * ob + offset..i * ob + offset + b].copy_from_slice(&data[i * b..(i + 1) * b]);
-            }
-            offset += b;
-        }
-        Ok(())
+        split_outputs(&outputs, spec, rows, n, output)
     }
+}
+
+/// Splits a run's outputs (each `rows × t.shape`) into the first `n` samples' answers: sample
+/// `i`'s answer is its row of every output tensor, concatenated in the workload's order.
+fn split_outputs(
+    outputs: &ort::session::SessionOutputs<'_>,
+    spec: &WorkloadSpec,
+    rows: usize,
+    n: usize,
+    output: &mut [u8],
+) -> Result<(), OnnxError> {
+    let ob = spec.output_bytes as usize;
+    let mut offset = 0;
+    for t in &spec.outputs {
+        let value =
+            outputs.get(&t.name).ok_or_else(|| OnnxError::Run(format!("the model gave no output {:?}", t.name)))?;
+        let b = t.bytes();
+        let data = output_bytes(value, t, rows)?;
+        for i in 0..n {
+            output[i * ob + offset..i * ob + offset + b].copy_from_slice(&data[i * b..(i + 1) * b]);
+        }
+        offset += b;
+    }
+    Ok(())
 }
 
 /// The bytes of output `t` of a run of `rows` rows, after checking its type and size.
