@@ -219,7 +219,38 @@ pub fn lab(opts: LabOptions) -> anyhow::Result<LabReport> {
     let mut n = 0;
     let mut rows = Vec::new();
     for w in &opts.workloads {
-        let capacity = modelled_capacity(&acc_cfg, w, opts.accelerators);
+        let mut capacity = modelled_capacity(&acc_cfg, w, opts.accelerators);
+        if acc_cfg.backend.kind == qdl_shared::config::BackendKind::Onnx {
+            // A real model's rate is not known beforehand: a short in-process Offline run
+            // measures it, so the Offline tests are sized to last their minimum duration.
+            let mut a: Vec<String> = match &opts.frontend_config {
+                Some(p) => vec!["--config".into(), p.display().to_string()],
+                None => Vec::new(),
+            };
+            a.extend(
+                [
+                    "--workload",
+                    w,
+                    "--scenario",
+                    "offline",
+                    "--min-duration-ms",
+                    "1000",
+                    "--expected-qps",
+                    &format!("{capacity:.0}"),
+                    "--local",
+                    "--accelerator-config",
+                    &acc_path.display().to_string(),
+                    "--local-accelerators",
+                    &opts.accelerators.to_string(),
+                ]
+                .map(String::from),
+            );
+            let label = format!("[calibrate] {w} offline local");
+            match display.run(&label, 2.0, |p| run_test(&a, &out.join(format!("{w}-calibrate")), &fe_metrics, p)) {
+                Ok(r) => capacity = r.loadgen.throughput().unwrap_or(capacity),
+                Err(e) => eprintln!("lab: calibration failed ({e:#}); sizing for {capacity:.0} samples/s"),
+            }
+        }
         let mut local_offline: Option<f64> = None;
         for sc in &opts.scenarios {
             let mut row = LabRow {
