@@ -6,7 +6,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_qdl-accelerator"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_qdl-accelerator"));
+    c.env("QDL_SECRET", "qdl test secret: 0123456789abcdef");
+    c
 }
 
 fn text(o: &std::process::Output) -> String {
@@ -124,6 +126,7 @@ fn rdma_without_a_device_or_library_is_a_clear_error() {
     };
     let script = format!("mount --bind /dev/null {lib} && exec \"$0\" \"$@\"");
     let o = Command::new("unshare")
+        .env("QDL_SECRET", "qdl test secret: 0123456789abcdef")
         .args(["--mount", "sh", "-c", &script, env!("CARGO_BIN_EXE_qdl-accelerator")])
         .args(args)
         .output()

@@ -161,6 +161,7 @@ impl AcceleratorClient {
         node: &str,
         request: SessionRequest,
         heartbeat: Heartbeat,
+        secret: qdl_shared::auth::Secret,
         timeout: Duration,
         on_failure: FailureHandler,
     ) -> Result<(Addr<AcceleratorClient>, Established), ClientError> {
@@ -175,7 +176,7 @@ impl AcceleratorClient {
             .map_err(|_| ClientError::Timeout { addr: addr.to_string(), what: "connecting" })?
             .map_err(|e| connect_err(e.to_string()))?;
         qdl_shared::transport::tcp::tune(&stream).map_err(|e| connect_err(e.to_string()))?;
-        let endpoint = Endpoint::client(node, request, heartbeat, Nanos::now());
+        let endpoint = Endpoint::client(node, request, heartbeat, Nanos::now()).with_secret(secret);
         let (tx, rx) = oneshot::channel();
         let actor = AcceleratorClient {
             link: ControlLink::new(stream, endpoint),

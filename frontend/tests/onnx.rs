@@ -158,7 +158,7 @@ fn missing_library_or_model_is_a_clear_start_up_error() {
     let model = dir.join("onet").join("model.onnx");
     let run_acc = |env: &[(&str, &str)], args: &[&str]| {
         let mut cmd = std::process::Command::new(accelerator_bin());
-        cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", ""]).args(args);
+        cmd.env("QDL_SECRET", TEST_SECRET).args(["--listen", "127.0.0.1:0", "--metrics-listen", ""]).args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -108,6 +108,34 @@ impl HeartbeatConfig {
     }
 }
 
+/// `[auth]` (both nodes): the shared secret the control channel is authenticated with (see
+/// [`crate::auth`]). The secret itself is never in a config file or on the command line: it is
+/// in a file of its own (mode 0600), or in the `QDL_SECRET` environment variable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A file holding the secret (at least 16 bytes; surrounding whitespace ignored); relative
+    /// paths resolve against the config file's directory. `QDL_SECRET_FILE` overrides it and
+    /// `QDL_SECRET` (the secret itself) overrides both. Default none.
+    pub secret_file: Option<PathBuf>,
+    /// Refuse to start without a secret. With false and no secret the node uses an empty key and
+    /// talks only to nodes that have none either: for a closed lab only. Default true.
+    pub required: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { secret_file: None, required: true }
+    }
+}
+
+impl AuthConfig {
+    /// The secret this config and the environment give (see [`crate::auth::Secret::load`]).
+    pub fn secret(&self) -> Result<crate::auth::Secret, crate::auth::AuthError> {
+        crate::auth::Secret::load(self.secret_file.as_deref(), self.required)
+    }
+}
+
 /// Log output of a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -156,6 +184,8 @@ pub struct AcceleratorConfig {
     pub backend: BackendConfig,
     /// Control-connection heartbeats.
     pub heartbeat: HeartbeatConfig,
+    /// Control-channel authentication.
+    pub auth: AuthConfig,
     /// Data transport. With `kind = "rdma"` the accelerator opens its RDMA device at start and
     /// serves RDMA sessions as well as TCP ones.
     pub transport: TransportConfig,
@@ -207,6 +237,15 @@ pub struct LimitsConfig {
     /// Slot memory per session (connections × slots × sample bytes), bytes; a request above it is
     /// granted fewer slots. Default 8 GiB.
     pub max_session_memory_bytes: u64,
+    /// Open TCP connections (control and data) in all; more are closed at once. Default 1024.
+    pub max_connections: u32,
+    /// Open TCP connections from one address. Default 64.
+    pub max_connections_per_peer: u32,
+    /// Connections still in their handshake (preamble, attach block, authentication) at once.
+    /// Default 256.
+    pub max_pending_handshakes: u32,
+    /// Time a connection has to finish its handshake, authentication included, ms. Default 10000.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -218,6 +257,10 @@ impl Default for LimitsConfig {
             max_sample_bytes: 16 << 20,
             max_output_bytes: 1 << 20,
             max_session_memory_bytes: 8 << 30,
+            max_connections: 1024,
+            max_connections_per_peer: 64,
+            max_pending_handshakes: 256,
+            handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -465,6 +508,7 @@ impl AcceleratorConfig {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
+        resolve(base, &mut self.auth.secret_file);
         let o = &mut self.backend.onnx;
         resolve(base, &mut o.model);
         resolve(base, &mut o.library);
@@ -507,6 +551,22 @@ impl AcceleratorConfig {
             l.max_session_memory_bytes >= l.max_sample_bytes as u64,
             "limits.max_session_memory_bytes",
             "must hold at least one sample (limits.max_sample_bytes)",
+        )?;
+        check((1..=1 << 20).contains(&l.max_connections), "limits.max_connections", "must be between 1 and 1048576")?;
+        check(
+            (1..=l.max_connections).contains(&l.max_connections_per_peer),
+            "limits.max_connections_per_peer",
+            "must be between 1 and limits.max_connections",
+        )?;
+        check(
+            (1..=l.max_connections).contains(&l.max_pending_handshakes),
+            "limits.max_pending_handshakes",
+            "must be between 1 and limits.max_connections",
+        )?;
+        check(
+            (100..=600_000).contains(&l.handshake_timeout_ms),
+            "limits.handshake_timeout_ms",
+            "must be between 100 and 600000 ms",
         )?;
         let b = &self.batcher;
         check((1..=65_536).contains(&b.max_batch), "batcher.max_batch", "must be between 1 and 65536")?;
@@ -689,6 +749,8 @@ pub struct FrontendConfig {
     pub local: LocalConfig,
     /// Control-connection heartbeats.
     pub heartbeat: HeartbeatConfig,
+    /// Control-channel authentication.
+    pub auth: AuthConfig,
     /// Data transport to the accelerators.
     pub transport: TransportConfig,
     /// Logging.
@@ -973,6 +1035,7 @@ impl FrontendConfig {
     fn resolve_paths(&mut self, base: &Path) {
         resolve(base, &mut self.workload.dataset_dir);
         resolve(base, &mut self.workload.reference_dir);
+        resolve(base, &mut self.auth.secret_file);
         resolve(base, &mut self.loadgen.user_conf);
         resolve(base, &mut self.local.accelerator_config);
     }
@@ -1069,6 +1132,14 @@ mod tests {
     }
 
     #[test]
+    fn the_secret_itself_cannot_be_put_in_a_config_file() {
+        let e = field_of(acc("[auth]\nsecret = \"hunter2hunter2hunter2\"").unwrap_err());
+        assert!(e.starts_with("parse:") && e.contains("secret"), "{e}");
+        let a = acc("[auth]\nsecret_file = \"secret\"\nrequired = false").unwrap();
+        assert_eq!((a.auth.secret_file.as_deref(), a.auth.required), (Some(Path::new("secret")), false));
+    }
+
+    #[test]
     fn empty_files_give_documented_defaults() {
         let a = acc("").unwrap();
         assert_eq!(a.batcher, BatcherConfig { max_batch: 64, max_queue_delay_us: 500, max_queue: 65536 });
@@ -1095,6 +1166,10 @@ mod tests {
             ("[limits]\nmax_sample_bytes = 0", "limits.max_sample_bytes"),
             ("[limits]\nmax_output_bytes = 0", "limits.max_output_bytes"),
             ("[limits]\nmax_session_memory_bytes = 1", "limits.max_session_memory_bytes"),
+            ("[limits]\nmax_connections = 0", "limits.max_connections"),
+            ("[limits]\nmax_connections = 8\nmax_connections_per_peer = 9", "limits.max_connections_per_peer"),
+            ("[limits]\nmax_pending_handshakes = 0", "limits.max_pending_handshakes"),
+            ("[limits]\nhandshake_timeout_ms = 5", "limits.handshake_timeout_ms"),
             ("[batcher]\nmax_batch = 0", "batcher.max_batch"),
             ("[batcher]\nmax_queue_delay_us = 99999999999", "batcher.max_queue_delay_us"),
             ("[batcher]\nmax_batch = 128\nmax_queue = 64", "batcher.max_queue"),

@@ -2,8 +2,10 @@
 //!
 //! ```text
 //! frontend (client)                         accelerator (server)
-//!   preamble + Hello            ───────▶
+//!   preamble + Hello {node, Nc} ───────▶
 //!                               ◀───────    preamble (sent on accept)
+//!                               ◀───────    Challenge {Ns, server proof}   (crate::auth)
+//!   Auth {client proof}         ───────▶    (a wrong proof either way ends it: Unauthorized)
 //!                               ◀───────    Welcome {name, limits}
 //!   Configure {workload, ...}   ───────▶    → Event::ConfigureRequested → grant()/refuse()
 //!                               ◀───────    Configured {token, slots, ...} | Error
@@ -21,6 +23,7 @@
 
 use std::collections::VecDeque;
 
+use crate::auth::{self, NONCE_LEN, Secret};
 use crate::time::Nanos;
 use crate::wire::WireError;
 use crate::wire::message::{
@@ -69,7 +72,20 @@ pub enum ControlError {
     /// An operation that needs an established session was attempted before or after it.
     #[error("the control session is not established")]
     NotEstablished,
+    /// The peer did not prove that it knows the shared secret.
+    #[error("authentication failed: {0}")]
+    Unauthorized(&'static str),
+    /// The handshake was not over in time.
+    #[error("handshake not completed within {ms} ms")]
+    HandshakeTimeout {
+        /// The time allowed.
+        ms: u64,
+    },
 }
+
+/// How long a peer has to complete the handshake, authentication included, whatever it sends
+/// meanwhile (a peer trickling bytes cannot hold a connection open).
+pub const HANDSHAKE_TIMEOUT: Nanos = Nanos(10_000_000_000);
 
 /// Heartbeat settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,8 +183,10 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     AwaitPreamble,
-    /// client: Hello sent, waiting for Welcome; server: waiting for Hello.
+    /// client: Hello sent, waiting for Challenge; server: waiting for Hello.
     Greeting,
+    /// client: Auth sent, waiting for Welcome; server: Challenge sent, waiting for Auth.
+    Authenticating,
     /// client: Configure sent; server: Welcome sent, waiting for Configure (or for the driver).
     Configuring,
     Established,
@@ -176,11 +194,18 @@ enum Phase {
 }
 
 impl Phase {
+    /// Whether the peer has proved the shared secret (Welcome sent or received).
+    fn authenticated(self) -> bool {
+        matches!(self, Phase::Configuring | Phase::Established)
+    }
+
     fn describe(self, server: bool) -> &'static str {
         match (self, server) {
             (Phase::AwaitPreamble, _) => "awaiting the preamble",
-            (Phase::Greeting, false) => "awaiting Welcome",
+            (Phase::Greeting, false) => "awaiting Challenge",
             (Phase::Greeting, true) => "awaiting Hello",
+            (Phase::Authenticating, false) => "awaiting Welcome",
+            (Phase::Authenticating, true) => "awaiting Auth",
             (Phase::Configuring, false) => "awaiting Configured",
             (Phase::Configuring, true) => "awaiting Configure",
             (Phase::Established, _) => "established",
@@ -206,6 +231,14 @@ pub struct Endpoint {
     // server
     name: String,
     limits: Option<Limits>,
+    // authentication
+    secret: Secret,
+    /// The handshake (authentication included) must be over by then.
+    handshake_deadline: Nanos,
+    handshake_timeout: Nanos,
+    nonce: [u8; NONCE_LEN],
+    peer_nonce: [u8; NONCE_LEN],
+    peer_node: String,
 }
 
 impl Endpoint {
@@ -214,8 +247,23 @@ impl Endpoint {
         let mut e = Endpoint::new(false, heartbeat, now);
         e.request = Some(request);
         e.outbuf.extend_from_slice(&Preamble::ours(Role::Control).encode());
-        e.send(&Message::Hello { node: node.to_string() });
+        e.send(&Message::Hello { node: node.to_string(), nonce: e.nonce });
         e
+    }
+
+    /// Gives the peer `timeout` (from this endpoint's creation) to finish the handshake,
+    /// authentication included; default [`HANDSHAKE_TIMEOUT`].
+    pub fn with_handshake_timeout(mut self, timeout: Nanos) -> Endpoint {
+        self.handshake_deadline = self.last_rx + timeout;
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Uses `secret` to authenticate (both sides; see [`crate::auth`]). Without it an endpoint
+    /// uses the empty key of nodes that have no secret.
+    pub fn with_secret(mut self, secret: Secret) -> Endpoint {
+        self.secret = secret;
+        self
     }
 
     /// The accelerator side: queues its preamble (sent on accept, whatever the peer's version).
@@ -250,6 +298,12 @@ impl Endpoint {
             request: None,
             name: String::new(),
             limits: None,
+            secret: Secret::none(),
+            handshake_deadline: now + HANDSHAKE_TIMEOUT,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            nonce: crate::auth::nonce(),
+            peer_nonce: [0; NONCE_LEN],
+            peer_node: String::new(),
         }
     }
 
@@ -306,8 +360,12 @@ impl Endpoint {
 
     fn handle_message(&mut self, msg: Message, now: Nanos) {
         match (self.server, self.phase, msg) {
-            (_, _, Message::Heartbeat { seq, sent_ns }) => self.send(&Message::HeartbeatAck { seq, sent_ns }),
-            (_, _, Message::HeartbeatAck { sent_ns, .. }) => {
+            // Heartbeats keep only an authenticated session alive: before that, a peer has the
+            // handshake deadline and nothing else.
+            (_, phase, Message::Heartbeat { seq, sent_ns }) if phase.authenticated() => {
+                self.send(&Message::HeartbeatAck { seq, sent_ns })
+            }
+            (_, phase, Message::HeartbeatAck { sent_ns, .. }) if phase.authenticated() => {
                 self.events.push_back(Event::HeartbeatRtt(now.since(Nanos(sent_ns))));
             }
             (_, _, Message::Error { code, message }) => self.fail(ControlError::Peer { code, message }, false),
@@ -316,7 +374,17 @@ impl Endpoint {
                 self.events.push_back(Event::Closed);
             }
             // client
-            (false, Phase::Greeting, Message::Welcome { name, limits, .. }) => {
+            (false, Phase::Greeting, Message::Challenge { nonce, proof }) => {
+                if !self.secret.verify(auth::SERVER, &self.nonce, &nonce, &proof) {
+                    let why = "the accelerator did not prove that it knows the shared secret (is QDL_SECRET or \
+                               [auth] secret_file the same on both nodes?)";
+                    self.fail(ControlError::Unauthorized(why), true);
+                    return;
+                }
+                self.send(&Message::Auth { proof: self.secret.proof(auth::CLIENT, &nonce, &self.nonce) });
+                self.phase = Phase::Authenticating;
+            }
+            (false, Phase::Authenticating, Message::Welcome { name, limits, .. }) => {
                 self.events.push_back(Event::Welcomed { name, limits });
                 let req = self.request.take().expect("a client endpoint is built with its request");
                 self.send(&Message::Configure(req));
@@ -339,8 +407,21 @@ impl Endpoint {
                 self.events.push_back(Event::RdmaAccepted { request, endpoint });
             }
             // server
-            (true, Phase::Greeting, Message::Hello { node }) => {
-                self.events.push_back(Event::Hello { node });
+            (true, Phase::Greeting, Message::Hello { node, nonce }) => {
+                // Nothing about this node (name, limits) is said before the peer has proved itself.
+                self.peer_node = node;
+                self.peer_nonce = nonce;
+                let proof = self.secret.proof(auth::SERVER, &nonce, &self.nonce);
+                self.send(&Message::Challenge { nonce: self.nonce, proof });
+                self.phase = Phase::Authenticating;
+            }
+            (true, Phase::Authenticating, Message::Auth { proof }) => {
+                if !self.secret.verify(auth::CLIENT, &self.nonce, &self.peer_nonce, &proof) {
+                    let why = "the frontend did not prove that it knows the shared secret";
+                    self.fail(ControlError::Unauthorized(why), true);
+                    return;
+                }
+                self.events.push_back(Event::Hello { node: std::mem::take(&mut self.peer_node) });
                 let limits = self.limits.expect("a server endpoint is built with its limits");
                 let hb = (self.heartbeat.interval.0 / 1_000_000) as u32;
                 self.send(&Message::Welcome { name: self.name.clone(), limits, heartbeat_interval_ms: hb });
@@ -376,6 +457,11 @@ impl Endpoint {
         if self.phase == Phase::Done {
             return;
         }
+        if !self.phase.authenticated() && now >= self.handshake_deadline {
+            let err = ControlError::HandshakeTimeout { ms: self.handshake_timeout.0 / 1_000_000 };
+            self.fail(err, true);
+            return;
+        }
         let dead_after = Nanos(self.heartbeat.interval.0 * self.heartbeat.misses as u64);
         let silent = now.since(self.last_rx);
         if silent >= dead_after {
@@ -402,7 +488,8 @@ impl Endpoint {
             return None;
         }
         let dead = self.last_rx + Nanos(self.heartbeat.interval.0 * self.heartbeat.misses as u64);
-        Some(dead.min(self.next_heartbeat))
+        let next = dead.min(self.next_heartbeat);
+        Some(if self.phase.authenticated() { next } else { next.min(self.handshake_deadline) })
     }
 
     /// Bytes to send, if any.
@@ -521,7 +608,8 @@ impl Endpoint {
     fn fail(&mut self, err: ControlError, tell_peer: bool) {
         if tell_peer && self.phase != Phase::AwaitPreamble {
             let code = match err {
-                ControlError::PeerDead { .. } => ErrorCode::Timeout,
+                ControlError::PeerDead { .. } | ControlError::HandshakeTimeout { .. } => ErrorCode::Timeout,
+                ControlError::Unauthorized(_) => ErrorCode::Unauthorized,
                 _ => ErrorCode::Protocol,
             };
             self.send(&Message::Error { code, message: err.to_string() });
@@ -672,11 +760,120 @@ mod tests {
         let t = Nanos::ZERO;
         let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t);
         let mut s = Endpoint::server("acc", limits(), Heartbeat::default(), t);
-        let bytes = c.poll_transmit().unwrap();
-        for b in bytes {
-            s.handle_input(&[b], t);
-        }
+        let one_by_one = |from: &mut Endpoint, to: &mut Endpoint| {
+            for b in from.poll_transmit().unwrap() {
+                to.handle_input(&[b], t);
+            }
+        };
+        one_by_one(&mut c, &mut s); // preamble + Hello
+        assert_eq!(events(&mut s), vec![], "nothing is reported before the frontend proves itself");
+        one_by_one(&mut s, &mut c); // preamble + Challenge
+        one_by_one(&mut c, &mut s); // Auth
         assert_eq!(events(&mut s), vec![Event::Hello { node: "fe".into() }]);
+    }
+
+    fn secret(s: &str) -> Secret {
+        Secret::new(s.as_bytes(), "test").unwrap()
+    }
+
+    fn pair(client: &str, server: &str) -> (Endpoint, Endpoint) {
+        let t = Nanos::ZERO;
+        let c = Endpoint::client("fe", request(), Heartbeat::default(), t).with_secret(secret(client));
+        let s = Endpoint::server("acc-0", limits(), Heartbeat::default(), t).with_secret(secret(server));
+        (c, s)
+    }
+
+    #[test]
+    fn both_sides_prove_the_shared_secret() {
+        let t = Nanos::ZERO;
+        let (mut c, mut s) = pair("the shared secret", "the shared secret");
+        pump(&mut c, &mut s, t);
+        assert_eq!(events(&mut s), vec![Event::Hello { node: "fe".into() }, Event::ConfigureRequested(request())]);
+        assert!(matches!(&events(&mut c)[..], [Event::Welcomed { .. }]));
+    }
+
+    #[test]
+    fn a_frontend_with_another_secret_is_refused_before_learning_anything() {
+        let t = Nanos::ZERO;
+        let (mut c, mut s) = pair("not the right secret", "the shared secret");
+        let hello = c.poll_transmit().unwrap();
+        s.handle_input(&hello, t);
+        let challenge = s.poll_transmit().unwrap();
+        // The accelerator's first answer is its challenge: no name, no limits.
+        let (msg, _) = message::parse(&challenge[PREAMBLE_LEN..]).unwrap();
+        assert!(matches!(msg, Message::Challenge { .. }), "{msg:?}");
+        assert_eq!(challenge.len(), PREAMBLE_LEN + 4 + 1 + 64);
+        // The frontend cannot check a proof made with another key: it refuses the accelerator.
+        c.handle_input(&challenge, t);
+        let ev = events(&mut c);
+        assert!(
+            matches!(&ev[..], [Event::Failed(ControlError::Unauthorized(why))] if why.contains("accelerator")),
+            "{ev:?}"
+        );
+        // Had it answered anyway (a frontend that skips the check), its proof fails.
+        let mut forged = Vec::new();
+        message::encode(&Message::Auth { proof: [0x5a; 32] }, &mut forged).unwrap();
+        s.handle_input(&forged, t);
+        let ev = events(&mut s);
+        assert!(matches!(&ev[..], [Event::Failed(ControlError::Unauthorized(_))]), "{ev:?}");
+        let refusal = s.poll_transmit().unwrap();
+        let (msg, _) = message::parse(&refusal).unwrap();
+        assert!(matches!(msg, Message::Error { code: ErrorCode::Unauthorized, .. }), "{msg:?}");
+        assert!(s.is_done());
+    }
+
+    #[test]
+    fn a_peer_cannot_hold_an_unauthenticated_connection_open() {
+        // Trickling a Hello one byte every 500 ms keeps the link busy, but the handshake
+        // deadline still ends it.
+        let (mut c, _) = pair("the shared secret", "the shared secret");
+        let hello = c.poll_transmit().unwrap();
+        let mut s = Endpoint::server("acc-0", limits(), Heartbeat::default(), Nanos::ZERO);
+        let mut t = Nanos::ZERO;
+        for b in hello.iter().take(PREAMBLE_LEN + 4) {
+            s.handle_input(&[*b], t);
+            t = t + Nanos::from_millis(500);
+            assert!(s.poll_timeout().unwrap() <= HANDSHAKE_TIMEOUT);
+            if t >= s.poll_timeout().unwrap() {
+                s.handle_timeout(t);
+            }
+        }
+        s.handle_timeout(HANDSHAKE_TIMEOUT);
+        let ev = events(&mut s);
+        assert!(matches!(&ev[..], [Event::Failed(ControlError::HandshakeTimeout { ms: 10_000 })]), "{ev:?}");
+        // Heartbeats do not count as a handshake either.
+        let (mut c, mut s) = pair("the shared secret", "the shared secret");
+        s.handle_input(&c.poll_transmit().unwrap(), Nanos::ZERO);
+        let mut hb = Vec::new();
+        message::encode(&Message::Heartbeat { seq: 1, sent_ns: 0 }, &mut hb).unwrap();
+        s.handle_input(&hb, Nanos::ZERO);
+        let ev = events(&mut s);
+        assert!(matches!(&ev[..], [Event::Failed(ControlError::Unexpected { got: "Heartbeat", .. })]), "{ev:?}");
+    }
+
+    #[test]
+    fn a_replayed_handshake_does_not_pass() {
+        let t = Nanos::ZERO;
+        // Record a frontend's side of a good handshake...
+        let (mut c, mut s) = pair("the shared secret", "the shared secret");
+        let hello = c.poll_transmit().unwrap();
+        s.handle_input(&hello, t);
+        c.handle_input(&s.poll_transmit().unwrap(), t);
+        let auth = c.poll_transmit().unwrap();
+        // ...and replay it to a new session of the same accelerator: its challenge is new.
+        let (_, mut s2) = pair("the shared secret", "the shared secret");
+        s2.handle_input(&hello, t);
+        s2.handle_input(&auth, t);
+        let ev = events(&mut s2);
+        assert!(matches!(&ev[..], [Event::Failed(ControlError::Unauthorized(_))]), "{ev:?}");
+        // A Configure before the proof is out of order, not served.
+        let (_, mut s3) = pair("the shared secret", "the shared secret");
+        s3.handle_input(&hello, t);
+        let mut configure = Vec::new();
+        message::encode(&Message::Configure(request()), &mut configure).unwrap();
+        s3.handle_input(&configure, t);
+        let ev = events(&mut s3);
+        assert!(matches!(&ev[..], [Event::Failed(ControlError::Unexpected { got: "Configure", .. })]), "{ev:?}");
     }
 
     #[test]

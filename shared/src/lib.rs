@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`wire`]: the byte formats: connection [`wire::preamble`], control [`wire::message`]s
 //!   (bincode 2), the data-connection [`wire::attach`] block and fixed-layout [`wire::data`] frames.
+//! - [`auth`]: the shared secret and the challenge-response both nodes pass before anything else.
 //! - [`control`]: the control connection's handshake, name query, run states and heartbeats as a
 //!   sans-IO state machine; [`control_link`] drives one over a TCP stream.
 //! - [`tracker`]: the frontend's per-connection `TransactionTracker` (sans-IO slot ring).
@@ -17,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod control_link;

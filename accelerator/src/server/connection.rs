@@ -52,6 +52,8 @@ pub struct ConnectionParts {
     pub slots: u32,
     /// The node's registry.
     pub registry: Arc<Registry>,
+    /// The TCP connection's place among the node's open connections (none for RDMA).
+    pub permit: Option<super::gate::ConnPermit>,
 }
 
 /// The actor; see the module docs.
@@ -65,6 +67,8 @@ pub struct ConnectionActor {
     sink: Arc<dyn ReplySink>,
     replies: mpsc::Receiver<Replies>,
     registry: Arc<Registry>,
+    /// Held for the connection's life (gives its place back when the actor stops).
+    _permit: Option<super::gate::ConnPermit>,
     draining: Option<&'static str>,
     in_flight: usize,
     refused: Vec<WorkItem>,
@@ -92,6 +96,7 @@ impl ConnectionActor {
             sink,
             replies,
             registry: p.registry,
+            _permit: p.permit,
             draining: None,
             in_flight: 0,
             refused: Vec::new(),

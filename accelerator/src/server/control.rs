@@ -10,6 +10,7 @@ use std::task::Poll;
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
 use qdl_shared::control::{ControlError, Event};
 use qdl_shared::control_link::ControlLink;
+use qdl_shared::metrics::accelerator as m;
 use qdl_shared::slots::SlotArena;
 use qdl_shared::transport::TransportError;
 use qdl_shared::transport::rdma::{RdmaMetrics, RdmaTarget};
@@ -37,11 +38,20 @@ pub struct ControlActor {
     pool: Arc<WorkerPool>,
     session: Option<(u64, SessionToken)>,
     nudge: Nudge,
+    /// The connection's place among the node's open connections.
+    _permit: super::gate::ConnPermit,
+    /// Its place among the connections in their handshake, until the frontend authenticates.
+    pending: Option<super::gate::PendingPermit>,
 }
 
 impl ControlActor {
     /// A control actor for an accepted connection whose preamble was already read.
-    pub(super) fn new(link: ControlLink, node: Arc<Shared>) -> ControlActor {
+    pub(super) fn new(
+        link: ControlLink,
+        node: Arc<Shared>,
+        permit: super::gate::ConnPermit,
+        pending: super::gate::PendingPermit,
+    ) -> ControlActor {
         let peer = link.peer().map(|p| p.to_string()).unwrap_or_else(|| "?".into());
         ControlActor {
             link,
@@ -52,6 +62,8 @@ impl ControlActor {
             node,
             session: None,
             nudge: Nudge::default(),
+            _permit: permit,
+            pending: Some(pending),
         }
     }
 
@@ -101,6 +113,7 @@ impl ControlActor {
                     token,
                     connection,
                     grant,
+                    None,
                     move || Box::new(target),
                 );
             }
@@ -183,7 +196,9 @@ impl ControlActor {
     fn on_event(&mut self, ev: Event, ctx: &mut Context<Self>) {
         match ev {
             Event::Hello { node } => {
-                tracing::debug!(peer = %self.peer, frontend = %node, "hello");
+                // Reported only once the frontend has proved the secret: its handshake is over.
+                tracing::debug!(peer = %self.peer, frontend = %node, "hello (authenticated)");
+                self.pending = None;
                 self.frontend = node;
             }
             Event::ConfigureRequested(req) => self.configure(req),
@@ -198,6 +213,10 @@ impl ControlActor {
             Event::HeartbeatRtt(rtt) => tracing::trace!(peer = %self.peer, rtt_us = rtt.0 / 1000, "heartbeat"),
             Event::Closed => tracing::info!(peer = %self.peer, frontend = %self.frontend, "frontend said goodbye"),
             Event::Failed(ControlError::Refused { .. }) => {}
+            Event::Failed(e @ ControlError::Unauthorized(_)) => {
+                metrics::counter!(m::CONNECTION_ERRORS, "kind" => "unauthorized").increment(1);
+                tracing::warn!(peer = %self.peer, "refusing control connection: {e}")
+            }
             Event::Failed(e) => {
                 tracing::warn!(peer = %self.peer, frontend = %self.frontend, "control session failed: {e}")
             }

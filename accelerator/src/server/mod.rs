@@ -15,6 +15,7 @@
 
 pub mod connection;
 pub mod control;
+pub mod gate;
 pub mod registry;
 
 use std::net::SocketAddr;
@@ -44,8 +45,6 @@ use self::control::{ControlActor, Shutdown};
 use self::registry::{AttachGrant, Registry};
 use crate::worker::WorkerPool;
 
-/// How long a new connection may take to send its preamble (and attach block).
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for sessions to drain.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -66,6 +65,9 @@ pub enum NodeError {
     /// The RDMA transport was selected but cannot be used.
     #[error(transparent)]
     Rdma(#[from] RdmaError),
+    /// The shared secret could not be had.
+    #[error(transparent)]
+    Auth(#[from] qdl_shared::auth::AuthError),
 }
 
 /// What a started node reports.
@@ -93,11 +95,17 @@ struct Shared {
     next_arbiter: AtomicUsize,
     controls: Mutex<Vec<WeakAddr<ControlActor>>>,
     rdma: Option<Arc<RdmaDevice>>,
+    secret: qdl_shared::auth::Secret,
+    gate: Arc<gate::Gate>,
 }
 
 /// Runs an accelerator until SIGTERM/SIGINT, then drains and returns. `on_ready` is called once
 /// the node listens.
 pub fn run(config: AcceleratorConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), NodeError> {
+    let secret = config.auth.secret()?;
+    if secret.is_none() {
+        tracing::warn!("the control channel is NOT authenticated ([auth] required = false, no secret)");
+    }
     let rdma = match config.transport.kind {
         TransportKind::Rdma => {
             let dev = RdmaDevice::open(&config.transport.rdma)?;
@@ -123,6 +131,8 @@ pub fn run(config: AcceleratorConfig, on_ready: impl FnOnce(&Ready)) -> Result<(
         next_arbiter: AtomicUsize::new(0),
         controls: Mutex::new(Vec::new()),
         rdma,
+        secret,
+        gate: gate::Gate::new(&config.limits),
         config,
     });
     let result = system.block_on(serve(shared.clone(), on_ready));
@@ -218,11 +228,21 @@ fn refused(kind: &'static str) {
 
 /// Handles one accepted connection up to the point where an actor owns it.
 async fn accept(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let (permit, pending) = match shared.gate.admit(peer.ip()) {
+        Ok(p) => p,
+        Err(why) => {
+            // Closed at once; a flood must not become a log flood (debug level only).
+            refused("limit");
+            tracing::debug!(%peer, ?why, "connection refused: limit reached");
+            return;
+        }
+    };
     if let Err(e) = tune(&stream) {
         tracing::debug!(%peer, "{e}");
     }
+    let handshake = Duration::from_millis(shared.config.limits.handshake_timeout_ms);
     let mut pre = [0u8; PREAMBLE_LEN];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_exact_or_closed(&mut stream, &mut pre)).await {
+    match tokio::time::timeout(handshake, read_exact_or_closed(&mut stream, &mut pre)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::debug!(%peer, "connection ended before its preamble: {e}");
@@ -230,7 +250,7 @@ async fn accept(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
         Err(_) => {
             refused("handshake-timeout");
-            tracing::warn!(%peer, "no preamble within {HANDSHAKE_TIMEOUT:?}; closing");
+            tracing::debug!(%peer, "no preamble within {handshake:?}; closing");
             return;
         }
     }
@@ -252,24 +272,34 @@ async fn accept(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 shared.registry.limits(),
                 shared.config.heartbeat.to_heartbeat(),
                 Nanos::now(),
-            );
-            let actor = ControlActor::new(ControlLink::new(stream, endpoint), shared.clone());
+            )
+            .with_handshake_timeout(Nanos::from_millis(shared.config.limits.handshake_timeout_ms))
+            .with_secret(shared.secret.clone());
+            // The pending place is given back once the frontend has authenticated.
+            let actor = ControlActor::new(ControlLink::new(stream, endpoint), shared.clone(), permit, pending);
             let addr = actor.start();
             let mut controls = shared.controls.lock().unwrap_or_else(|p| p.into_inner());
             controls.retain(|w| w.upgrade().is_some());
             controls.push(addr.downgrade());
         }
-        Role::Data => attach_data(stream, peer, shared).await,
+        Role::Data => attach_data(stream, peer, shared, permit, pending, handshake).await,
     }
 }
 
-async fn attach_data(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn attach_data(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    permit: gate::ConnPermit,
+    pending: gate::PendingPermit,
+    handshake: Duration,
+) {
     let mut block = [0u8; ATTACH_LEN];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_exact_or_closed(&mut stream, &mut block)).await {
+    match tokio::time::timeout(handshake, read_exact_or_closed(&mut stream, &mut block)).await {
         Ok(Ok(())) => {}
         _ => {
             refused("handshake-timeout");
-            tracing::warn!(%peer, "data connection sent no attach block; closing");
+            tracing::debug!(%peer, "data connection sent no attach block; closing");
             return;
         }
     }
@@ -316,9 +346,10 @@ async fn attach_data(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared
             return;
         }
     };
+    drop(pending);
     let label = format!("s{}/c{}", grant.session, attach.connection);
     let metrics = transport_metrics();
-    start_connection(&shared, label, attach.token, attach.connection, grant, move || {
+    start_connection(&shared, label, attach.token, attach.connection, grant, Some(permit), move || {
         let stream = TcpStream::from_std(std_stream).expect("I/O arbiters run a tokio runtime with I/O enabled");
         Box::new(TcpTarget::new(stream, arena, sample_bytes as u32, metrics))
     });
@@ -332,6 +363,7 @@ fn start_connection(
     token: SessionToken,
     index: u32,
     grant: AttachGrant,
+    permit: Option<gate::ConnPermit>,
     transport: impl FnOnce() -> Box<dyn TargetTransport> + Send + 'static,
 ) {
     let arbiter = &shared.arbiters[shared.next_arbiter.fetch_add(1, Ordering::Relaxed) % shared.arbiters.len()];
@@ -346,6 +378,7 @@ fn start_connection(
             spec: grant.spec,
             slots: grant.slots,
             registry: parts_shared.registry.clone(),
+            permit,
         })
     });
 }

@@ -60,6 +60,7 @@ impl Accelerators {
             let name = format!("{prefix}-{i}");
             let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
             let mut child = Command::new(&bin)
+                .envs(lab_secret())
                 .args(["--config"])
                 .arg(config)
                 .args(["--listen", "127.0.0.1:0", "--name", &name, "--metrics-listen"])
@@ -150,6 +151,21 @@ pub struct Live {
     pub completed: u64,
 }
 
+/// The secret of the nodes a lab or bench starts: the environment's (`QDL_SECRET` or
+/// `QDL_SECRET_FILE`, inherited), else a random one made for this process.
+fn lab_secret() -> Option<(&'static str, String)> {
+    static SECRET: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let own = SECRET.get_or_init(|| {
+        let set = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
+        if set(qdl_shared::auth::SECRET_ENV) || set(qdl_shared::auth::SECRET_FILE_ENV) {
+            None
+        } else {
+            Some(qdl_shared::auth::nonce().iter().map(|b| format!("{b:02x}")).collect())
+        }
+    });
+    own.clone().map(|s| (qdl_shared::auth::SECRET_ENV, s))
+}
+
 /// Runs `qdl-frontend run <args> --output-dir <out> --metrics-listen <metrics>` in a child
 /// process; its log goes to `<out>/frontend.log`, its progress to `on_progress`. Returns its
 /// report.
@@ -162,6 +178,7 @@ pub fn run_test(
     std::fs::create_dir_all(out)?;
     let me = std::env::current_exe()?;
     let mut child = Command::new(me)
+        .envs(lab_secret())
         .arg("run")
         .args(args)
         .arg("--output-dir")

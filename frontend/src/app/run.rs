@@ -166,11 +166,13 @@ async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Sh
     };
     let timeout = Duration::from_millis(f.connect_timeout_ms);
     let hb = cfg.heartbeat.to_heartbeat();
-    let sessions = join_all(
-        f.accelerators
-            .iter()
-            .map(|a| AcceleratorClient::connect(a, &f.name, request.clone(), hb, timeout, shared.failure.clone())),
-    )
+    let secret = cfg.auth.secret()?;
+    if secret.is_none() {
+        tracing::warn!("the control channel is NOT authenticated ([auth] required = false, no secret)");
+    }
+    let sessions = join_all(f.accelerators.iter().map(|a| {
+        AcceleratorClient::connect(a, &f.name, request.clone(), hb, secret.clone(), timeout, shared.failure.clone())
+    }))
     .await;
     let mut clients: Vec<(Addr<AcceleratorClient>, Established)> = Vec::new();
     let mut errors: Vec<ClientError> = Vec::new();

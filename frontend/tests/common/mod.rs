@@ -34,6 +34,14 @@ pub fn accelerator_bin() -> PathBuf {
         .clone()
 }
 
+/// The shared secret the tests' nodes use (given to every child process as `QDL_SECRET`).
+pub const TEST_SECRET: &str = "qdl test secret: 0123456789abcdef";
+
+/// The test secret, as the control endpoints take it.
+pub fn test_secret() -> qdl_shared::auth::Secret {
+    qdl_shared::auth::Secret::new(TEST_SECRET.as_bytes(), "tests").unwrap()
+}
+
 /// `QDL_PYTHON` for child processes: the caller's, else the project's environment (target/python,
 /// made by scripts/setup) if it exists, so the onnx backend finds ONNX Runtime there.
 pub fn python() -> Option<PathBuf> {
@@ -60,19 +68,29 @@ impl Acc {
     /// Starts an accelerator with a config file's contents.
     pub fn start_with_config(config: Option<&str>, extra: &[&str]) -> Acc {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("acc.log");
         let mut cmd = Command::new(accelerator_bin());
-        if let Some(py) = python() {
-            cmd.env("QDL_PYTHON", py);
-        }
+        cmd.env("QDL_SECRET", TEST_SECRET);
         if let Some(text) = config {
             let p = dir.path().join("acc.toml");
             std::fs::write(&p, text).unwrap();
             cmd.arg("--config").arg(p);
         }
+        cmd.args(extra);
+        Acc::spawn_in(cmd, dir)
+    }
+
+    /// Starts the accelerator `cmd` describes (listen and metrics addresses are added).
+    pub fn spawn(cmd: Command) -> Acc {
+        Acc::spawn_in(cmd, tempfile::tempdir().unwrap())
+    }
+
+    fn spawn_in(mut cmd: Command, dir: tempfile::TempDir) -> Acc {
+        let log = dir.path().join("acc.log");
+        if let Some(py) = python() {
+            cmd.env("QDL_PYTHON", py);
+        }
         let mut child = cmd
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -145,6 +163,7 @@ impl Drop for Acc {
 /// Runs `qdl-frontend` with `args`; metrics off, progress off.
 pub fn frontend(args: &[&str]) -> Output {
     let mut cmd = Command::new(frontend_bin());
+    cmd.env("QDL_SECRET", TEST_SECRET);
     if let Some(py) = python() {
         cmd.env("QDL_PYTHON", py);
     }

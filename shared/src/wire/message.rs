@@ -19,10 +19,12 @@ fn config() -> impl bincode::config::Config {
 /// Every control message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
-    /// Frontend → accelerator, first message: who is calling.
+    /// Frontend → accelerator, first message: who is calling, and the frontend's challenge.
     Hello {
         /// The frontend's node name (for logs).
         node: String,
+        /// A fresh nonce the accelerator must prove the shared secret over.
+        nonce: [u8; 32],
     },
     /// Accelerator → frontend: the accelerator's name, limits and heartbeat interval.
     Welcome {
@@ -116,6 +118,19 @@ pub enum Message {
         /// The accelerator's side.
         endpoint: RdmaEndpoint,
     },
+    /// Accelerator → frontend, answer to `Hello`: its proof of the shared secret over the
+    /// frontend's nonce, and its own challenge (see [`crate::auth`]).
+    Challenge {
+        /// A fresh nonce the frontend must prove the secret over.
+        nonce: [u8; 32],
+        /// HMAC-SHA256(secret, "qdl server" ‖ frontend nonce ‖ this nonce).
+        proof: [u8; 32],
+    },
+    /// Frontend → accelerator, answer to `Challenge`: the frontend's proof.
+    Auth {
+        /// HMAC-SHA256(secret, "qdl client" ‖ accelerator nonce ‖ frontend nonce).
+        proof: [u8; 32],
+    },
 }
 
 /// How a session's data connections move samples.
@@ -179,6 +194,8 @@ impl Message {
             Message::Stats { .. } => "Stats",
             Message::RdmaConnect { .. } => "RdmaConnect",
             Message::RdmaAccept { .. } => "RdmaAccept",
+            Message::Challenge { .. } => "Challenge",
+            Message::Auth { .. } => "Auth",
         }
     }
 }
@@ -258,6 +275,8 @@ pub enum ErrorCode {
     Timeout,
     /// Anything else.
     Internal,
+    /// The peer did not prove that it knows the shared secret.
+    Unauthorized,
 }
 
 /// Appends one framed message to `out`.
@@ -319,7 +338,21 @@ mod tests {
     fn golden_bytes() {
         // The encoding of these messages is the protocol; a change here is a protocol change and
         // must bump PROTOCOL_VERSION.
-        assert_eq!(framed(&Message::Hello { node: "fe".into() }), [4, 0, 0, 0, 0, 2, b'f', b'e']);
+        let mut hello = vec![36, 0, 0, 0, 0, 2, b'f', b'e'];
+        hello.extend_from_slice(&[7; 32]);
+        assert_eq!(framed(&Message::Hello { node: "fe".into(), nonce: [7; 32] }), hello);
+        // Challenge = 16 (nonce, proof: raw 32 bytes each); Auth = 17; Unauthorized = 6.
+        let mut challenge = vec![65, 0, 0, 0, 16];
+        challenge.extend_from_slice(&[1; 32]);
+        challenge.extend_from_slice(&[2; 32]);
+        assert_eq!(framed(&Message::Challenge { nonce: [1; 32], proof: [2; 32] }), challenge);
+        let mut auth = vec![33, 0, 0, 0, 17];
+        auth.extend_from_slice(&[3; 32]);
+        assert_eq!(framed(&Message::Auth { proof: [3; 32] }), auth);
+        assert_eq!(
+            framed(&Message::Error { code: ErrorCode::Unauthorized, message: "no".into() }),
+            [5, 0, 0, 0, 10, 6, 2, b'n', b'o']
+        );
         assert_eq!(framed(&Message::QueryName { request: 7 }), [2, 0, 0, 0, 4, 7]);
         assert_eq!(framed(&Message::RunState { request: 1, state: RunState::Flush }), [3, 0, 0, 0, 6, 1, 2]);
         assert_eq!(framed(&Message::Heartbeat { seq: 300, sent_ns: 1 }), [5, 0, 0, 0, 8, 251, 0x2c, 0x01, 1]);
@@ -406,7 +439,9 @@ mod tests {
     #[test]
     fn every_message_round_trips() {
         let msgs = vec![
-            Message::Hello { node: "frontend-1".into() },
+            Message::Hello { node: "frontend-1".into(), nonce: [9; 32] },
+            Message::Challenge { nonce: [1; 32], proof: [0xff; 32] },
+            Message::Auth { proof: [0x80; 32] },
             Message::Welcome {
                 name: "acc-0".into(),
                 limits: Limits {

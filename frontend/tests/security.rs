@@ -1,0 +1,292 @@
+//! Security on real processes: the control channel's shared-secret handshake (wrong secret, no
+//! secret, a forged proof, a replayed handshake), session tokens on data connections (none, wrong,
+//! stale), and a flood of half-open connections. After each, the node goes on serving a real
+//! frontend.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+use qdl_shared::control::{Endpoint, Event, Heartbeat};
+use qdl_shared::time::Nanos;
+use qdl_shared::wire::attach::{ATTACH_REPLY_LEN, Attach, AttachStatus, SessionToken};
+use qdl_shared::wire::message::{self, DataTransport, ErrorCode, Message, SessionRequest};
+use qdl_shared::wire::preamble::{PREAMBLE_LEN, Preamble, Role};
+use qdl_shared::workload::WorkloadSpec;
+
+fn addr(acc: &Acc) -> SocketAddr {
+    acc.addr.parse().unwrap()
+}
+
+/// Reads control messages until one matches or the connection ends; the preamble first.
+fn read_messages(s: &mut TcpStream) -> Vec<Message> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let mut out = Vec::new();
+    let mut at = PREAMBLE_LEN.min(buf.len());
+    while let Ok((m, used)) = message::parse(&buf[at..]) {
+        out.push(m);
+        at += used;
+    }
+    out
+}
+
+fn counter(acc: &Acc, line_start: &str) -> f64 {
+    acc.scrape()
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A short real run that must pass check-accuracy: the node still serves its real peers.
+fn still_serves(acc: &Acc, env_secret: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut cmd = std::process::Command::new(frontend_bin());
+    if let Some(s) = env_secret {
+        cmd.env("QDL_SECRET", s);
+    }
+    let o = cmd
+        .args(["run", "-a", &acc.addr, "-w", "bert", "--mode", "accuracy", "--total-samples", "200"])
+        .args(["--output-dir", out.to_str().unwrap(), "--metrics-listen", "", "--progress", "off"])
+        .output()
+        .unwrap();
+    ok(&o);
+    let v = ok(&frontend(&["check-accuracy", out.to_str().unwrap()]));
+    assert!(v.contains("200/200 samples correct"), "{v}");
+}
+
+#[test]
+fn a_wrong_secret_or_a_forged_proof_is_refused_and_the_node_keeps_serving() {
+    let acc = Acc::start(&["--backend", "echo"]);
+    // A frontend with another secret: the accelerator cannot prove itself to it.
+    let dir = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(frontend_bin())
+        .env("QDL_SECRET", "not the secret the cluster uses")
+        .args(["run", "-a", &acc.addr, "-w", "bert", "--mode", "accuracy", "--total-samples", "8"])
+        .args(["--output-dir", dir.path().to_str().unwrap(), "--metrics-listen", ""])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("authentication failed") && t.contains("shared secret"), "{t}");
+
+    // A client that answers the challenge with a made-up proof: refused with Unauthorized,
+    // before the accelerator has said its name or limits.
+    let mut s = TcpStream::connect(addr(&acc)).unwrap();
+    s.write_all(&Preamble::ours(Role::Control).encode()).unwrap();
+    let mut hello = Vec::new();
+    message::encode(&Message::Hello { node: "forger".into(), nonce: [1; 32] }, &mut hello).unwrap();
+    message::encode(&Message::Auth { proof: [0x42; 32] }, &mut hello).unwrap();
+    s.write_all(&hello).unwrap();
+    let got = read_messages(&mut s);
+    assert!(matches!(got.first(), Some(Message::Challenge { .. })), "{got:?}");
+    assert!(
+        matches!(got.get(1), Some(Message::Error { code: ErrorCode::Unauthorized, .. })),
+        "the forged proof is refused: {got:?}"
+    );
+    assert!(!got.iter().any(|m| matches!(m, Message::Welcome { .. })), "no name or limits leaked: {got:?}");
+    acc.wait_log("refusing control connection: authentication failed", Duration::from_secs(5));
+    assert_eq!(counter(&acc, "qdl_accelerator_connection_errors_total{kind=\"unauthorized\"}"), 1.0);
+    still_serves(&acc, Some(TEST_SECRET));
+}
+
+#[test]
+fn a_replayed_handshake_is_refused() {
+    let acc = Acc::start(&["--backend", "echo"]);
+    // A real frontend's handshake, recorded on the wire...
+    let request = SessionRequest {
+        workload: WorkloadSpec::bert(),
+        connections: 1,
+        slots_per_connection: 8,
+        transport: DataTransport::Tcp,
+    };
+    let mut ep = Endpoint::client("recorded", request, Heartbeat::default(), Nanos::now()).with_secret(test_secret());
+    let mut s = TcpStream::connect(addr(&acc)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut sent = Vec::new();
+    let mut buf = [0u8; 4096];
+    let established = loop {
+        if let Some(b) = ep.poll_transmit() {
+            s.write_all(&b).unwrap();
+            sent.extend_from_slice(&b);
+        }
+        if let Some(ev) = ep.poll_event() {
+            match ev {
+                Event::Established(_) => break true,
+                Event::Failed(e) => panic!("{e}"),
+                _ => continue,
+            }
+        }
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        ep.handle_input(&buf[..n], Nanos::now());
+    };
+    assert!(established);
+    drop(s);
+    // ...replayed byte for byte on a new connection: the accelerator's challenge is new, so the
+    // recorded proof is worthless.
+    let mut r = TcpStream::connect(addr(&acc)).unwrap();
+    r.write_all(&sent).unwrap();
+    let got = read_messages(&mut r);
+    assert!(
+        matches!(got.get(1), Some(Message::Error { code: ErrorCode::Unauthorized, .. })),
+        "replay refused: {got:?}"
+    );
+    assert!(!got.iter().any(|m| matches!(m, Message::Configured(_))), "no session for a replay: {got:?}");
+    still_serves(&acc, Some(TEST_SECRET));
+}
+
+#[test]
+fn no_secret_is_a_start_up_error_unless_the_lab_says_so() {
+    let o = std::process::Command::new(accelerator_bin())
+        .env_remove("QDL_SECRET")
+        .env_remove("QDL_SECRET_FILE")
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", ""])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("no shared secret") && text(&o).contains("QDL_SECRET_FILE"), "{}", text(&o));
+    // A secret that is too short is refused too.
+    let o = std::process::Command::new(accelerator_bin())
+        .env("QDL_SECRET", "short")
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", ""])
+        .output()
+        .unwrap();
+    assert!(text(&o).contains("at least 16 are needed"), "{}", text(&o));
+
+    // [auth] required = false: an unauthenticated node, which says so and serves only nodes
+    // without a secret.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("open.toml");
+    std::fs::write(&cfg, "[auth]\nrequired = false\n").unwrap();
+    let mut cmd = std::process::Command::new(accelerator_bin());
+    cmd.env_remove("QDL_SECRET").args(["--config", cfg.to_str().unwrap(), "--backend", "echo"]);
+    let acc = Acc::spawn(cmd);
+    assert!(acc.log().contains("NOT authenticated"), "{}", acc.log());
+    let out = dir.path().join("with-secret");
+    let o = run(&[&acc], &out, &["-w", "bert", "--mode", "accuracy", "--total-samples", "8"]);
+    assert!(!o.status.success() && text(&o).contains("authentication failed"), "{}", text(&o));
+    let fe = dir.path().join("fe.toml");
+    std::fs::write(&fe, "[auth]\nrequired = false\n").unwrap();
+    let out = dir.path().join("open");
+    let o = std::process::Command::new(frontend_bin())
+        .env_remove("QDL_SECRET")
+        .args(["run", "--config", fe.to_str().unwrap(), "-a", &acc.addr, "-w", "bert", "--mode", "accuracy"])
+        .args(["--total-samples", "8", "--output-dir", out.to_str().unwrap(), "--metrics-listen", ""])
+        .output()
+        .unwrap();
+    ok(&o);
+}
+
+#[test]
+fn data_connections_need_a_live_session_token() {
+    let acc = Acc::start(&["--backend", "echo"]);
+    let attach = |token: SessionToken| -> Option<AttachStatus> {
+        let mut s = TcpStream::connect(addr(&acc)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&Preamble::ours(Role::Data).encode()).unwrap();
+        s.write_all(&Attach { token, connection: 0 }.encode()).unwrap();
+        let mut reply = [0u8; PREAMBLE_LEN + ATTACH_REPLY_LEN];
+        s.read_exact(&mut reply).ok()?;
+        AttachStatus::parse(&reply[PREAMBLE_LEN..]).ok()
+    };
+    // No session at all, a made-up token: refused before any slot is allocated.
+    assert!(matches!(attach(SessionToken([7; 16])), Some(AttachStatus::UnknownSession)), "made-up token");
+    // A token that was real, once its session has ended (stale): refused the same way.
+    let request = SessionRequest {
+        workload: WorkloadSpec::bert(),
+        connections: 1,
+        slots_per_connection: 8,
+        transport: DataTransport::Tcp,
+    };
+    let mut ep = Endpoint::client("stale", request, Heartbeat::default(), Nanos::now()).with_secret(test_secret());
+    let mut s = TcpStream::connect(addr(&acc)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 4096];
+    let token = loop {
+        if let Some(b) = ep.poll_transmit() {
+            s.write_all(&b).unwrap();
+        }
+        if let Some(Event::Established(g)) = ep.poll_event() {
+            break g.token;
+        }
+        let n = s.read(&mut buf).unwrap();
+        ep.handle_input(&buf[..n], Nanos::now());
+    };
+    ep.close();
+    if let Some(b) = ep.poll_transmit() {
+        s.write_all(&b).unwrap();
+    }
+    drop(s);
+    let end = Instant::now() + Duration::from_secs(5);
+    while !acc.log().contains("frontend said goodbye") && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(matches!(attach(token), Some(AttachStatus::UnknownSession)), "stale token");
+    assert!(counter(&acc, "qdl_accelerator_connection_errors_total{kind=\"attach\"}") >= 2.0);
+    still_serves(&acc, Some(TEST_SECRET));
+}
+
+#[test]
+fn a_flood_of_half_open_connections_is_bounded_and_real_peers_still_run() {
+    let config = "[limits]\nmax_connections_per_peer = 16\nmax_pending_handshakes = 64\nhandshake_timeout_ms = 1000\n";
+    let acc = Acc::start_with_config(Some(config), &["--backend", "echo"]);
+    let target = addr(&acc);
+    // 200 connections from another local address that say nothing (or half a preamble).
+    let flood: Vec<TcpStream> = (0..200)
+        .filter_map(|i| {
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+            sock.bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into()).ok()?;
+            sock.connect(&target.into()).ok()?;
+            let mut s: TcpStream = sock.into();
+            if i % 2 == 0 {
+                let _ = s.write_all(&Preamble::ours(Role::Control).encode()[..3]);
+            }
+            Some(s)
+        })
+        .collect();
+    assert_eq!(flood.len(), 200, "the flood connected (the kernel accepts before the node decides)");
+    // All but 16 are closed at once, counted, and not logged one by one.
+    let end = Instant::now() + Duration::from_secs(5);
+    while counter(&acc, "qdl_accelerator_connection_errors_total{kind=\"limit\"}") < 184.0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(counter(&acc, "qdl_accelerator_connection_errors_total{kind=\"limit\"}"), 184.0);
+    // Meanwhile a real frontend (another address) runs and passes.
+    still_serves(&acc, Some(TEST_SECRET));
+    // The 16 admitted ones are closed once their handshake time is up.
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut closed = 0;
+    for mut s in flood {
+        s.set_read_timeout(Some(end.saturating_duration_since(Instant::now()).max(Duration::from_millis(10)))).unwrap();
+        let mut b = [0u8; 64];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => {
+                    closed += 1;
+                    break;
+                }
+                Ok(_) => continue, // a preamble answer before the close
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    closed += 1;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    assert_eq!(closed, 200, "every flood connection was closed by the node");
+    assert!(acc.log().lines().filter(|l| l.contains("WARN")).count() < 5, "no log flood:\n{}", acc.log());
+}
