@@ -312,6 +312,11 @@ impl Endpoint {
         self.phase == Phase::Established
     }
 
+    /// Bytes received but not yet decoded: at most one incomplete frame (its length was checked).
+    pub fn buffered(&self) -> usize {
+        self.inbuf.len()
+    }
+
     /// Whether the session is over (closed or failed): close the connection once transmitted.
     pub fn is_done(&self) -> bool {
         self.phase == Phase::Done

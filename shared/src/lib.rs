@@ -22,6 +22,8 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod control_link;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod npy;
 pub mod sdnotify;

@@ -1,0 +1,4 @@
+//! Fuzz target: qdl_shared::fuzzing::handshake on arbitrary bytes.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| qdl_shared::fuzzing::handshake(data));
