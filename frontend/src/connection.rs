@@ -9,9 +9,10 @@
 //!    request frame pointing straight into the loaded sample buffer;
 //! 3. flushes all queued frames with as few writes as possible.
 //!
-//! A protocol violation or a lost connection cannot be recovered here (its samples would be
-//! lost), so it is reported to the run through the failure callback, which ends the run with a
-//! clear error.
+//! A lost connection, a protocol violation, or its accelerator declared dead ([`Abandon`]) ends
+//! the connection; its samples (in flight and queued) are handed back to the QueryIssuer, which
+//! places them on the connections left. A sample is owned by exactly one connection at a time,
+//! so it completes exactly once. With no connection left the run ends with a clear error.
 
 use std::sync::Arc;
 use std::task::Poll;
@@ -27,7 +28,7 @@ use qdl_shared::transport::{InitiatorTransport, Payload, PayloadSource, Transpor
 use qdl_shared::wire::data::{DataErrorCode, DataHeader, FrameKind};
 use serde::{Deserialize, Serialize};
 
-use crate::issuer::{CreditGate, Lane, Submission};
+use crate::issuer::{CreditGate, Lane, Redispatcher, Submission};
 use crate::qsl::SampleStore;
 use crate::timeline::LatencyBuckets;
 
@@ -38,6 +39,11 @@ pub type FailureHandler = Arc<dyn Fn(String) + Send + Sync>;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Close;
+
+/// Gives the connection up (its accelerator was declared dead): its samples are re-dispatched.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Abandon(pub String);
 
 /// Asks for the connection's counters.
 #[derive(Message)]
@@ -83,6 +89,8 @@ pub struct ConnectionParts {
     pub gate: Arc<CreditGate>,
     /// Ends the run on an unrecoverable failure.
     pub on_failure: FailureHandler,
+    /// Takes the samples of this connection if it is lost.
+    pub redispatch: Arc<Redispatcher>,
     /// Where end-to-end latencies go for the run's timeline.
     pub latencies: Arc<LatencyBuckets>,
 }
@@ -99,12 +107,14 @@ pub struct ConnectionActor {
     label: String,
     lane: Arc<Lane>,
     transport: Box<dyn InitiatorTransport>,
-    tracker: TransactionTracker<(ResponseId, Nanos)>,
+    /// In flight: LoadGen's token, the sample's QSL index and when LoadGen issued it.
+    tracker: TransactionTracker<(ResponseId, usize, Nanos)>,
     ring: Vec<u8>,
     output_bytes: usize,
     store: Arc<SampleStore>,
     gate: Arc<CreditGate>,
     on_failure: FailureHandler,
+    redispatch: Arc<Redispatcher>,
     latencies: Arc<LatencyBuckets>,
     completions: CompletionBuffer,
     done: Vec<Done>,
@@ -142,6 +152,7 @@ impl ConnectionActor {
             store: p.store,
             gate: p.gate,
             on_failure: p.on_failure,
+            redispatch: p.redispatch,
             latencies: p.latencies,
             completions: CompletionBuffer::with_capacity(1024),
             done: Vec::with_capacity(1024),
@@ -203,7 +214,7 @@ impl ConnectionActor {
                 let c = tracker
                     .handle_response(h.slot, h.sample_id, now)
                     .map_err(|e| TransportError::Protocol(e.to_string()))?;
-                let (id, issued) = c.payload;
+                let (id, _, issued) = c.payload;
                 let e2e = now.since(issued);
                 latency.record(e2e.as_secs_f64());
                 latencies.record(e2e.0);
@@ -296,13 +307,13 @@ impl ConnectionActor {
             let source: Arc<dyn PayloadSource> = set.clone();
             let payload = Payload::new(source, offset, len).expect("offset comes from the set itself");
             let sample_id = sub.id.raw();
-            match self.tracker.handle_submit(sample_id, (sub.id, issued), now) {
+            match self.tracker.handle_submit(sample_id, (sub.id, sub.index, issued), now) {
                 Ok(slot) => {
                     self.transport
                         .push_request(DataHeader::request(slot, sample_id, len as u32, sub.index as u32), payload);
                     n += 1;
                 }
-                Err((e, (id, _))) => {
+                Err((e, (id, _, _))) => {
                     // Credits equal slots, so this is a bug; never lose the sample over it.
                     tracing::error!(conn = %self.label, "{e}; failing the sample");
                     self.done.push(Done { id, slot: 0, len: 0, error: true });
@@ -313,24 +324,43 @@ impl ConnectionActor {
     }
 
     fn fail(&mut self, err: TransportError, ctx: &mut Context<Self>) -> Poll<()> {
-        self.lane.close();
         let kind = match &err {
             TransportError::Closed => "closed",
             TransportError::Io { .. } => "io",
             _ => "protocol",
         };
         metrics::counter!(m::CONNECTION_ERRORS, "kind" => kind).increment(1);
-        let in_flight = self.tracker.in_flight();
-        if in_flight > 0 || self.lane.has_work() {
-            (self.on_failure)(format!(
-                "data connection {} failed with {in_flight} samples in flight: {err}",
-                self.label
-            ));
-        } else {
-            tracing::info!(conn = %self.label, "data connection closed: {err}");
-        }
+        self.give_up(&err.to_string());
         ctx.stop();
         Poll::Ready(())
+    }
+
+    /// Ends this connection's part in the run: no more samples come to it, and those it holds
+    /// (in flight or queued) go back to the issuer for the other connections.
+    fn give_up(&mut self, why: &str) {
+        self.lane.close();
+        // Answers already read are LoadGen's; hand them over first.
+        self.complete();
+        let mut subs: Vec<Submission> = self
+            .tracker
+            .drain()
+            .into_iter()
+            .map(|(_, (id, index, issued))| Submission { sample: qdl_loadgen::QuerySample { id, index }, issued })
+            .collect();
+        while let Some(s) = self.lane.pop() {
+            subs.push(s);
+        }
+        self.lane.abandon(subs.len() as u32);
+        self.gate.notify();
+        if subs.is_empty() {
+            tracing::info!(conn = %self.label, "data connection closed: {why}");
+            return;
+        }
+        let n = subs.len();
+        tracing::warn!(conn = %self.label, samples = n, "data connection lost ({why}); re-dispatching its samples");
+        if self.redispatch.send(&self.label, subs).is_err() {
+            (self.on_failure)(format!("data connection {} failed with {n} samples in flight: {why}", self.label));
+        }
     }
 }
 
@@ -354,6 +384,16 @@ impl Handler<Close> for ConnectionActor {
 
     fn handle(&mut self, _: Close, ctx: &mut Context<Self>) {
         self.lane.close();
+        ctx.stop();
+    }
+}
+
+impl Handler<Abandon> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, Abandon(why): Abandon, ctx: &mut Context<Self>) {
+        metrics::counter!(m::CONNECTION_ERRORS, "kind" => "accelerator-lost").increment(1);
+        self.give_up(&why);
         ctx.stop();
     }
 }

@@ -105,6 +105,12 @@ impl Lane {
         self.waker.register(waker);
     }
 
+    /// `n` samples left this lane without completing (handed to other lanes): their credits
+    /// are free again, and they do not count as completed here.
+    pub fn abandon(&self, n: u32) {
+        self.reserved.fetch_sub(n, Ordering::AcqRel);
+    }
+
     /// `n` samples completed: their credits are free again.
     pub fn release(&self, n: u32) {
         self.reserved.fetch_sub(n, Ordering::AcqRel);
@@ -207,7 +213,33 @@ pub struct QueryIssuer {
     issued: Counter,
     waits: Counter,
     issued_total: AtomicU64,
+    redispatched: Counter,
+    redispatched_total: AtomicU64,
     on_no_lane: NoLaneHandler,
+}
+
+/// Hands a lost connection's samples to the issuer, which is built after the connections.
+#[derive(Default)]
+pub struct Redispatcher {
+    issuer: std::sync::OnceLock<std::sync::Weak<QueryIssuer>>,
+}
+
+impl Redispatcher {
+    /// The issuer to hand samples to.
+    pub fn bind(&self, issuer: &Arc<QueryIssuer>) {
+        let _ = self.issuer.set(Arc::downgrade(issuer));
+    }
+
+    /// Re-dispatches `subs`; gives them back when there is no issuer (the run is not on).
+    pub fn send(&self, from: &str, subs: Vec<Submission>) -> Result<(), Vec<Submission>> {
+        match self.issuer.get().and_then(std::sync::Weak::upgrade) {
+            Some(issuer) => {
+                issuer.redispatch(from, subs);
+                Ok(())
+            }
+            None => Err(subs),
+        }
+    }
 }
 
 impl QueryIssuer {
@@ -226,6 +258,8 @@ impl QueryIssuer {
             issued: metrics::counter!(m::SAMPLES_ISSUED),
             waits: metrics::counter!(m::ISSUE_WAITS),
             issued_total: AtomicU64::new(0),
+            redispatched: metrics::counter!(m::REDISPATCHED),
+            redispatched_total: AtomicU64::new(0),
             on_no_lane,
         }
     }
@@ -248,40 +282,88 @@ impl QueryIssuer {
     /// Places every sample of one LoadGen query; blocks while every lane is out of credits.
     pub fn issue(&self, samples: IssuedSamples<'_>) {
         let n = samples.len() as u64;
-        let lanes = &self.lanes;
         let issued = Nanos::now();
         for sample in samples {
-            let mut sample = Some(Submission { sample, issued });
-            while let Some(s) = sample.take() {
-                let start = self.next.load(Ordering::Relaxed);
-                let view = |i: usize| (lanes[i].in_flight(), lanes[i].capacity, lanes[i].is_open());
-                match self.dispatcher.pick(lanes.len(), start, view) {
-                    Some(i) if lanes[i].try_reserve() => {
-                        self.next.store(i + 1, Ordering::Relaxed);
-                        // Cannot fail: a reserved credit guarantees room in the queue.
-                        if let Err(back) = lanes[i].queue.push(s) {
-                            lanes[i].release(1);
-                            sample = Some(back);
-                            continue;
-                        }
-                        lanes[i].wake();
-                    }
-                    Some(_) => sample = Some(s),
-                    None if lanes.iter().all(|l| !l.is_open()) => {
-                        (self.on_no_lane)("no accelerator connection is left");
-                        return;
-                    }
-                    None => {
-                        self.waits.increment(1);
-                        let any_free = || lanes.iter().any(|l| l.is_open() && l.in_flight() < l.capacity);
-                        self.gate.wait(any_free, Duration::from_millis(5));
-                        sample = Some(s);
-                    }
-                }
+            if !self.place(Submission { sample, issued }) {
+                return;
             }
         }
         self.issued.increment(n);
         self.issued_total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Places one sample on a lane (waiting for a credit if every lane is full); false when no
+    /// lane is left (the no-lane handler has been told).
+    fn place(&self, s: Submission) -> bool {
+        let lanes = &self.lanes;
+        let mut sample = Some(s);
+        let mut stranded: Vec<Submission> = Vec::new();
+        while let Some(s) = sample.take().or_else(|| stranded.pop()) {
+            let start = self.next.load(Ordering::Relaxed);
+            let view = |i: usize| (lanes[i].in_flight(), lanes[i].capacity, lanes[i].is_open());
+            match self.dispatcher.pick(lanes.len(), start, view) {
+                Some(i) if lanes[i].try_reserve() => {
+                    self.next.store(i + 1, Ordering::Relaxed);
+                    // Cannot fail: a reserved credit guarantees room in the queue.
+                    if let Err(back) = lanes[i].queue.push(s) {
+                        lanes[i].abandon(1);
+                        sample = Some(back);
+                        continue;
+                    }
+                    lanes[i].wake();
+                    // The lane may have closed between the reservation and the push, after its
+                    // connection took back what was queued: take back what is left and place it
+                    // again (whoever pops a sample owns it, so none is lost or doubled).
+                    if !lanes[i].is_open() {
+                        while let Some(back) = lanes[i].queue.pop() {
+                            lanes[i].abandon(1);
+                            stranded.push(back);
+                        }
+                    }
+                }
+                Some(_) => sample = Some(s),
+                None if lanes.iter().all(|l| !l.is_open()) => {
+                    (self.on_no_lane)("no accelerator connection is left");
+                    return false;
+                }
+                None => {
+                    self.waits.increment(1);
+                    let any_free = || lanes.iter().any(|l| l.is_open() && l.in_flight() < l.capacity);
+                    self.gate.wait(any_free, Duration::from_millis(5));
+                    sample = Some(s);
+                }
+            }
+        }
+        true
+    }
+
+    /// Samples of a lost connection, placed again on the lanes still open, from a thread of
+    /// their own (placing may wait for credits, which the connections' threads must not). Each
+    /// sample was owned by exactly one connection, which gave it up: it completes once.
+    pub fn redispatch(self: &Arc<Self>, from: &str, subs: Vec<Submission>) {
+        if subs.is_empty() {
+            return;
+        }
+        let n = subs.len() as u64;
+        self.redispatched.increment(n);
+        self.redispatched_total.fetch_add(n, Ordering::Relaxed);
+        tracing::warn!(connection = from, samples = n, "re-dispatching the samples of a lost connection");
+        let me = self.clone();
+        let spawned = std::thread::Builder::new().name("qdl-redispatch".into()).spawn(move || {
+            for s in subs {
+                if !me.place(s) {
+                    return;
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            (self.on_no_lane)(&format!("cannot start a re-dispatch thread: {e}"));
+        }
+    }
+
+    /// Samples re-dispatched so far.
+    pub fn redispatched(&self) -> u64 {
+        self.redispatched_total.load(Ordering::Relaxed)
     }
 
     /// LoadGen's FlushQueries: every sample is already on its way; make sure every lane is awake.

@@ -152,6 +152,9 @@ pub struct FrontendReport {
     pub write_calls: u64,
     /// The dispatch policy used.
     pub dispatch: String,
+    /// Samples re-dispatched from lost connections to the ones left.
+    #[serde(default)]
+    pub redispatched: u64,
     /// Per connection.
     pub connections: Vec<ConnectionStats>,
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use qdl_shared::control::{Endpoint, Event, Heartbeat};
@@ -371,4 +371,126 @@ fn an_interrupted_frontend_says_goodbye_and_exits_130() {
     acc.wait_log("frontend said goodbye", Duration::from_secs(5));
     acc.wait_log("session closed", Duration::from_secs(5));
     assert!(acc.alive());
+}
+
+/// Runs `qdl-frontend run` against `accs` in the background.
+fn spawn_run(accs: &[&Acc], out: &std::path::Path, args: &[&str]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(frontend_bin());
+    cmd.env("QDL_SECRET", TEST_SECRET).arg("run");
+    for a in accs {
+        cmd.args(["-a", &a.addr]);
+    }
+    cmd.args(args)
+        .args(["--output-dir", out.to_str().unwrap(), "--metrics-listen", "", "--progress", "off"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn received(acc: &Acc) -> f64 {
+    acc.scrape()
+        .lines()
+        .find(|l| l.starts_with("qdl_accelerator_samples_received_total "))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn killing_one_of_two_accelerators_mid_run_loses_no_sample() {
+    let a = Acc::start_with_config(Some(TEST_SYNTHETIC), &["--name", "fault-a"]);
+    let mut b = Acc::start_with_config(Some(TEST_SYNTHETIC), &["--name", "fault-b"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let child = spawn_run(
+        &[&a, &b],
+        &out,
+        &["-w", "bert", "-s", "offline", "--mode", "accuracy", "--total-samples", "6000", "--slots", "256"],
+    );
+    // Once b is busy, kill it outright (no goodbye, no drain).
+    let end = Instant::now() + Duration::from_secs(20);
+    while received(&b) < 500.0 {
+        assert!(Instant::now() < end, "accelerator b never got busy");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let o = child.wait_with_output().unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "the run survives the loss: {t}");
+    assert!(t.contains("re-dispatching") || t.contains("re-dispatch"), "the loss is reported: {t}");
+    let v = ok(&frontend(&["check-accuracy", out.to_str().unwrap()]));
+    assert!(v.contains("6000/6000 samples correct"), "every sample exactly once, every output right: {v}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let redispatched = report["frontend"]["redispatched"].as_u64().unwrap();
+    assert!(redispatched > 0, "b's samples were re-dispatched: {}", report["frontend"]);
+    assert_eq!(report["frontend"]["samples_completed"], 6000);
+}
+
+#[test]
+fn losing_every_accelerator_ends_the_run_with_a_clear_error() {
+    let mut a = Acc::start_with_config(Some(TEST_SYNTHETIC), &["--name", "only"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let child =
+        spawn_run(&[&a], &out, &["-w", "bert", "-s", "offline", "--mode", "accuracy", "--total-samples", "6000"]);
+    let end = Instant::now() + Duration::from_secs(20);
+    while received(&a) < 200.0 {
+        assert!(Instant::now() < end, "the accelerator never got busy");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    a.child.kill().unwrap();
+    let o = child.wait_with_output().unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains("no accelerator connection is left") || t.contains("failed with"), "{t}");
+    assert!(t.contains("LoadGen's logs in"), "says where the logs are: {t}");
+    assert!(out.join("mlperf_log_detail.txt").is_file(), "LoadGen's logs so far are kept");
+}
+
+#[test]
+fn a_frozen_accelerator_is_declared_dead_by_heartbeats_and_its_samples_move() {
+    let a = Acc::start_with_config(Some(TEST_SYNTHETIC), &["--name", "alive"]);
+    let mut b = Acc::start_with_config(Some(TEST_SYNTHETIC), &["--name", "frozen"]);
+    let dir = tempfile::tempdir().unwrap();
+    // Heartbeats every 200 ms, dead after 3 silent intervals.
+    let cfg = dir.path().join("fe.toml");
+    std::fs::write(&cfg, "[heartbeat]\ninterval_ms = 200\nmisses = 3\n").unwrap();
+    let out = dir.path().join("run");
+    let child = spawn_run(
+        &[&a, &b],
+        &out,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "-w",
+            "bert",
+            "-s",
+            "offline",
+            "--mode",
+            "accuracy",
+            "--total-samples",
+            "6000",
+            "--slots",
+            "256",
+        ],
+    );
+    let end = Instant::now() + Duration::from_secs(20);
+    while received(&b) < 500.0 {
+        assert!(Instant::now() < end, "accelerator b never got busy");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SIGSTOP: the process and its connections stay, but it answers nothing, heartbeats included.
+    // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
+    unsafe { libc::kill(b.child.id() as i32, libc::SIGSTOP) };
+    let o = child.wait_with_output().unwrap();
+    // SAFETY: as above; lets the child be killed and reaped when dropped.
+    unsafe { libc::kill(b.child.id() as i32, libc::SIGCONT) };
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("declared dead") && t.contains("re-dispatching"), "{t}");
+    let v = ok(&frontend(&["check-accuracy", out.to_str().unwrap()]));
+    assert!(v.contains("6000/6000 samples correct"), "{v}");
+    let _ = b.alive();
 }

@@ -12,8 +12,8 @@ use qdl_accelerator::worker::WorkerPool;
 use qdl_frontend::client::{
     AcceleratorClient, ClientError, Close as CloseClient, ConnectRdma, Established, QueryStats, SetRunState,
 };
-use qdl_frontend::connection::{Close, ConnectionActor, ConnectionParts, FailureHandler, GetStats};
-use qdl_frontend::issuer::{CreditGate, Dispatcher, Lane, QueryIssuer};
+use qdl_frontend::connection::{Abandon, Close, ConnectionActor, ConnectionParts, FailureHandler, GetStats};
+use qdl_frontend::issuer::{CreditGate, Dispatcher, Lane, QueryIssuer, Redispatcher};
 use qdl_frontend::local::LocalTransport;
 use qdl_frontend::plot::{Series, bar_chart, line_chart};
 use qdl_frontend::qsl::{SampleSource, SampleStore};
@@ -108,15 +108,41 @@ struct Shared {
     gate: Arc<CreditGate>,
     failure: FailureHandler,
     io: Vec<actix::ArbiterHandle>,
+    redispatch: Arc<Redispatcher>,
+    /// Each accelerator's data connections, by the address it was given as.
+    by_accelerator: std::sync::Mutex<std::collections::HashMap<String, Vec<Addr<ConnectionActor>>>>,
+}
+
+impl Shared {
+    /// What happens when the control session with the accelerator at `addr` is lost: once its
+    /// data connections exist they give their samples back for the other accelerators (the run
+    /// goes on); before that, the run fails.
+    fn accelerator_lost(self: &Arc<Self>, addr: String) -> FailureHandler {
+        let sh = self.clone();
+        Arc::new(move |msg: String| {
+            let conns = sh.by_accelerator.lock().unwrap_or_else(|p| p.into_inner()).get(&addr).cloned();
+            match conns {
+                Some(conns) if !conns.is_empty() => {
+                    tracing::error!("{msg}: re-dispatching its samples to the accelerators left");
+                    for c in conns {
+                        c.do_send(Abandon(msg.clone()));
+                    }
+                }
+                _ => (sh.failure)(msg),
+            }
+        })
+    }
 }
 
 impl Connections {
     /// Starts a `ConnectionActor` for a new lane on an I/O arbiter (round-robin); the transport
     /// is built there, inside the arbiter's runtime.
+    #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
         shared: &Arc<Shared>,
         accelerator: &str,
+        addr: Option<&str>,
         label: String,
         slots: u32,
         output_bytes: u32,
@@ -125,7 +151,7 @@ impl Connections {
         let lane = Lane::new(label, slots);
         let (sh, l, acc) = (shared.clone(), lane.clone(), accelerator.to_string());
         let arbiter = &shared.io[self.actors.len() % shared.io.len()];
-        self.actors.push(ConnectionActor::start_in_arbiter(arbiter, move |_| {
+        let actor = ConnectionActor::start_in_arbiter(arbiter, move |_| {
             ConnectionActor::new(ConnectionParts {
                 label: l.label().to_string(),
                 accelerator: acc,
@@ -136,9 +162,15 @@ impl Connections {
                 store: sh.store.clone(),
                 gate: sh.gate.clone(),
                 on_failure: sh.failure.clone(),
+                redispatch: sh.redispatch.clone(),
                 latencies: sh.latencies.clone(),
             })
-        }));
+        });
+        if let Some(addr) = addr {
+            let mut map = shared.by_accelerator.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(addr.to_string()).or_default().push(actor.clone());
+        }
+        self.actors.push(actor);
         self.lanes.push(lane);
     }
 }
@@ -171,7 +203,8 @@ async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Sh
         tracing::warn!("the control channel is NOT authenticated ([auth] required = false, no secret)");
     }
     let sessions = join_all(f.accelerators.iter().map(|a| {
-        AcceleratorClient::connect(a, &f.name, request.clone(), hb, secret.clone(), timeout, shared.failure.clone())
+        let lost = shared.accelerator_lost(a.clone());
+        AcceleratorClient::connect(a, &f.name, request.clone(), hb, secret.clone(), timeout, lost)
     }))
     .await;
     let mut clients: Vec<(Addr<AcceleratorClient>, Established)> = Vec::new();
@@ -203,7 +236,7 @@ async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Sh
         accelerators: Vec::new(),
         pool: None,
     };
-    for (client, est) in clients {
+    for ((client, est), given) in clients.into_iter().zip(&f.accelerators) {
         let g = est.grant.clone();
         if g.input_slot_bytes as usize != spec.input_bytes() || g.output_slot_bytes != spec.output_bytes {
             bail!(
@@ -247,7 +280,9 @@ async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Sh
                 let init = setup
                     .connect(&peer, transport_metrics(&name))
                     .with_context(|| format!("RDMA connection {c} to accelerator {}", est.name))?;
-                out.add(&shared, &est.name, label, g.slots_per_connection, out_bytes, move || Box::new(init));
+                out.add(&shared, &est.name, Some(given), label, g.slots_per_connection, out_bytes, move || {
+                    Box::new(init)
+                });
                 continue;
             }
             let attach = Attach { token: g.token, connection: c };
@@ -255,7 +290,7 @@ async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Sh
                 .await
                 .with_context(|| format!("data connection {c} to accelerator {} ({})", est.name, est.addr))?;
             let std_stream = stream.into_std().context("detaching the data connection")?;
-            out.add(&shared, &est.name, label, g.slots_per_connection, out_bytes, move || {
+            out.add(&shared, &est.name, Some(given), label, g.slots_per_connection, out_bytes, move || {
                 let stream =
                     TcpStream::from_std(std_stream).expect("I/O arbiters run a tokio runtime with I/O enabled");
                 Box::new(TcpInitiator::new(stream, out_bytes, transport_metrics(&name)))
@@ -306,7 +341,7 @@ fn connect_local(
             // Connections of one box share that box's workers, as they would on a real accelerator.
             let worker = pool.sender(b * per_box + c % per_box);
             let sp = spec.clone();
-            out.add(shared, &name, format!("{name}/{c}"), slots, spec.output_bytes, move || {
+            out.add(shared, &name, None, format!("{name}/{c}"), slots, spec.output_bytes, move || {
                 Box::new(LocalTransport::new(worker, sp, slots))
             });
         }
@@ -377,6 +412,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         gate: Arc::new(CreditGate::default()),
         failure: failure.clone(),
         io: io.io.clone(),
+        redispatch: Arc::new(Redispatcher::default()),
+        by_accelerator: Default::default(),
     });
     let conns = if opts.local {
         connect_local(&cfg, &opts.accelerator_config, &spec, &shared)?
@@ -433,6 +470,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         shared.gate.clone(),
         Box::new(move |m: &str| no_lane(m.to_string())),
     ));
+    shared.redispatch.bind(&issuer);
     let sut_name = if opts.local {
         SutName::Local(format!(
             "qdl Local SUT ({} x {} in-process)",
@@ -537,6 +575,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         bytes_received: stats.iter().map(|s| s.bytes_received).sum(),
         write_calls: stats.iter().map(|s| s.write_calls).sum(),
         dispatch: format!("{dispatcher:?}"),
+        redispatched: issuer.redispatched(),
         connections: stats,
     };
     let report = RunReport {
