@@ -206,7 +206,8 @@ pub type NoLaneHandler = Box<dyn Fn(&str) + Send + Sync>;
 
 /// The QueryIssuer; see the module docs.
 pub struct QueryIssuer {
-    lanes: Vec<Arc<Lane>>,
+    /// The lanes; an accelerator that rejoins adds its own (lost lanes stay, closed).
+    lanes: arc_swap::ArcSwap<Vec<Arc<Lane>>>,
     dispatcher: Dispatcher,
     next: AtomicUsize,
     gate: Arc<CreditGate>,
@@ -230,6 +231,11 @@ impl Redispatcher {
         let _ = self.issuer.set(Arc::downgrade(issuer));
     }
 
+    /// The issuer, while the run is on.
+    pub fn issuer(&self) -> Option<Arc<QueryIssuer>> {
+        self.issuer.get().and_then(std::sync::Weak::upgrade)
+    }
+
     /// Re-dispatches `subs`; gives them back when there is no issuer (the run is not on).
     pub fn send(&self, from: &str, subs: Vec<Submission>) -> Result<(), Vec<Submission>> {
         match self.issuer.get().and_then(std::sync::Weak::upgrade) {
@@ -251,7 +257,7 @@ impl QueryIssuer {
         on_no_lane: NoLaneHandler,
     ) -> QueryIssuer {
         QueryIssuer {
-            lanes,
+            lanes: arc_swap::ArcSwap::from_pointee(lanes),
             dispatcher,
             next: AtomicUsize::new(0),
             gate,
@@ -264,9 +270,19 @@ impl QueryIssuer {
         }
     }
 
-    /// The lanes.
-    pub fn lanes(&self) -> &[Arc<Lane>] {
-        &self.lanes
+    /// The lanes (a snapshot).
+    pub fn lanes(&self) -> Arc<Vec<Arc<Lane>>> {
+        self.lanes.load_full()
+    }
+
+    /// Adds the lanes of an accelerator that joined during the run.
+    pub fn add_lanes(&self, new: &[Arc<Lane>]) {
+        self.lanes.rcu(|old| {
+            let mut v = Vec::clone(old);
+            v.extend(new.iter().cloned());
+            v
+        });
+        self.gate.notify();
     }
 
     /// Samples issued so far.
@@ -276,7 +292,7 @@ impl QueryIssuer {
 
     /// Samples completed so far (all lanes).
     pub fn completed(&self) -> u64 {
-        self.lanes.iter().map(|l| l.completed()).sum()
+        self.lanes.load().iter().map(|l| l.completed()).sum()
     }
 
     /// Places every sample of one LoadGen query; blocks while every lane is out of credits.
@@ -295,7 +311,7 @@ impl QueryIssuer {
     /// Places one sample on a lane (waiting for a credit if every lane is full); false when no
     /// lane is left (the no-lane handler has been told).
     fn place(&self, s: Submission) -> bool {
-        let lanes = &self.lanes;
+        let mut lanes = self.lanes.load();
         let mut sample = Some(s);
         let mut stranded: Vec<Submission> = Vec::new();
         while let Some(s) = sample.take().or_else(|| stranded.pop()) {
@@ -330,6 +346,8 @@ impl QueryIssuer {
                     self.waits.increment(1);
                     let any_free = || lanes.iter().any(|l| l.is_open() && l.in_flight() < l.capacity);
                     self.gate.wait(any_free, Duration::from_millis(5));
+                    // Lanes may have joined meanwhile.
+                    lanes = self.lanes.load();
                     sample = Some(s);
                 }
             }
@@ -368,7 +386,7 @@ impl QueryIssuer {
 
     /// LoadGen's FlushQueries: every sample is already on its way; make sure every lane is awake.
     pub fn flush(&self) {
-        for l in &self.lanes {
+        for l in self.lanes.load().iter() {
             l.wake();
         }
     }

@@ -16,9 +16,19 @@ use crate::qsl::SampleStore;
 pub enum SutName {
     /// Ask every accelerator over the network, each time LoadGen asks (the Network division's
     /// required round trip; LoadGen times it as `get_sut_name_duration_ns`).
-    Network(Vec<Addr<AcceleratorClient>>),
+    /// The list is shared with the run: an accelerator that rejoins takes its old place.
+    Network(Clients),
     /// The in-process baseline: a fixed name (it is not a Network SUT).
     Local(String),
+}
+
+/// The control sessions of a run, in the order the accelerators were given, shared so that an
+/// accelerator that rejoins replaces its lost session.
+pub type Clients = Arc<std::sync::Mutex<Vec<Addr<AcceleratorClient>>>>;
+
+/// A snapshot of the sessions.
+pub fn snapshot(clients: &Clients) -> Vec<Addr<AcceleratorClient>> {
+    clients.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// Builds the SUT name from the accelerators' names.
@@ -51,6 +61,7 @@ impl SystemUnderTest for QdlSut {
         match &self.name {
             SutName::Local(n) => n.clone(),
             SutName::Network(clients) => {
+                let clients = snapshot(clients);
                 let answers = futures::executor::block_on(join_all(clients.iter().map(|c| c.send(QueryName))));
                 let mut names = Vec::new();
                 for a in answers {
@@ -84,7 +95,7 @@ impl SystemUnderTest for QdlSut {
         // Tell the accelerators too (NVIDIA's harness has the same state); nobody waits for the
         // acknowledgement.
         if let SutName::Network(clients) = &self.name {
-            for c in clients {
+            for c in snapshot(clients) {
                 c.do_send(SetRunState(RunState::Flush));
             }
         }

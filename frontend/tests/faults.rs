@@ -494,3 +494,39 @@ fn a_frozen_accelerator_is_declared_dead_by_heartbeats_and_its_samples_move() {
     assert!(v.contains("6000/6000 samples correct"), "{v}");
     let _ = b.alive();
 }
+
+#[test]
+fn a_restarted_accelerator_rejoins_the_running_test() {
+    let a = Acc::start_with_config(Some(TEST_SYNTHETIC), &["--name", "steady"]);
+    let listen = Acc::free_addr();
+    let mut b = Acc::start_with_config(Some(TEST_SYNTHETIC), &["--name", "phoenix", "--listen", &listen]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let child = spawn_run(
+        &[&a, &b],
+        &out,
+        &["-w", "bert", "-s", "offline", "--mode", "accuracy", "--total-samples", "12000", "--slots", "256"],
+    );
+    let end = Instant::now() + Duration::from_secs(20);
+    while received(&b) < 500.0 {
+        assert!(Instant::now() < end, "accelerator b never got busy");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    // The same node comes back on the same address while the test goes on.
+    let back = Acc::start_with_config(Some(TEST_SYNTHETIC), &["--name", "phoenix", "--listen", &listen]);
+    let o = child.wait_with_output().unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("accelerator rejoined the run"), "{t}");
+    assert!(received(&back) > 0.0, "the restarted accelerator took work again");
+    let v = ok(&frontend(&["check-accuracy", out.to_str().unwrap()]));
+    assert!(v.contains("12000/12000 samples correct"), "{v}");
+    let d = std::fs::read_to_string(out.join("mlperf_log_detail.txt")).unwrap();
+    let names: Vec<&str> = d.lines().filter(|l| l.contains("Network SUT")).collect();
+    assert!(
+        names.last().is_some_and(|l| l.contains("qdl Network SUT (steady, phoenix)")),
+        "the SUT name is whole again at the end: {names:?}"
+    );
+}

@@ -18,7 +18,7 @@ use qdl_frontend::local::LocalTransport;
 use qdl_frontend::plot::{Series, bar_chart, line_chart};
 use qdl_frontend::qsl::{SampleSource, SampleStore};
 use qdl_frontend::report::{AcceleratorReport, FrontendReport, RunReport, parse_detail_log};
-use qdl_frontend::sut::{QdlQsl, QdlSut, SutName, duplicate_names, network_sut_name};
+use qdl_frontend::sut::{Clients, QdlQsl, QdlSut, SutName, duplicate_names, network_sut_name, snapshot};
 use qdl_frontend::timeline::{LatencyBuckets, Timeline, TimelinePoint};
 use qdl_loadgen::{LogSettings, Scenario, TestMode, TestSettings};
 use qdl_shared::config::TransportKind;
@@ -94,6 +94,7 @@ pub fn loadgen_settings(cfg: &FrontendConfig, model: &str) -> anyhow::Result<Tes
     Ok(s)
 }
 
+#[derive(Default)]
 struct Connections {
     lanes: Vec<Arc<Lane>>,
     actors: Vec<Addr<ConnectionActor>>,
@@ -111,6 +112,17 @@ struct Shared {
     redispatch: Arc<Redispatcher>,
     /// Each accelerator's data connections, by the address it was given as.
     by_accelerator: std::sync::Mutex<std::collections::HashMap<String, Vec<Addr<ConnectionActor>>>>,
+    /// The control sessions in the order the accelerators were given; one that rejoins takes
+    /// its old place.
+    clients: Clients,
+    /// The addresses they were given as, in the same order.
+    given: std::sync::Mutex<Vec<String>>,
+    /// How to connect an accelerator that comes back (set once the first ones are connected).
+    join: std::sync::OnceLock<Arc<JoinContext>>,
+    /// The data connections of accelerators that rejoined.
+    rejoined: std::sync::Mutex<Vec<Addr<ConnectionActor>>>,
+    /// The test is over: lost accelerators are not waited for any more.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -126,6 +138,9 @@ impl Shared {
                     tracing::error!("{msg}: re-dispatching its samples to the accelerators left");
                     for c in conns {
                         c.do_send(Abandon(msg.clone()));
+                    }
+                    if !sh.ended.load(std::sync::atomic::Ordering::Acquire) {
+                        rejoin(sh.clone(), addr.clone());
                     }
                 }
                 _ => (sh.failure)(msg),
@@ -236,79 +251,172 @@ async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Sh
         accelerators: Vec::new(),
         pool: None,
     };
+    let ctx = Arc::new(JoinContext { node: f.name.clone(), request, heartbeat: hb, secret, timeout, rdma });
     for ((client, est), given) in clients.into_iter().zip(&f.accelerators) {
-        let g = est.grant.clone();
-        if g.input_slot_bytes as usize != spec.input_bytes() || g.output_slot_bytes != spec.output_bytes {
-            bail!(
-                "accelerator {} granted slots of {}/{} bytes for a workload of {}/{} bytes",
-                est.name,
-                g.input_slot_bytes,
-                g.output_slot_bytes,
-                spec.input_bytes(),
-                spec.output_bytes
-            );
-        }
-        if g.slots_per_connection < f.slots_per_connection || g.connections < f.connections_per_accelerator {
-            tracing::warn!(
-                accelerator = %est.name,
-                "granted {} connections × {} slots (asked {} × {})",
-                g.connections,
-                g.slots_per_connection,
-                f.connections_per_accelerator,
-                f.slots_per_connection
-            );
-        }
-        for c in 0..g.connections {
-            let (name, out_bytes) = (est.name.clone(), g.output_slot_bytes);
-            let label = format!("{}/{c}", est.name);
-            if let Some(dev) = &rdma {
-                let setup = InitiatorSetup::new(
-                    dev,
-                    g.slots_per_connection,
-                    g.input_slot_bytes,
-                    out_bytes,
-                    RdmaMetrics::registered("frontend"),
-                )
-                .with_context(|| format!("RDMA connection {c} to accelerator {}", est.name))?;
-                let peer = tokio::time::timeout(
-                    timeout,
-                    client.send(ConnectRdma { connection: c, endpoint: setup.endpoint() }),
-                )
-                .await
-                .map_err(|_| anyhow::anyhow!("accelerator {}: no answer to RDMA connection {c} in time", est.name))?
-                .context("the accelerator's control actor stopped")??;
-                let init = setup
-                    .connect(&peer, transport_metrics(&name))
-                    .with_context(|| format!("RDMA connection {c} to accelerator {}", est.name))?;
-                out.add(&shared, &est.name, Some(given), label, g.slots_per_connection, out_bytes, move || {
-                    Box::new(init)
-                });
-                continue;
-            }
-            let attach = Attach { token: g.token, connection: c };
-            let stream = connect_data(est.addr, attach, timeout)
-                .await
-                .with_context(|| format!("data connection {c} to accelerator {} ({})", est.name, est.addr))?;
-            let std_stream = stream.into_std().context("detaching the data connection")?;
-            out.add(&shared, &est.name, Some(given), label, g.slots_per_connection, out_bytes, move || {
-                let stream =
-                    TcpStream::from_std(std_stream).expect("I/O arbiters run a tokio runtime with I/O enabled");
-                Box::new(TcpInitiator::new(stream, out_bytes, transport_metrics(&name)))
-            });
-        }
-        out.accelerators.push(AcceleratorReport {
-            address: est.addr.to_string(),
-            name: est.name.clone(),
-            connections: g.connections,
-            slots_per_connection: g.slots_per_connection,
-            backend: g.backend.clone(),
-            workers: g.workers,
-            max_batch: g.max_batch,
-            batch_sizes: Vec::new(),
-        });
-        out.clients.push(client);
+        attach_accelerator(&shared, &ctx, &mut out, given, client, &est).await?;
     }
+    let _ = shared.join.set(ctx);
     Ok(out)
+}
+
+/// What connecting an accelerator needs, kept for accelerators that rejoin during the run.
+struct JoinContext {
+    node: String,
+    request: SessionRequest,
+    heartbeat: qdl_shared::control::Heartbeat,
+    secret: qdl_shared::auth::Secret,
+    timeout: Duration,
+    rdma: Option<Arc<RdmaDevice>>,
+}
+
+/// Opens the data connections of an established session and starts their actors.
+async fn attach_accelerator(
+    shared: &Arc<Shared>,
+    ctx: &JoinContext,
+    out: &mut Connections,
+    given: &str,
+    client: Addr<AcceleratorClient>,
+    est: &Established,
+) -> anyhow::Result<()> {
+    let g = est.grant.clone();
+    if g.input_slot_bytes as usize != ctx.request.workload.input_bytes()
+        || g.output_slot_bytes != ctx.request.workload.output_bytes
+    {
+        bail!(
+            "accelerator {} granted slots of {}/{} bytes for a workload of {}/{} bytes",
+            est.name,
+            g.input_slot_bytes,
+            g.output_slot_bytes,
+            ctx.request.workload.input_bytes(),
+            ctx.request.workload.output_bytes
+        );
+    }
+    if g.slots_per_connection < ctx.request.slots_per_connection || g.connections < ctx.request.connections {
+        tracing::warn!(
+            accelerator = %est.name,
+            "granted {} connections × {} slots (asked {} × {})",
+            g.connections,
+            g.slots_per_connection,
+            ctx.request.connections,
+            ctx.request.slots_per_connection
+        );
+    }
+    for c in 0..g.connections {
+        let (name, out_bytes) = (est.name.clone(), g.output_slot_bytes);
+        let label = format!("{}/{c}", est.name);
+        if let Some(dev) = &ctx.rdma {
+            let setup = InitiatorSetup::new(
+                dev,
+                g.slots_per_connection,
+                g.input_slot_bytes,
+                out_bytes,
+                RdmaMetrics::registered("frontend"),
+            )
+            .with_context(|| format!("RDMA connection {c} to accelerator {}", est.name))?;
+            let peer = tokio::time::timeout(
+                ctx.timeout,
+                client.send(ConnectRdma { connection: c, endpoint: setup.endpoint() }),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("accelerator {}: no answer to RDMA connection {c} in time", est.name))?
+            .context("the accelerator's control actor stopped")??;
+            let init = setup
+                .connect(&peer, transport_metrics(&name))
+                .with_context(|| format!("RDMA connection {c} to accelerator {}", est.name))?;
+            out.add(shared, &est.name, Some(given), label, g.slots_per_connection, out_bytes, move || Box::new(init));
+            continue;
+        }
+        let attach = Attach { token: g.token, connection: c };
+        let stream = connect_data(est.addr, attach, ctx.timeout)
+            .await
+            .with_context(|| format!("data connection {c} to accelerator {} ({})", est.name, est.addr))?;
+        let std_stream = stream.into_std().context("detaching the data connection")?;
+        out.add(shared, &est.name, Some(given), label, g.slots_per_connection, out_bytes, move || {
+            let stream = TcpStream::from_std(std_stream).expect("I/O arbiters run a tokio runtime with I/O enabled");
+            Box::new(TcpInitiator::new(stream, out_bytes, transport_metrics(&name)))
+        });
+    }
+    out.accelerators.push(AcceleratorReport {
+        address: est.addr.to_string(),
+        name: est.name.clone(),
+        connections: g.connections,
+        slots_per_connection: g.slots_per_connection,
+        backend: g.backend.clone(),
+        workers: g.workers,
+        max_batch: g.max_batch,
+        batch_sizes: Vec::new(),
+    });
+    out.clients.push(client);
+    Ok(())
+}
+
+/// Tries, once a second until the run ends, to bring back the accelerator at `addr`: a new
+/// session (authenticated as at the start), its data connections, and their lanes added to the
+/// issuer. LoadGen is told nothing: the SUT is the same, with its capacity back.
+fn rejoin(shared: Arc<Shared>, addr: String) {
+    let Some(ctx) = shared.join.get().cloned() else { return };
+    actix::spawn(async move {
+        let mut attempt = 0u32;
+        loop {
+            tokio::time::sleep(Duration::from_millis(if attempt == 0 { 200 } else { 1000 })).await;
+            attempt += 1;
+            if shared.ended.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            let lost = shared.accelerator_lost(addr.clone());
+            let connected = AcceleratorClient::connect(
+                &addr,
+                &ctx.node,
+                ctx.request.clone(),
+                ctx.heartbeat,
+                ctx.secret.clone(),
+                ctx.timeout,
+                lost,
+            )
+            .await;
+            let (client, est) = match connected {
+                Ok(c) => c,
+                Err(e) => {
+                    if attempt == 1 || attempt.is_multiple_of(10) {
+                        tracing::info!(accelerator = %addr, attempt, "not back yet: {e}");
+                    }
+                    continue;
+                }
+            };
+            let _ = client.send(SetRunState(RunState::Start)).await;
+            let mut out = Connections::default();
+            match attach_accelerator(&shared, &ctx, &mut out, &addr, client.clone(), &est).await {
+                Ok(()) => {
+                    let issuer = shared.redispatch.issuer();
+                    match issuer {
+                        Some(issuer) => issuer.add_lanes(&out.lanes),
+                        None => return,
+                    }
+                    shared.rejoined.lock().unwrap_or_else(|p| p.into_inner()).extend(out.actors.iter().cloned());
+                    let at = shared.given.lock().unwrap_or_else(|p| p.into_inner()).iter().position(|g| *g == addr);
+                    let mut clients = shared.clients.lock().unwrap_or_else(|p| p.into_inner());
+                    match at.filter(|&i| i < clients.len()) {
+                        Some(i) => clients[i] = client,
+                        None => clients.push(client),
+                    }
+                    drop(clients);
+                    metrics::counter!(qdl_shared::metrics::frontend::REJOINS, "accelerator" => est.name.clone())
+                        .increment(1);
+                    tracing::warn!(
+                        accelerator = %est.name,
+                        addr = %addr,
+                        connections = out.lanes.len(),
+                        "accelerator rejoined the run"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(accelerator = %addr, "rejoin failed: {e:#}");
+                    client.do_send(CloseClient);
+                }
+            }
+        }
+    });
 }
 
 fn connect_local(
@@ -414,6 +522,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         io: io.io.clone(),
         redispatch: Arc::new(Redispatcher::default()),
         by_accelerator: Default::default(),
+        clients: Default::default(),
+        given: Default::default(),
+        join: Default::default(),
+        rejoined: Default::default(),
+        ended: Default::default(),
     });
     let conns = if opts.local {
         connect_local(&cfg, &opts.accelerator_config, &spec, &shared)?
@@ -427,6 +540,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
             }
         }
     };
+    *shared.clients.lock().unwrap_or_else(|p| p.into_inner()) = conns.clients.clone();
+    *shared.given.lock().unwrap_or_else(|p| p.into_inner()) = cfg.frontend.accelerators.clone();
     let where_ = if opts.local { "in-process" } else { "over the network" };
     tracing::info!(
         workload = %spec.name,
@@ -478,7 +593,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
             conns.accelerators[0].backend
         ))
     } else {
-        SutName::Network(conns.clients.clone())
+        SutName::Network(shared.clients.clone())
     };
     let sut = QdlSut { issuer: issuer.clone(), name: sut_name };
     let qsl = QdlQsl { store: store.clone(), on_failure: failure.clone() };
@@ -512,8 +627,12 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         tracing::warn!("{e}");
     }
     let started = Instant::now();
-    qdl_loadgen::start_test(&sut, &qsl, &settings, &log)?;
+    let tested = qdl_loadgen::start_test(&sut, &qsl, &settings, &log);
+    // Lost accelerators are not waited for any more.
+    shared.ended.store(true, std::sync::atomic::Ordering::Release);
+    tested?;
     let wall = started.elapsed();
+    let clients = snapshot(&shared.clients);
     let timeline = timeline.finish();
     drop(progress);
     let mut accelerators = conns.accelerators.clone();
@@ -523,7 +642,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
             a.batch_sizes = pool.batch_sizes_of(b * per_box..(b + 1) * per_box);
         }
     } else {
-        let clients = conns.clients.clone();
+        let clients = clients.clone();
         let stats = io.block_on(async move { join_all(clients.iter().map(|c| c.send(QueryStats))).await })?;
         for (a, s) in accelerators.iter_mut().zip(stats) {
             match s {
@@ -536,17 +655,19 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
 
     // Wind down: final stats, goodbyes, stop.
     if !opts.local
-        && let Err(e) = set_run_state(&io, &conns.clients, RunState::Done)
+        && let Err(e) = set_run_state(&io, &clients, RunState::Done)
     {
         tracing::warn!("{e}");
     }
-    let actors = conns.actors.clone();
-    let stats = io.block_on(async move { join_all(actors.iter().map(|a| a.send(GetStats))).await })?;
+    let mut actors = conns.actors.clone();
+    actors.extend(shared.rejoined.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+    let asked = actors.clone();
+    let stats = io.block_on(async move { join_all(asked.iter().map(|a| a.send(GetStats))).await })?;
     let stats: Vec<_> = stats.into_iter().filter_map(Result::ok).collect();
-    for a in &conns.actors {
+    for a in &actors {
         a.do_send(Close);
     }
-    for c in &conns.clients {
+    for c in &clients {
         c.do_send(CloseClient);
     }
     let sut_name = match &sut.name {
@@ -555,7 +676,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     };
     // Each client stops once its Goodbye is written; wait for that (briefly) before stopping.
     let deadline = Instant::now() + Duration::from_secs(1);
-    while conns.clients.iter().any(|c| c.connected()) && Instant::now() < deadline {
+    while clients.iter().any(|c| c.connected()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     io.stop();

@@ -65,6 +65,12 @@ impl Acc {
         Acc::start_with_config(None, extra)
     }
 
+    /// A free local address (for a node that must come back on the same one).
+    pub fn free_addr() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    }
+
     /// Starts an accelerator with a config file's contents.
     pub fn start_with_config(config: Option<&str>, extra: &[&str]) -> Acc {
         let dir = tempfile::tempdir().unwrap();
@@ -89,8 +95,11 @@ impl Acc {
         if let Some(py) = python() {
             cmd.env("QDL_PYTHON", py);
         }
+        if !cmd.get_args().any(|a| a == "--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
         let mut child = cmd
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
