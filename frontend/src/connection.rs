@@ -40,6 +40,9 @@ pub type FailureHandler = Arc<dyn Fn(String) + Send + Sync>;
 #[rtype(result = "()")]
 pub struct Close;
 
+/// How long a given-up connection is still read, its late answers dropped and counted.
+pub const LATE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Gives the connection up (its accelerator was declared dead): its samples are re-dispatched.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -67,6 +70,10 @@ pub struct ConnectionStats {
     pub write_calls: u64,
     /// Read calls.
     pub read_calls: u64,
+    /// Responses that arrived after the connection was given up (its samples re-dispatched):
+    /// dropped, never reported to LoadGen.
+    #[serde(default)]
+    pub late: u64,
 }
 
 /// Everything a connection actor is built from.
@@ -115,6 +122,9 @@ pub struct ConnectionActor {
     gate: Arc<CreditGate>,
     on_failure: FailureHandler,
     redispatch: Arc<Redispatcher>,
+    /// Given up (its accelerator declared dead): still read for a while, answers dropped.
+    abandoned: bool,
+    late: Counter,
     latencies: Arc<LatencyBuckets>,
     completions: CompletionBuffer,
     done: Vec<Done>,
@@ -153,6 +163,8 @@ impl ConnectionActor {
             gate: p.gate,
             on_failure: p.on_failure,
             redispatch: p.redispatch,
+            abandoned: false,
+            late: metrics::counter!(m::LATE_RESPONSES),
             latencies: p.latencies,
             completions: CompletionBuffer::with_capacity(1024),
             done: Vec::with_capacity(1024),
@@ -207,10 +219,21 @@ impl ConnectionActor {
                 stage_accelerator,
                 sampler,
                 label,
+                abandoned,
+                late,
+                stats,
+                redispatch,
                 ..
             } = self;
             let ob = *output_bytes;
             let mut on_response = |h: &DataHeader, payload: &[u8]| {
+                if *abandoned {
+                    // Its sample was handed to another connection: this answer is not LoadGen's.
+                    late.increment(1);
+                    stats.late += 1;
+                    redispatch.note_late();
+                    return Ok(());
+                }
                 let c = tracker
                     .handle_response(h.slot, h.sample_id, now)
                     .map_err(|e| TransportError::Protocol(e.to_string()))?;
@@ -324,6 +347,10 @@ impl ConnectionActor {
     }
 
     fn fail(&mut self, err: TransportError, ctx: &mut Context<Self>) -> Poll<()> {
+        if self.abandoned {
+            ctx.stop();
+            return Poll::Ready(());
+        }
         let kind = match &err {
             TransportError::Closed => "closed",
             TransportError::Io { .. } => "io",
@@ -394,7 +421,15 @@ impl Handler<Abandon> for ConnectionActor {
     fn handle(&mut self, Abandon(why): Abandon, ctx: &mut Context<Self>) {
         metrics::counter!(m::CONNECTION_ERRORS, "kind" => "accelerator-lost").increment(1);
         self.give_up(&why);
-        ctx.stop();
+        // The accelerator may only be slow: read on for a while, dropping (and counting) its
+        // answers, whose samples now belong to other connections.
+        self.abandoned = true;
+        ctx.run_later(LATE_GRACE, |act, ctx| {
+            if act.stats.late > 0 {
+                tracing::warn!(conn = %act.label, late = act.stats.late, "dropped late responses of re-dispatched samples");
+            }
+            ctx.stop();
+        });
     }
 }
 

@@ -223,12 +223,23 @@ pub struct QueryIssuer {
 #[derive(Default)]
 pub struct Redispatcher {
     issuer: std::sync::OnceLock<std::sync::Weak<QueryIssuer>>,
+    late: AtomicU64,
 }
 
 impl Redispatcher {
     /// The issuer to hand samples to.
     pub fn bind(&self, issuer: &Arc<QueryIssuer>) {
         let _ = self.issuer.set(Arc::downgrade(issuer));
+    }
+
+    /// A late answer to a re-dispatched sample was dropped.
+    pub fn note_late(&self) {
+        self.late.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Late answers dropped so far (all connections, those already stopped included).
+    pub fn late(&self) -> u64 {
+        self.late.load(Ordering::Relaxed)
     }
 
     /// The issuer, while the run is on.

@@ -155,6 +155,9 @@ pub struct FrontendReport {
     /// Samples re-dispatched from lost connections to the ones left.
     #[serde(default)]
     pub redispatched: u64,
+    /// Late answers to re-dispatched samples, dropped.
+    #[serde(default)]
+    pub late_responses: u64,
     /// Per connection.
     pub connections: Vec<ConnectionStats>,
 }

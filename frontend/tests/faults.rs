@@ -484,14 +484,21 @@ fn a_frozen_accelerator_is_declared_dead_by_heartbeats_and_its_samples_move() {
     // SIGSTOP: the process and its connections stay, but it answers nothing, heartbeats included.
     // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
     unsafe { libc::kill(b.child.id() as i32, libc::SIGSTOP) };
-    let o = child.wait_with_output().unwrap();
-    // SAFETY: as above; lets the child be killed and reaped when dropped.
+    // Thawed after it was declared dead (0.6 s) but while its connections are still read: the
+    // samples it then answers were re-dispatched already, so its answers are late.
+    std::thread::sleep(Duration::from_millis(1200));
+    // SAFETY: as above.
     unsafe { libc::kill(b.child.id() as i32, libc::SIGCONT) };
+    let o = child.wait_with_output().unwrap();
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("declared dead") && t.contains("re-dispatching"), "{t}");
     let v = ok(&frontend(&["check-accuracy", out.to_str().unwrap()]));
-    assert!(v.contains("6000/6000 samples correct"), "{v}");
+    assert!(v.contains("6000/6000 samples correct"), "never reported twice: {v}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    eprintln!("late responses dropped: {}", report["frontend"]["late_responses"]);
+    assert!(report["frontend"]["late_responses"].as_u64().unwrap() > 0, "{}", report["frontend"]);
     let _ = b.alive();
 }
 

@@ -75,6 +75,9 @@ pub mod frontend {
     pub const ISSUE_WAITS: &str = "qdl_frontend_issue_waits_total";
     /// Counter: samples of a lost connection placed again on another one.
     pub const REDISPATCHED: &str = "qdl_frontend_redispatched_total";
+    /// Counter: responses that arrived on a given-up connection after its samples were
+    /// re-dispatched; dropped, never reported to LoadGen.
+    pub const LATE_RESPONSES: &str = "qdl_frontend_late_responses_total";
     /// Counter, per accelerator: times a lost accelerator came back into a running test.
     pub const REJOINS: &str = "qdl_frontend_rejoins_total";
     /// Gauge, label `accelerator`: last heartbeat round trip, s.
@@ -151,6 +154,7 @@ pub fn describe_frontend() {
     describe_histogram!(LATENCY, Unit::Seconds, "Request sent to response received");
     describe_counter!(ISSUE_WAITS, Unit::Count, "Times the issue thread waited for a free slot");
     describe_counter!(REDISPATCHED, Unit::Count, "Samples of a lost connection placed again on another one");
+    describe_counter!(LATE_RESPONSES, Unit::Count, "Late responses of re-dispatched samples, dropped");
     describe_counter!(REJOINS, Unit::Count, "Times a lost accelerator came back into a running test");
     describe_gauge!(HEARTBEAT_RTT, Unit::Seconds, "Last control heartbeat round trip");
     describe_gauge!(ACCELERATOR_UP, Unit::Count, "1 while the accelerator's control session is up");

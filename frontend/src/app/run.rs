@@ -697,6 +697,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         write_calls: stats.iter().map(|s| s.write_calls).sum(),
         dispatch: format!("{dispatcher:?}"),
         redispatched: issuer.redispatched(),
+        late_responses: shared.redispatch.late(),
         connections: stats,
     };
     let report = RunReport {
