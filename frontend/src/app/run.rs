@@ -566,7 +566,20 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     {
         // On Ctrl-C / SIGTERM: say goodbye to the accelerators so their sessions end in order.
         let clients = conns.clients.clone();
+        let sh = shared.clone();
         super::signals::install("run", move || {
+            // Drain: the samples in flight when the signal came are answered (10 s at most).
+            if let Some(issuer) = sh.redispatch.issuer() {
+                let target = issuer.issued();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while issuer.completed() < target && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                eprintln!(
+                    "qdl-frontend: {} of the {target} samples issued before the signal answered",
+                    issuer.completed().min(target)
+                );
+            }
             for c in &clients {
                 c.do_send(CloseClient);
             }

@@ -1,7 +1,8 @@
 //! Ctrl-C / SIGTERM for the frontend's commands. LoadGen cannot be stopped cleanly in the middle
-//! of a test, so the first signal ends what can be ended in order (accelerator sessions get
-//! their goodbye, child processes get SIGTERM), says so, and exits with status 130; a second
-//! signal exits at once.
+//! of a test, so the first signal drains what can be drained (a run waits, 10 s at most, for the
+//! samples in flight to be answered; accelerator sessions get their goodbye, child processes get
+//! SIGTERM), says that LoadGen's logs are incomplete, and exits 0; a second signal exits at once
+//! with status 130.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +35,7 @@ fn terminate_children() {
 }
 
 /// Installs the handler: on the first SIGINT or SIGTERM, runs `cleanup`, stops tracked children
-/// and exits 130; on a second, exits 130 at once.
+/// and exits 0; on a second, exits 130 at once.
 pub fn install(what: &'static str, cleanup: impl FnOnce() + Send + 'static) {
     let spawned = std::thread::Builder::new().name("qdl-signals".into()).spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
@@ -54,7 +55,7 @@ pub fn install(what: &'static str, cleanup: impl FnOnce() + Send + 'static) {
             })
             .await;
             // SAFETY: as above; C++ static destructors of a running LoadGen could block an exit().
-            unsafe { libc::_exit(130) };
+            unsafe { libc::_exit(0) };
         });
     });
     if let Err(e) = spawned {
