@@ -154,14 +154,25 @@ pub struct AcceleratorClient {
     nudge: Nudge,
 }
 
+/// TLS for the control channel (`[tls] enabled`).
+#[derive(Clone)]
+pub struct ClientTls {
+    /// Trusted CAs and protocol settings.
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+    /// The name to verify certificates against instead of the address's host.
+    pub server_name: Option<String>,
+}
+
 impl AcceleratorClient {
     /// Connects to `addr`, says hello and asks for `request`; resolves once the session is granted.
+    #[allow(clippy::too_many_arguments)]
     pub async fn connect(
         addr: &str,
         node: &str,
         request: SessionRequest,
         heartbeat: Heartbeat,
         secret: qdl_shared::auth::Secret,
+        tls: Option<ClientTls>,
         timeout: Duration,
         on_failure: FailureHandler,
     ) -> Result<(Addr<AcceleratorClient>, Established), ClientError> {
@@ -177,9 +188,34 @@ impl AcceleratorClient {
             .map_err(|e| connect_err(e.to_string()))?;
         qdl_shared::transport::tcp::tune(&stream).map_err(|e| connect_err(e.to_string()))?;
         let endpoint = Endpoint::client(node, request, heartbeat, Nanos::now()).with_secret(secret);
+        let link = match tls {
+            None => ControlLink::new(stream, endpoint),
+            Some(tls) => {
+                use tokio::io::AsyncWriteExt as _;
+                let mut stream = stream;
+                // The preamble in the clear says "TLS follows"; the endpoint's own goes inside.
+                stream
+                    .write_all(&qdl_shared::wire::preamble::Preamble::ours_tls().encode())
+                    .await
+                    .map_err(|e| connect_err(e.to_string()))?;
+                let name = qdl_shared::tls::server_name(addr, tls.server_name.as_deref())
+                    .map_err(|e| connect_err(e.to_string()))?;
+                let connector = tokio_rustls::TlsConnector::from(tls.config);
+                let tls_stream = tokio::time::timeout(timeout, connector.connect(name, stream))
+                    .await
+                    .map_err(|_| ClientError::Timeout { addr: addr.to_string(), what: "the TLS handshake" })?
+                    .map_err(|e| {
+                        connect_err(format!(
+                            "TLS handshake failed: {e} (is [tls] enabled on the accelerator, and its certificate \
+                             issued by the CA in tls.ca_file for this name?)"
+                        ))
+                    })?;
+                ControlLink::over(Box::new(tls_stream), Some(sock), endpoint)
+            }
+        };
         let (tx, rx) = oneshot::channel();
         let actor = AcceleratorClient {
-            link: ControlLink::new(stream, endpoint),
+            link,
             addr: addr.to_string(),
             name: addr.to_string(),
             established: Some(tx),

@@ -290,3 +290,76 @@ fn a_flood_of_half_open_connections_is_bounded_and_real_peers_still_run() {
     assert_eq!(closed, 200, "every flood connection was closed by the node");
     assert!(acc.log().lines().filter(|l| l.contains("WARN")).count() < 5, "no log flood:\n{}", acc.log());
 }
+
+/// A CA and an accelerator certificate for localhost / 127.0.0.1, in `dir`: (ca, cert, key).
+fn tls_files(dir: &std::path::Path, tag: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let p = |n: &str| dir.join(format!("{tag}-{n}.pem"));
+    std::fs::write(p("ca"), ca.pem()).unwrap();
+    std::fs::write(p("cert"), leaf.pem()).unwrap();
+    std::fs::write(p("key"), key.serialize_pem()).unwrap();
+    (p("ca"), p("cert"), p("key"))
+}
+
+#[test]
+fn the_control_channel_can_run_in_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(dir.path(), "good");
+    let (other_ca, _, _) = tls_files(dir.path(), "other");
+    let acc_cfg = format!("[tls]\nenabled = true\ncert_file = {:?}\nkey_file = {:?}\n", cert.display(), key.display());
+    let acc = Acc::start_with_config(Some(&acc_cfg), &["--backend", "echo"]);
+    assert!(acc.log().contains("control channel in TLS"), "{}", acc.log());
+    let fe = |name: &str, body: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    };
+    let good = fe("good.toml", format!("[tls]\nenabled = true\nca_file = {:?}\n", ca.display()));
+    let wrong_ca = fe("wrong.toml", format!("[tls]\nenabled = true\nca_file = {:?}\n", other_ca.display()));
+    let args = |cfg: &std::path::Path| {
+        vec![
+            "--config".to_string(),
+            cfg.display().to_string(),
+            "-w".into(),
+            "bert".into(),
+            "--mode".into(),
+            "accuracy".into(),
+            "--total-samples".into(),
+            "200".into(),
+        ]
+    };
+    // The right CA: a normal run, inside TLS.
+    let out = dir.path().join("tls-run");
+    let a = args(&good);
+    let o = run(&[&acc], &out, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(&o);
+    let v = ok(&frontend(&["check-accuracy", out.to_str().unwrap()]));
+    assert!(v.contains("200/200 samples correct"), "{v}");
+    // A certificate from another CA: refused by the frontend.
+    let a = args(&wrong_ca);
+    let o = run(&[&acc], &dir.path().join("wrong"), &a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!o.status.success() && text(&o).contains("TLS handshake failed"), "{}", text(&o));
+    // A frontend without TLS: told that the accelerator requires it.
+    let o = run(&[&acc], &dir.path().join("plain"), &["-w", "bert", "--mode", "accuracy", "--total-samples", "8"]);
+    assert!(!o.status.success() && text(&o).contains("requires TLS"), "{}", text(&o));
+    // A TLS frontend against an accelerator without TLS: a clear failure too.
+    let plain = Acc::start(&["--backend", "echo"]);
+    let a = args(&good);
+    let o = run(&[&plain], &dir.path().join("mismatch"), &a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!o.status.success() && text(&o).contains("TLS handshake failed"), "{}", text(&o));
+    // After the refusals the TLS accelerator still serves its real peers.
+    let out = dir.path().join("tls-again");
+    let a = args(&good);
+    ok(&run(&[&acc], &out, &a.iter().map(String::as_str).collect::<Vec<_>>()));
+    assert!(ok(&frontend(&["check-accuracy", out.to_str().unwrap()])).contains("200/200 samples correct"));
+    assert!(counter(&acc, "qdl_accelerator_connection_errors_total{kind=\"tls\"}") >= 2.0);
+}

@@ -108,6 +108,52 @@ impl HeartbeatConfig {
     }
 }
 
+/// `[tls]` (both nodes): TLS on the control channel (see [`crate::tls`]). Off by default: the
+/// shared-secret handshake authenticates both sides either way; TLS adds confidentiality and the
+/// accelerator's certificate. Both nodes of a cluster must agree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Run the control channel in TLS. Default false.
+    pub enabled: bool,
+    /// (accelerator) Its certificate chain, PEM; relative paths resolve against the config
+    /// file's directory. Required when enabled.
+    pub cert_file: Option<PathBuf>,
+    /// (accelerator) Its private key, PEM. Required when enabled.
+    pub key_file: Option<PathBuf>,
+    /// (frontend) CA certificates the accelerators' certificates must chain to, PEM. Required
+    /// when enabled.
+    pub ca_file: Option<PathBuf>,
+    /// (frontend) The name to verify the accelerators' certificates against, instead of the host
+    /// part of their addresses. Default none.
+    pub server_name: Option<String>,
+}
+
+impl TlsConfig {
+    fn validate(&self, accelerator: bool) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let need = |p: &Option<PathBuf>, field: &str| match p {
+            None => Err(invalid(field, "is required with tls.enabled = true")),
+            Some(p) if !p.is_file() => Err(invalid(field, format!("{} is not a file", p.display()))),
+            Some(_) => Ok(()),
+        };
+        if accelerator {
+            need(&self.cert_file, "tls.cert_file")?;
+            need(&self.key_file, "tls.key_file")
+        } else {
+            need(&self.ca_file, "tls.ca_file")
+        }
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        resolve(base, &mut self.cert_file);
+        resolve(base, &mut self.key_file);
+        resolve(base, &mut self.ca_file);
+    }
+}
+
 /// `[auth]` (both nodes): the shared secret the control channel is authenticated with (see
 /// [`crate::auth`]). The secret itself is never in a config file or on the command line: it is
 /// in a file of its own (mode 0600), or in the `QDL_SECRET` environment variable.
@@ -186,6 +232,8 @@ pub struct AcceleratorConfig {
     pub heartbeat: HeartbeatConfig,
     /// Control-channel authentication.
     pub auth: AuthConfig,
+    /// TLS on the control channel.
+    pub tls: TlsConfig,
     /// Data transport. With `kind = "rdma"` the accelerator opens its RDMA device at start and
     /// serves RDMA sessions as well as TCP ones.
     pub transport: TransportConfig,
@@ -509,6 +557,7 @@ impl AcceleratorConfig {
 
     fn resolve_paths(&mut self, base: &Path) {
         resolve(base, &mut self.auth.secret_file);
+        self.tls.resolve(base);
         let o = &mut self.backend.onnx;
         resolve(base, &mut o.model);
         resolve(base, &mut o.library);
@@ -580,6 +629,7 @@ impl AcceleratorConfig {
             }
         }
         self.backend.onnx.validate(self.backend.kind)?;
+        self.tls.validate(true)?;
         self.backend.synthetic.default.validate("backend.synthetic.default")?;
         for (name, m) in &self.backend.synthetic.workloads {
             m.validate(&format!("backend.synthetic.workloads.{name}"))?;
@@ -751,6 +801,8 @@ pub struct FrontendConfig {
     pub heartbeat: HeartbeatConfig,
     /// Control-channel authentication.
     pub auth: AuthConfig,
+    /// TLS on the control channel.
+    pub tls: TlsConfig,
     /// Data transport to the accelerators.
     pub transport: TransportConfig,
     /// Logging.
@@ -1036,6 +1088,7 @@ impl FrontendConfig {
         resolve(base, &mut self.workload.dataset_dir);
         resolve(base, &mut self.workload.reference_dir);
         resolve(base, &mut self.auth.secret_file);
+        self.tls.resolve(base);
         resolve(base, &mut self.loadgen.user_conf);
         resolve(base, &mut self.local.accelerator_config);
     }
@@ -1044,6 +1097,7 @@ impl FrontendConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let f = &self.frontend;
         check(!f.name.is_empty() && f.name.len() <= 64, "frontend.name", "must be 1 to 64 characters")?;
+        self.tls.validate(false)?;
         for (i, a) in f.accelerators.iter().enumerate() {
             check(
                 a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
@@ -1189,6 +1243,8 @@ mod tests {
             ("[backend.onnx]\nexecution_providers = []", "backend.onnx.execution_providers"),
             ("[backend.onnx]\nexecution_providers = [\"cpu\", \"cpu\"]", "backend.onnx.execution_providers"),
             ("[backend.onnx]\nintra_op_threads = 0", "backend.onnx.intra_op_threads"),
+            ("[tls]\nenabled = true", "tls.cert_file"),
+            ("[tls]\nenabled = true\ncert_file = \"/no/cert.pem\"\nkey_file = \"/no/key.pem\"", "tls.cert_file"),
             ("[backend.synthetic.default]\nfixed_us = -1.0\nper_sample_us = 1.0", "backend.synthetic.default.fixed_us"),
             (
                 "[backend.synthetic.workloads.bert]\nfixed_us = 1.0\nper_sample_us = nan",

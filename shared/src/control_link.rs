@@ -7,6 +7,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::tls::ControlStream;
 use tokio::time::Sleep;
 
 use crate::control::Endpoint;
@@ -17,7 +19,8 @@ use crate::transport::TransportError;
 pub struct ControlLink {
     /// The protocol state machine.
     pub endpoint: Endpoint,
-    stream: TcpStream,
+    stream: Box<dyn ControlStream>,
+    peer: Option<std::net::SocketAddr>,
     rbuf: Box<[u8]>,
     wbuf: Vec<u8>,
     wpos: usize,
@@ -28,9 +31,16 @@ pub struct ControlLink {
 impl ControlLink {
     /// Wraps a connected stream (must be called inside a tokio runtime).
     pub fn new(stream: TcpStream, endpoint: Endpoint) -> ControlLink {
+        let peer = stream.peer_addr().ok();
+        ControlLink::over(Box::new(stream), peer, endpoint)
+    }
+
+    /// Wraps any control stream (TLS over TCP, say) whose peer is `peer`.
+    pub fn over(stream: Box<dyn ControlStream>, peer: Option<std::net::SocketAddr>, endpoint: Endpoint) -> ControlLink {
         ControlLink {
             endpoint,
             stream,
+            peer,
             rbuf: vec![0; 16 * 1024].into_boxed_slice(),
             wbuf: Vec::new(),
             wpos: 0,
@@ -41,7 +51,7 @@ impl ControlLink {
 
     /// The peer's address, if known.
     pub fn peer(&self) -> Option<std::net::SocketAddr> {
-        self.stream.peer_addr().ok()
+        self.peer
     }
 
     /// Whether the session is over and everything queued has been written.
@@ -110,6 +120,10 @@ impl ControlLink {
                     progress = true;
                 }
             }
+        }
+        // A TLS stream holds written bytes in its records until flushed (a no-op for TCP).
+        if progress && let Poll::Ready(Err(e)) = Pin::new(&mut self.stream).poll_flush(cx) {
+            return Poll::Ready(Err(TransportError::Io { op: "writing the control connection", source: e }));
         }
         if progress { Poll::Ready(Ok(())) } else { Poll::Pending }
     }

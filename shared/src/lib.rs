@@ -4,6 +4,7 @@
 //! - [`wire`]: the byte formats: connection [`wire::preamble`], control [`wire::message`]s
 //!   (bincode 2), the data-connection [`wire::attach`] block and fixed-layout [`wire::data`] frames.
 //! - [`auth`]: the shared secret and the challenge-response both nodes pass before anything else.
+//! - [`tls`]: optional TLS (rustls) on the control channel.
 //! - [`control`]: the control connection's handshake, name query, run states and heartbeats as a
 //!   sans-IO state machine; [`control_link`] drives one over a TCP stream.
 //! - [`tracker`]: the frontend's per-connection `TransactionTracker` (sans-IO slot ring).
@@ -31,6 +32,7 @@ pub mod signals;
 pub mod slots;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod tracker;
 pub mod transport;
 pub mod wire;

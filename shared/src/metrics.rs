@@ -193,7 +193,8 @@ pub fn describe_accelerator() {
     describe_histogram!(RESIDENCE, Unit::Seconds, "Per sample, request read to response queued");
     describe_histogram!(FRAMES_PER_WRITE, Unit::Count, "Response frames per write system call");
     describe_histogram!(FRAMES_PER_READ, Unit::Count, "Request frames completed per read system call");
-    for kind in ["closed", "io", "protocol", "preamble", "attach", "handshake-timeout", "unauthorized"] {
+    for kind in ["closed", "io", "protocol", "preamble", "attach", "handshake-timeout", "unauthorized", "tls", "limit"]
+    {
         let _ = metrics::counter!(CONNECTION_ERRORS, "kind" => kind);
     }
     for kind in ["overloaded", "backend", "shutdown"] {

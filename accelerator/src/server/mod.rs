@@ -68,6 +68,9 @@ pub enum NodeError {
     /// The shared secret could not be had.
     #[error(transparent)]
     Auth(#[from] qdl_shared::auth::AuthError),
+    /// TLS was asked for but cannot be set up.
+    #[error(transparent)]
+    Tls(#[from] qdl_shared::tls::TlsError),
 }
 
 /// What a started node reports.
@@ -96,6 +99,7 @@ struct Shared {
     controls: Mutex<Vec<WeakAddr<ControlActor>>>,
     rdma: Option<Arc<RdmaDevice>>,
     secret: qdl_shared::auth::Secret,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     gate: Arc<gate::Gate>,
 }
 
@@ -103,6 +107,14 @@ struct Shared {
 /// the node listens.
 pub fn run(config: AcceleratorConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), NodeError> {
     let secret = config.auth.secret()?;
+    let tls = match (&config.tls.enabled, &config.tls.cert_file, &config.tls.key_file) {
+        (true, Some(cert), Some(key)) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(qdl_shared::tls::server_config(cert, key)?);
+            tracing::info!(cert = %cert.display(), "control channel in TLS");
+            Some(acceptor)
+        }
+        _ => None,
+    };
     if secret.is_none() {
         tracing::warn!("the control channel is NOT authenticated ([auth] required = false, no secret)");
     }
@@ -132,6 +144,7 @@ pub fn run(config: AcceleratorConfig, on_ready: impl FnOnce(&Ready)) -> Result<(
         controls: Mutex::new(Vec::new()),
         rdma,
         secret,
+        tls,
         gate: gate::Gate::new(&config.limits),
         config,
     });
@@ -267,16 +280,56 @@ async fn accept(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     match preamble.role {
         Role::Control => {
             let a = &shared.config.accelerator;
-            let endpoint = Endpoint::server_after_preamble(
-                &a.name,
-                shared.registry.limits(),
-                shared.config.heartbeat.to_heartbeat(),
-                Nanos::now(),
-            )
-            .with_handshake_timeout(Nanos::from_millis(shared.config.limits.handshake_timeout_ms))
-            .with_secret(shared.secret.clone());
+            let hb = shared.config.heartbeat.to_heartbeat();
+            let deadline = Nanos::from_millis(shared.config.limits.handshake_timeout_ms);
+            let link = match (&shared.tls, preamble.tls) {
+                (None, false) => {
+                    let endpoint = Endpoint::server_after_preamble(&a.name, shared.registry.limits(), hb, Nanos::now())
+                        .with_handshake_timeout(deadline)
+                        .with_secret(shared.secret.clone());
+                    ControlLink::new(stream, endpoint)
+                }
+                (Some(acceptor), true) => {
+                    let tls = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            refused("tls");
+                            tracing::debug!(%peer, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            refused("handshake-timeout");
+                            return;
+                        }
+                    };
+                    // Inside TLS the frontend sends its preamble again: the endpoint reads it.
+                    let endpoint = Endpoint::server(&a.name, shared.registry.limits(), hb, Nanos::now())
+                        .with_handshake_timeout(deadline)
+                        .with_secret(shared.secret.clone());
+                    ControlLink::over(Box::new(tls), Some(peer), endpoint)
+                }
+                (ours, theirs) => {
+                    refused("tls");
+                    let msg = if ours.is_some() {
+                        "this accelerator requires TLS on the control channel: set [tls] enabled = true and \
+                         ca_file on the frontend"
+                    } else {
+                        "this accelerator does not use TLS on the control channel: set [tls] enabled = false on \
+                         the frontend (or enable it on the accelerator)"
+                    };
+                    tracing::warn!(%peer, frontend_tls = theirs, "refusing control connection: {msg}");
+                    let mut reply = Preamble::ours(Role::Control).encode().to_vec();
+                    let err = qdl_shared::wire::message::Message::Error {
+                        code: qdl_shared::wire::message::ErrorCode::Unsupported,
+                        message: msg.into(),
+                    };
+                    let _ = qdl_shared::wire::message::encode(&err, &mut reply);
+                    let _ = stream.write_all(&reply).await;
+                    return;
+                }
+            };
             // The pending place is given back once the frontend has authenticated.
-            let actor = ControlActor::new(ControlLink::new(stream, endpoint), shared.clone(), permit, pending);
+            let actor = ControlActor::new(link, shared.clone(), permit, pending);
             let addr = actor.start();
             let mut controls = shared.controls.lock().unwrap_or_else(|p| p.into_inner());
             controls.retain(|w| w.upgrade().is_some());

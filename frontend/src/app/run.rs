@@ -10,7 +10,7 @@ use anyhow::{Context as _, anyhow, bail};
 use futures::future::join_all;
 use qdl_accelerator::worker::WorkerPool;
 use qdl_frontend::client::{
-    AcceleratorClient, ClientError, Close as CloseClient, ConnectRdma, Established, QueryStats, SetRunState,
+    AcceleratorClient, ClientError, ClientTls, Close as CloseClient, ConnectRdma, Established, QueryStats, SetRunState,
 };
 use qdl_frontend::connection::{Abandon, Close, ConnectionActor, ConnectionParts, FailureHandler, GetStats};
 use qdl_frontend::issuer::{CreditGate, Dispatcher, Lane, QueryIssuer, Redispatcher};
@@ -217,9 +217,15 @@ async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Sh
     if secret.is_none() {
         tracing::warn!("the control channel is NOT authenticated ([auth] required = false, no secret)");
     }
+    let tls = if cfg.tls.enabled {
+        let ca = cfg.tls.ca_file.as_deref().context("tls.ca_file")?;
+        Some(ClientTls { config: qdl_shared::tls::client_config(ca)?, server_name: cfg.tls.server_name.clone() })
+    } else {
+        None
+    };
     let sessions = join_all(f.accelerators.iter().map(|a| {
         let lost = shared.accelerator_lost(a.clone());
-        AcceleratorClient::connect(a, &f.name, request.clone(), hb, secret.clone(), timeout, lost)
+        AcceleratorClient::connect(a, &f.name, request.clone(), hb, secret.clone(), tls.clone(), timeout, lost)
     }))
     .await;
     let mut clients: Vec<(Addr<AcceleratorClient>, Established)> = Vec::new();
@@ -251,7 +257,7 @@ async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Sh
         accelerators: Vec::new(),
         pool: None,
     };
-    let ctx = Arc::new(JoinContext { node: f.name.clone(), request, heartbeat: hb, secret, timeout, rdma });
+    let ctx = Arc::new(JoinContext { node: f.name.clone(), request, heartbeat: hb, secret, tls, timeout, rdma });
     for ((client, est), given) in clients.into_iter().zip(&f.accelerators) {
         attach_accelerator(&shared, &ctx, &mut out, given, client, &est).await?;
     }
@@ -265,6 +271,7 @@ struct JoinContext {
     request: SessionRequest,
     heartbeat: qdl_shared::control::Heartbeat,
     secret: qdl_shared::auth::Secret,
+    tls: Option<ClientTls>,
     timeout: Duration,
     rdma: Option<Arc<RdmaDevice>>,
 }
@@ -370,6 +377,7 @@ fn rejoin(shared: Arc<Shared>, addr: String) {
                 ctx.request.clone(),
                 ctx.heartbeat,
                 ctx.secret.clone(),
+                ctx.tls.clone(),
                 ctx.timeout,
                 lost,
             )

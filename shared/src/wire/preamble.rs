@@ -5,7 +5,7 @@
 //! 0      4    magic "QDLN"
 //! 4      2    protocol version (u16 LE)
 //! 6      1    role: 1 control, 2 data
-//! 7      1    reserved, 0
+//! 7      1    flags: bit 0 = a TLS handshake follows (control connections); other bits 0
 //! ```
 //! It has a fixed layout in every protocol version, so a peer of another version is told so
 //! clearly instead of failing somewhere inside a message decoder.
@@ -31,18 +31,25 @@ pub struct Preamble {
     pub version: u16,
     /// The connection's role.
     pub role: Role,
+    /// A TLS handshake follows the preamble (control connections with `[tls] enabled`).
+    pub tls: bool,
 }
 
 impl Preamble {
     /// Our own preamble for `role`.
     pub fn ours(role: Role) -> Preamble {
-        Preamble { version: PROTOCOL_VERSION, role }
+        Preamble { version: PROTOCOL_VERSION, role, tls: false }
+    }
+
+    /// Our preamble for a control connection that continues in TLS.
+    pub fn ours_tls() -> Preamble {
+        Preamble { version: PROTOCOL_VERSION, role: Role::Control, tls: true }
     }
 
     /// Encodes into 8 bytes.
     pub fn encode(&self) -> [u8; PREAMBLE_LEN] {
         let v = self.version.to_le_bytes();
-        [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], v[0], v[1], self.role as u8, 0]
+        [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], v[0], v[1], self.role as u8, self.tls as u8]
     }
 
     /// Checks and parses a preamble, including the version: a peer of another version is an
@@ -62,10 +69,10 @@ impl Preamble {
             2 => Role::Data,
             other => return Err(WireError::UnknownRole(other)),
         };
-        if buf[7] != 0 {
-            return Err(WireError::Reserved { field: "preamble.reserved", value: buf[7] as u64 });
+        if buf[7] & !1 != 0 || (buf[7] != 0 && role != Role::Control) {
+            return Err(WireError::Reserved { field: "preamble.flags", value: buf[7] as u64 });
         }
-        Ok(Preamble { version, role })
+        Ok(Preamble { version, role, tls: buf[7] & 1 == 1 })
     }
 }
 
@@ -100,5 +107,12 @@ mod tests {
         z[7] = 1;
         assert!(matches!(Preamble::parse(&z), Err(WireError::Reserved { .. })));
         assert_eq!(Preamble::parse(&b), Ok(Preamble::ours(Role::Data)));
+        // The TLS flag: control connections only, and no other flag bit.
+        let t = Preamble::ours_tls().encode();
+        assert_eq!(t[7], 1);
+        assert_eq!(Preamble::parse(&t), Ok(Preamble::ours_tls()));
+        let mut u = t;
+        u[7] = 3;
+        assert!(matches!(Preamble::parse(&u), Err(WireError::Reserved { .. })));
     }
 }
