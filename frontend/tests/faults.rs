@@ -401,6 +401,21 @@ fn received(acc: &Acc) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Waits until `acc` has received `n` samples (20 s at most).
+fn wait_busy(acc: &Acc, n: f64) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while received(acc) < n {
+        assert!(Instant::now() < end, "accelerator never got busy");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// kill -9, and reap.
+fn kill_now(acc: &mut Acc) {
+    acc.child.kill().unwrap();
+    acc.child.wait().unwrap();
+}
+
 #[test]
 fn killing_one_of_two_accelerators_mid_run_loses_no_sample() {
     let a = Acc::start_with_config(Some(TEST_SYNTHETIC), &["--name", "fault-a"]);
@@ -413,13 +428,8 @@ fn killing_one_of_two_accelerators_mid_run_loses_no_sample() {
         &["-w", "bert", "-s", "offline", "--mode", "accuracy", "--total-samples", "6000", "--slots", "256"],
     );
     // Once b is busy, kill it outright (no goodbye, no drain).
-    let end = Instant::now() + Duration::from_secs(20);
-    while received(&b) < 500.0 {
-        assert!(Instant::now() < end, "accelerator b never got busy");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    b.child.kill().unwrap();
-    b.child.wait().unwrap();
+    wait_busy(&b, 500.0);
+    kill_now(&mut b);
     let o = child.wait_with_output().unwrap();
     let t = text(&o);
     assert!(o.status.success(), "the run survives the loss: {t}");
@@ -440,11 +450,7 @@ fn losing_every_accelerator_ends_the_run_with_a_clear_error() {
     let out = dir.path().join("run");
     let child =
         spawn_run(&[&a], &out, &["-w", "bert", "-s", "offline", "--mode", "accuracy", "--total-samples", "6000"]);
-    let end = Instant::now() + Duration::from_secs(20);
-    while received(&a) < 200.0 {
-        assert!(Instant::now() < end, "the accelerator never got busy");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_busy(&a, 200.0);
     a.child.kill().unwrap();
     let o = child.wait_with_output().unwrap();
     let t = text(&o);
@@ -481,11 +487,7 @@ fn a_frozen_accelerator_is_declared_dead_by_heartbeats_and_its_samples_move() {
             "256",
         ],
     );
-    let end = Instant::now() + Duration::from_secs(20);
-    while received(&b) < 500.0 {
-        assert!(Instant::now() < end, "accelerator b never got busy");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_busy(&b, 500.0);
     // SIGSTOP: the process and its connections stay, but it answers nothing, heartbeats included.
     // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
     unsafe { libc::kill(b.child.id() as i32, libc::SIGSTOP) };
@@ -519,13 +521,8 @@ fn a_restarted_accelerator_rejoins_the_running_test() {
         &out,
         &["-w", "bert", "-s", "offline", "--mode", "accuracy", "--total-samples", "12000", "--slots", "256"],
     );
-    let end = Instant::now() + Duration::from_secs(20);
-    while received(&b) < 500.0 {
-        assert!(Instant::now() < end, "accelerator b never got busy");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    b.child.kill().unwrap();
-    b.child.wait().unwrap();
+    wait_busy(&b, 500.0);
+    kill_now(&mut b);
     // The same node comes back on the same address while the test goes on.
     let back = Acc::start_with_config(Some(TEST_SYNTHETIC), &["--name", "phoenix", "--listen", &listen]);
     let o = child.wait_with_output().unwrap();
