@@ -469,7 +469,7 @@ fn a_frozen_accelerator_is_declared_dead_by_heartbeats_and_its_samples_move() {
     let cfg = dir.path().join("fe.toml");
     std::fs::write(&cfg, "[heartbeat]\ninterval_ms = 200\nmisses = 3\n").unwrap();
     let out = dir.path().join("run");
-    let child = spawn_run(
+    let mut child = spawn_run(
         &[&a, &b],
         &out,
         &[
@@ -491,14 +491,30 @@ fn a_frozen_accelerator_is_declared_dead_by_heartbeats_and_its_samples_move() {
     // SIGSTOP: the process and its connections stay, but it answers nothing, heartbeats included.
     // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
     unsafe { libc::kill(b.child.id() as i32, libc::SIGSTOP) };
-    // Thawed after it was declared dead (0.6 s) but while its connections are still read: the
+    // Thawed once the frontend has declared it dead, while its connections are still read: the
     // samples it then answers were re-dispatched already, so its answers are late.
-    std::thread::sleep(Duration::from_millis(1200));
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let end = Instant::now() + Duration::from_secs(15);
+    while let Ok(line) = rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+        if line.contains("declared dead") {
+            break;
+        }
+    }
     // SAFETY: as above.
     unsafe { libc::kill(b.child.id() as i32, libc::SIGCONT) };
-    let o = child.wait_with_output().unwrap();
-    let t = text(&o);
-    assert!(o.status.success(), "{t}");
+    let status = child.wait().unwrap();
+    let t = reader.join().unwrap();
+    assert!(status.success(), "{t}");
     assert!(t.contains("declared dead") && t.contains("re-dispatching"), "{t}");
     let v = ok(&frontend(&["check-accuracy", out.to_str().unwrap()]));
     assert!(v.contains("6000/6000 samples correct"), "never reported twice: {v}");
