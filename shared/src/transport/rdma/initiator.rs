@@ -267,27 +267,23 @@ impl InitiatorTransport for RdmaInitiator {
         cx: &mut Context<'_>,
         on_response: &mut OnResponse<'_>,
     ) -> Poll<Result<usize, TransportError>> {
-        let mut n = self.take_responses(on_response)?;
-        for _ in 0..4 {
-            match self.link.poll_cq(cx) {
-                Poll::Ready(Ok(_)) => {
-                    self.stats.read_calls += 1;
-                    let got = self.take_responses(on_response)?;
-                    if got > 0 {
-                        self.metrics.frames_per_read.record(got as f64);
-                    }
-                    n += got;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                Poll::Pending => return if n > 0 { Poll::Ready(Ok(n)) } else { Poll::Pending },
-            }
-        }
-        // Budget spent with completions still coming: let others run, then come back.
-        cx.waker().wake_by_ref();
-        if n > 0 { Poll::Ready(Ok(n)) } else { Poll::Pending }
+        super::link::poll_arrivals(self, cx, |t| t.take_responses(on_response))
     }
 
     fn stats(&self) -> TransportStats {
         self.stats
+    }
+}
+
+impl super::link::Arrivals for RdmaInitiator {
+    fn link(&mut self) -> &mut Link {
+        &mut self.link
+    }
+
+    fn count_read(&mut self, got: usize) {
+        self.stats.read_calls += 1;
+        if got > 0 {
+            self.metrics.frames_per_read.record(got as f64);
+        }
     }
 }

@@ -420,3 +420,35 @@ fn rand_psn() -> u32 {
     let t = crate::wire::attach::SessionToken::random();
     u32::from_le_bytes([t.0[0], t.0[1], t.0[2], 0])
 }
+
+/// What a transport built on a [`Link`] gives [`poll_arrivals`].
+pub(crate) trait Arrivals {
+    /// Its link.
+    fn link(&mut self) -> &mut Link;
+    /// Counts one completion-queue pass that delivered `got` arrivals.
+    fn count_read(&mut self, got: usize);
+}
+
+/// The receive side of a transport: takes what has arrived (`take`), then polls the completion
+/// queue and takes again, at most 4 rounds (then yields, with the task woken, so others run).
+pub(crate) fn poll_arrivals<T: Arrivals>(
+    t: &mut T,
+    cx: &mut Context<'_>,
+    mut take: impl FnMut(&mut T) -> Result<usize, crate::transport::TransportError>,
+) -> Poll<Result<usize, crate::transport::TransportError>> {
+    let mut n = take(t)?;
+    for _ in 0..4 {
+        match t.link().poll_cq(cx) {
+            Poll::Ready(Ok(_)) => {
+                let got = take(t)?;
+                t.count_read(got);
+                n += got;
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+            Poll::Pending => return if n > 0 { Poll::Ready(Ok(n)) } else { Poll::Pending },
+        }
+    }
+    // Budget spent with completions still coming: let others run, then come back.
+    cx.waker().wake_by_ref();
+    if n > 0 { Poll::Ready(Ok(n)) } else { Poll::Pending }
+}

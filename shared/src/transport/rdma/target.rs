@@ -132,23 +132,7 @@ impl TargetTransport for RdmaTarget {
         cx: &mut Context<'_>,
         on_request: &mut OnRequest<'_>,
     ) -> Poll<Result<usize, TransportError>> {
-        let mut n = self.take_requests(on_request)?;
-        for _ in 0..4 {
-            match self.link.poll_cq(cx) {
-                Poll::Ready(Ok(_)) => {
-                    self.stats.read_calls += 1;
-                    let got = self.take_requests(on_request)?;
-                    if got > 0 {
-                        self.metrics.frames_per_read.record(got as f64);
-                    }
-                    n += got;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                Poll::Pending => return if n > 0 { Poll::Ready(Ok(n)) } else { Poll::Pending },
-            }
-        }
-        cx.waker().wake_by_ref();
-        if n > 0 { Poll::Ready(Ok(n)) } else { Poll::Pending }
+        super::link::poll_arrivals(self, cx, |t| t.take_requests(on_request))
     }
 
     fn push_response(&mut self, header: DataHeader, output: &[u8]) {
@@ -216,5 +200,18 @@ impl TargetTransport for RdmaTarget {
 
     fn stats(&self) -> TransportStats {
         self.stats
+    }
+}
+
+impl super::link::Arrivals for RdmaTarget {
+    fn link(&mut self) -> &mut Link {
+        &mut self.link
+    }
+
+    fn count_read(&mut self, got: usize) {
+        self.stats.read_calls += 1;
+        if got > 0 {
+            self.metrics.frames_per_read.record(got as f64);
+        }
     }
 }
