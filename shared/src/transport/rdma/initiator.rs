@@ -248,14 +248,8 @@ impl InitiatorTransport for RdmaInitiator {
             }
             // The send queue is full: wait for a send completion (responses that come with it
             // are kept for poll_responses).
-            match self.link.poll_cq(cx) {
-                Poll::Ready(Ok(_)) => {
-                    if !self.link.arrived.is_empty() {
-                        // Arrivals taken while waiting for room: make sure they are read.
-                        cx.waker().wake_by_ref();
-                    }
-                    continue;
-                }
+            match super::link::poll_room(&mut self.link, cx) {
+                Poll::Ready(Ok(())) => continue,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
                 Poll::Pending => return Poll::Pending,
             }

@@ -421,6 +421,22 @@ fn rand_psn() -> u32 {
     u32::from_le_bytes([t.0[0], t.0[1], t.0[2], 0])
 }
 
+/// The send side of a transport whose send queue is full: waits for a send completion.
+/// `Ready(Ok)` when room may have been made (try posting again); arrivals taken meanwhile are
+/// kept on the link and the task is woken so the receive side reads them.
+pub(crate) fn poll_room(link: &mut Link, cx: &mut Context<'_>) -> Poll<Result<(), RdmaError>> {
+    match link.poll_cq(cx) {
+        Poll::Ready(Ok(_)) => {
+            if !link.arrived.is_empty() {
+                cx.waker().wake_by_ref();
+            }
+            Poll::Ready(Ok(()))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
 /// What a transport built on a [`Link`] gives [`poll_arrivals`].
 pub(crate) trait Arrivals {
     /// Its link.

@@ -184,14 +184,8 @@ impl TargetTransport for RdmaTarget {
             if self.out.is_empty() {
                 return Poll::Ready(Ok(()));
             }
-            match self.link.poll_cq(cx) {
-                Poll::Ready(Ok(_)) => {
-                    if !self.link.arrived.is_empty() {
-                        // Arrivals taken while waiting for room: make sure they are read.
-                        cx.waker().wake_by_ref();
-                    }
-                    continue;
-                }
+            match super::link::poll_room(&mut self.link, cx) {
+                Poll::Ready(Ok(())) => continue,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
                 Poll::Pending => return Poll::Pending,
             }
