@@ -19,7 +19,7 @@ fn check(root: &Path, env: &[(&str, &str)]) -> (bool, Vec<String>) {
     }
     let out = cmd.output().expect("run scripts/setup");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let missing = stdout
+    let missing: Vec<String> = stdout
         .lines()
         .find_map(|l| l.strip_prefix("setup: missing: "))
         .map(|l| l.split_whitespace().map(str::to_owned).collect())
@@ -27,7 +27,11 @@ fn check(root: &Path, env: &[(&str, &str)]) -> (bool, Vec<String>) {
     if out.status.success() {
         assert!(stdout.contains("setup: nothing missing"), "unexpected output: {stdout}");
     } else {
-        assert!(!missing.is_empty(), "failed without naming a package: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            !missing.is_empty(),
+            "failed without naming a package: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     (out.status.success(), missing)
 }
@@ -58,6 +62,8 @@ fn libclang_cpp_alone_asks_for_libclang_dev() {
     let root = root_without_libclang();
     touch(root.path(), "usr/lib/llvm-14/lib/libclang-cpp.so.14", false);
     touch(root.path(), "usr/lib/x86_64-linux-gnu/libclang-cpp.so.14", false);
+    // clang's headers present too: only the library itself is missing.
+    touch(root.path(), "usr/lib/llvm-14/lib/clang/14.0.6/include/stddef.h", false);
     let (ok, missing) = check(root.path(), &[]);
     assert!(!ok);
     assert_eq!(missing, vec!["libclang-dev".to_string()]);
