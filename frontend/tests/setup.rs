@@ -54,6 +54,8 @@ fn root_without_libclang() -> tempfile::TempDir {
     }
     touch(root.path(), "usr/lib/python3/dist-packages/pip/__init__.py", false);
     touch(root.path(), "usr/lib/python3.11/ensurepip/__init__.py", false);
+    fs::create_dir_all(root.path().join("etc/ssl/certs")).unwrap();
+    fs::write(root.path().join("etc/ssl/certs/ca-certificates.crt"), b"-----BEGIN CERTIFICATE-----\n").unwrap();
     root
 }
 
@@ -108,10 +110,19 @@ fn an_empty_root_asks_for_everything() {
     let (ok, mut missing) = check(root.path(), &[]);
     assert!(!ok);
     missing.sort();
-    let mut want: Vec<String> =
-        ["g++", "make", "cmake", "libclang-dev", "python3", "python3-pip", "python3-venv", "prometheus"]
-            .map(String::from)
-            .to_vec();
+    let mut want: Vec<String> = [
+        "ca-certificates",
+        "g++",
+        "make",
+        "cmake",
+        "libclang-dev",
+        "python3",
+        "python3-pip",
+        "python3-venv",
+        "prometheus",
+    ]
+    .map(String::from)
+    .to_vec();
     want.sort();
     assert_eq!(missing, want);
 }
