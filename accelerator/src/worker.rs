@@ -366,6 +366,21 @@ impl WorkerPool {
     }
 }
 
+/// Distinct `workload` label values per worker; later workloads are counted as [`OTHER_WORKLOAD`].
+pub const MAX_WORKLOAD_LABELS: usize = 8;
+/// Longest workload name used as a label value; longer ones are counted as [`OTHER_WORKLOAD`].
+pub const MAX_WORKLOAD_LABEL_LEN: usize = 64;
+/// The `workload` label value of workloads beyond the bounds.
+pub const OTHER_WORKLOAD: &str = "other";
+
+/// A worker's handles for one workload (label `workload`).
+struct WorkloadMetrics {
+    name: String,
+    batch_size: Histogram,
+    queue_delay: Histogram,
+    inference: Histogram,
+}
+
 struct GpuWorker {
     batcher: Batcher<WorkItem>,
     backend: Box<dyn Backend>,
@@ -373,9 +388,10 @@ struct GpuWorker {
     gather: Vec<u8>,
     outputs: Vec<u8>,
     batch: Vec<(WorkItem, Nanos)>,
-    batch_size: Histogram,
-    queue_delay: Histogram,
-    inference: Histogram,
+    /// The worker's label value, for [`WorkloadMetrics`].
+    worker: String,
+    /// Per-workload handles, built at a workload's first batch (at most [`MAX_WORKLOAD_LABELS`]).
+    per_workload: Vec<WorkloadMetrics>,
     queue_depth: Gauge,
     sizes: Arc<[AtomicU64]>,
     sampler: Sampler,
@@ -401,10 +417,9 @@ impl GpuWorker {
             gather: Vec::new(),
             outputs: Vec::new(),
             batch: Vec::with_capacity(policy.max_batch),
-            batch_size: metrics::histogram!(m::BATCH_SIZE, "worker" => w.clone()),
-            queue_delay: metrics::histogram!(m::QUEUE_DELAY, "worker" => w.clone()),
-            inference: metrics::histogram!(m::INFERENCE, "worker" => w.clone()),
-            queue_depth: metrics::gauge!(m::QUEUE_DEPTH, "worker" => w),
+            queue_depth: metrics::gauge!(m::QUEUE_DEPTH, "worker" => w.clone()),
+            worker: w,
+            per_workload: Vec::new(),
             sizes,
             sampler: Sampler::default(),
         }
@@ -470,13 +485,15 @@ impl GpuWorker {
         let (ib, ob) = (spec.input_bytes(), spec.output_bytes as usize);
         let started = Instant::now();
         let now = Nanos::from_instant(started);
-        self.batch_size.record(n as f64);
+        let wm = self.workload_metrics(&spec.name);
+        let w = &self.per_workload[wm];
+        w.batch_size.record(n as f64);
         if let Some(c) = self.sizes.get(n) {
             c.fetch_add(1, Ordering::Relaxed);
         }
         for (_, at) in batch.iter() {
             if self.sampler.hit() {
-                self.queue_delay.record(now.since(*at).as_secs_f64());
+                w.queue_delay.record(now.since(*at).as_secs_f64());
             }
         }
         self.outputs.clear();
@@ -503,8 +520,31 @@ impl GpuWorker {
                 self.backend.infer(&Batch { spec: &spec, n, input, formed: started }, &mut self.outputs)
             }
         };
-        self.inference.record(started.elapsed().as_secs_f64());
+        self.per_workload[wm].inference.record(started.elapsed().as_secs_f64());
         self.deliver(batch, result, ob);
+    }
+
+    /// The index in `per_workload` of this workload's handles; built at its first batch. A batch
+    /// holds one workload; the name is compared, nothing is allocated once the handles exist.
+    fn workload_metrics(&mut self, name: &str) -> usize {
+        if let Some(i) = self.per_workload.iter().position(|w| w.name == name) {
+            return i;
+        }
+        // Workload names come from the frontends: beyond the bound they share one label value.
+        let other = self.per_workload.len() >= MAX_WORKLOAD_LABELS || name.len() > MAX_WORKLOAD_LABEL_LEN;
+        let label = if other { OTHER_WORKLOAD } else { name };
+        if let Some(i) = self.per_workload.iter().position(|w| w.name == label) {
+            return i;
+        }
+        let h = |metric: &'static str| metrics::histogram!(metric, "worker" => self.worker.clone(), "workload" => label.to_string());
+        let w = WorkloadMetrics {
+            batch_size: h(m::BATCH_SIZE),
+            queue_delay: h(m::QUEUE_DELAY),
+            inference: h(m::INFERENCE),
+            name: label.to_string(),
+        };
+        self.per_workload.push(w);
+        self.per_workload.len() - 1
     }
 
     /// Hands each sink its answers: one delivery per sink per batch.
@@ -557,6 +597,27 @@ mod tests {
         let batcher = BatcherConfig { max_batch, max_queue_delay_us: delay_us, max_queue: 1024 };
         let backend = BackendConfig { kind: BackendKind::Echo, ..Default::default() };
         WorkerPool::start(&WorkersConfig::default(), batcher, &backend).unwrap()
+    }
+
+    #[test]
+    fn workload_labels_are_reused_and_bounded() {
+        let cfg = BackendConfig { kind: BackendKind::Echo, ..Default::default() };
+        let backend = crate::backend::build(&cfg, &WorkersConfig::default()).unwrap().backends.remove(0);
+        let (_tx, rx) = crossbeam_channel::bounded(1);
+        let policy = BatchPolicy { max_batch: 8, max_queue_delay: Nanos::from_micros(100), max_queue: 8 };
+        let mut w = GpuWorker::new(0, policy, backend, rx, Arc::from(Vec::<AtomicU64>::new()));
+        let bert = w.workload_metrics("bert");
+        assert_eq!(w.workload_metrics("bert"), bert, "a workload's handles are built once");
+        for i in 0..20 {
+            w.workload_metrics(&format!("custom-{i}"));
+        }
+        let long = w.workload_metrics(&"x".repeat(MAX_WORKLOAD_LABEL_LEN + 1));
+        let names: Vec<&str> = w.per_workload.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names.len(), MAX_WORKLOAD_LABELS + 1, "{names:?}");
+        assert_eq!((names[0], names[1]), ("bert", "custom-0"));
+        assert_eq!(names[long], OTHER_WORKLOAD);
+        assert_eq!(w.workload_metrics("custom-19"), long, "beyond the bound: `other`");
+        assert_eq!(w.workload_metrics("custom-1"), 2, "within the bound: its own");
     }
 
     #[test]

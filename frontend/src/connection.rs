@@ -82,6 +82,8 @@ pub struct ConnectionParts {
     pub label: String,
     /// The metrics label of its accelerator.
     pub accelerator: String,
+    /// Its index among the accelerator's data connections (the `connection` label).
+    pub connection: u32,
     /// Its lane in the QueryIssuer.
     pub lane: Arc<Lane>,
     /// The attached transport.
@@ -153,6 +155,9 @@ impl ConnectionActor {
     /// Builds the actor (start it inside the arbiter that will run it).
     pub fn new(p: ConnectionParts) -> ConnectionActor {
         let label = p.label.clone();
+        let (acc, conn) = (p.accelerator.clone(), p.connection.to_string());
+        let per_connection =
+            |name: &'static str| metrics::gauge!(name, "accelerator" => acc.clone(), "connection" => conn.clone());
         ConnectionActor {
             lane: p.lane,
             transport: p.transport,
@@ -178,11 +183,11 @@ impl ConnectionActor {
             stage_network: metrics::histogram!(m::STAGE, "stage" => "network"),
             stage_accelerator: metrics::histogram!(m::STAGE, "stage" => "accelerator"),
             complete_call: metrics::histogram!(m::COMPLETE),
-            up: metrics::gauge!(m::CONNECTION_UP, "connection" => label.clone()),
+            up: per_connection(m::CONNECTION_UP),
             sampler: Sampler::default(),
             issue_sampler: Sampler::default(),
-            in_flight: metrics::gauge!(m::IN_FLIGHT, "connection" => label.clone()),
-            free_slots: metrics::gauge!(m::FREE_SLOTS, "connection" => label.clone()),
+            in_flight: per_connection(m::IN_FLIGHT),
+            free_slots: per_connection(m::FREE_SLOTS),
             bytes_sent: metrics::counter!(m::BYTES_SENT, "accelerator" => p.accelerator.clone()),
             bytes_received: metrics::counter!(m::BYTES_RECEIVED, "accelerator" => p.accelerator.clone()),
             write_calls: metrics::counter!(m::WRITE_CALLS, "accelerator" => p.accelerator.clone()),

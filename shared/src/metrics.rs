@@ -1,6 +1,14 @@
 //! Metric names shared by both nodes, with their descriptions. `docs/metrics.md` lists them with
-//! types, labels and units. Labels are bounded: connection and worker labels name configured
-//! resources, never samples.
+//! types, labels and units. Labels are bounded: accelerator, connection and worker labels name
+//! configured resources, workload/scenario/mode labels name the run, never samples.
+
+pub mod process;
+
+/// Metrics both nodes export.
+pub mod common {
+    /// Gauge = 1, labels `version` (the crate's version) and `node` ("frontend", "accelerator").
+    pub const BUILD_INFO: &str = "qdl_build_info";
+}
 
 /// Per-sample breakdown histograms (stages, residence, queue delay, send delay) record one sample
 /// in this many, which keeps their cost low at hundreds of thousands of samples per second; the
@@ -58,16 +66,16 @@ pub mod frontend {
     /// Counter, label `kind`: samples that failed (accelerator error frames, lost connections).
     pub const SAMPLE_ERRORS: &str = "qdl_frontend_sample_errors_total";
     /// Counter, label `accelerator`: bytes written on data connections.
-    pub const BYTES_SENT: &str = "qdl_frontend_bytes_sent_total";
+    pub const BYTES_SENT: &str = "qdl_frontend_sent_bytes_total";
     /// Counter, label `accelerator`: bytes read on data connections.
-    pub const BYTES_RECEIVED: &str = "qdl_frontend_bytes_received_total";
+    pub const BYTES_RECEIVED: &str = "qdl_frontend_received_bytes_total";
     /// Counter, label `accelerator`: write system calls on data connections.
     pub const WRITE_CALLS: &str = "qdl_frontend_write_calls_total";
     /// Counter, label `accelerator`: read system calls on data connections (TCP's "polls").
     pub const READ_CALLS: &str = "qdl_frontend_read_calls_total";
-    /// Gauge, label `connection`: samples in flight.
+    /// Gauge, labels `accelerator`, `connection`: samples in flight.
     pub const IN_FLIGHT: &str = "qdl_frontend_inflight";
-    /// Gauge, label `connection`: free slots.
+    /// Gauge, labels `accelerator`, `connection`: free slots.
     pub const FREE_SLOTS: &str = "qdl_frontend_free_slots";
     /// Histogram (s): request sent to response received, per sample.
     pub const LATENCY: &str = "qdl_frontend_latency_seconds";
@@ -97,12 +105,20 @@ pub mod frontend {
     pub const FRAMES_PER_WRITE: &str = "qdl_frontend_frames_per_write";
     /// Histogram, label `accelerator`: response frames delivered per read system call.
     pub const FRAMES_PER_READ: &str = "qdl_frontend_frames_per_read";
-    /// Gauge, label `connection`: 1 while the data connection is up.
+    /// Gauge, labels `accelerator`, `connection`: 1 while the data connection is up.
     pub const CONNECTION_UP: &str = "qdl_frontend_connection_up";
+    /// Gauge, labels `workload`, `scenario`, `mode`: 1 while LoadGen runs the test, 0 after.
+    pub const TEST_RUNNING: &str = "qdl_frontend_test_running";
+    /// Gauge (s), labels `workload`, `scenario`, `quantile`: the scenario's latency bound (Server:
+    /// LoadGen's target latency at its target percentile); absent where the scenario has none.
+    pub const LATENCY_BOUND: &str = "qdl_frontend_latency_bound_seconds";
 }
 
 /// Accelerator metric names.
 pub mod accelerator {
+    /// Gauge = 1, label `accelerator`: this accelerator's name, the value of the frontend's
+    /// `accelerator` label (join on `job, instance` to name an accelerator's other series).
+    pub const INFO: &str = "qdl_accelerator_info";
     /// Gauge, 1 per worker: what it runs (labels worker, backend, provider, device).
     pub const BACKEND_INFO: &str = "qdl_accelerator_backend_info";
     /// Counter: requests received.
@@ -112,16 +128,16 @@ pub mod accelerator {
     /// Counter, label `kind`: samples answered with an error frame.
     pub const SAMPLE_ERRORS: &str = "qdl_accelerator_sample_errors_total";
     /// Counter: bytes read on data connections.
-    pub const BYTES_RECEIVED: &str = "qdl_accelerator_bytes_received_total";
+    pub const BYTES_RECEIVED: &str = "qdl_accelerator_received_bytes_total";
     /// Counter: bytes written on data connections.
-    pub const BYTES_SENT: &str = "qdl_accelerator_bytes_sent_total";
-    /// Histogram, label `worker`: batch sizes formed.
+    pub const BYTES_SENT: &str = "qdl_accelerator_sent_bytes_total";
+    /// Histogram, labels `worker`, `workload`: batch sizes formed.
     pub const BATCH_SIZE: &str = "qdl_accelerator_batch_size";
-    /// Histogram (s), label `worker`: time samples waited in the batcher's queue.
+    /// Histogram (s), labels `worker`, `workload`: time samples waited in the batcher's queue.
     pub const QUEUE_DELAY: &str = "qdl_accelerator_queue_delay_seconds";
     /// Gauge, label `worker`: samples waiting in the batcher's queue.
     pub const QUEUE_DEPTH: &str = "qdl_accelerator_queue_depth";
-    /// Histogram (s), label `worker`: backend time per batch (gather included).
+    /// Histogram (s), labels `worker`, `workload`: backend time per batch (gather included).
     pub const INFERENCE: &str = "qdl_accelerator_inference_seconds";
     /// Gauge: live sessions.
     pub const SESSIONS: &str = "qdl_accelerator_sessions";
@@ -139,7 +155,7 @@ pub mod accelerator {
 
 /// Registers descriptions and units of every frontend metric with the installed recorder.
 pub fn describe_frontend() {
-    describe_rdma();
+    describe_common("frontend");
     use frontend::*;
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(SAMPLES_ISSUED, Unit::Count, "Samples LoadGen issued to the QDL");
@@ -164,19 +180,24 @@ pub fn describe_frontend() {
     describe_histogram!(FRAMES_PER_WRITE, Unit::Count, "Request frames completed per write system call");
     describe_histogram!(FRAMES_PER_READ, Unit::Count, "Response frames delivered per read system call");
     describe_gauge!(CONNECTION_UP, Unit::Count, "1 while the data connection is up");
+    describe_gauge!(TEST_RUNNING, Unit::Count, "1 while LoadGen runs the test (labels: workload, scenario, mode)");
+    describe_gauge!(LATENCY_BOUND, Unit::Seconds, "The scenario's latency bound at its quantile (Server)");
     // Error counters exist from the start (at 0), so dashboards and alerts see them before the
     // first error.
-    for kind in ["closed", "io", "protocol"] {
+    for kind in ["closed", "io", "protocol", "accelerator-lost"] {
         let _ = metrics::counter!(CONNECTION_ERRORS, "kind" => kind);
     }
     let _ = metrics::counter!(SAMPLE_ERRORS, "kind" => "accelerator");
 }
 
-/// Registers descriptions and units of every accelerator metric with the installed recorder.
-pub fn describe_accelerator() {
-    describe_rdma();
+/// Registers descriptions and units of every accelerator metric with the installed recorder;
+/// `name` is the accelerator's (`qdl_accelerator_info`).
+pub fn describe_accelerator(name: &str) {
+    describe_common("accelerator");
     use accelerator::*;
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(INFO, "1: this accelerator's name (label accelerator), as frontends label its series");
+    metrics::gauge!(INFO, "accelerator" => name.to_string()).set(1.0);
     describe_counter!(SAMPLES_RECEIVED, Unit::Count, "Requests received");
     describe_counter!(SAMPLES_COMPLETED, Unit::Count, "Responses queued");
     describe_counter!(SAMPLE_ERRORS, Unit::Count, "Samples answered with an error, by kind");
@@ -202,6 +223,14 @@ pub fn describe_accelerator() {
     }
     metrics::gauge!(SESSIONS).set(0.0);
     metrics::gauge!(CONNECTIONS).set(0.0);
+}
+
+/// Both nodes: build information, `process_*` and the RDMA transport's metrics.
+fn describe_common(node: &'static str) {
+    metrics::describe_gauge!(common::BUILD_INFO, "1: this node's version (label version) and kind (label node)");
+    metrics::gauge!(common::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "node" => node).set(1.0);
+    process::describe();
+    describe_rdma();
 }
 
 fn describe_rdma() {

@@ -49,8 +49,9 @@ pub fn init_logging(cfg: &LogConfig) -> Result<(), TelemetryError> {
     Ok(())
 }
 
-/// Starts the Prometheus exporter on `addr` and installs its recorder; "" turns metrics off (no
-/// recorder: every metric handle is a no-op). Returns the address it serves on.
+/// Starts the Prometheus exporter on `addr` and installs its recorder, and the thread that
+/// publishes the `process_*` metrics; "" turns metrics off (no recorder: every metric handle is a
+/// no-op). Returns the address it serves on.
 pub fn install_metrics(addr: &str) -> Result<Option<SocketAddr>, TelemetryError> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     if addr.is_empty() {
@@ -74,5 +75,6 @@ pub fn install_metrics(addr: &str) -> Result<Option<SocketAddr>, TelemetryError>
     let bound = probe.local_addr().map_err(|e| err(e.to_string()))?;
     drop(probe);
     builder.with_http_listener(bound).install().map_err(|e| err(e.to_string()))?;
+    crate::metrics::process::start().map_err(|e| err(format!("cannot start the process metrics' thread: {e}")))?;
     Ok(Some(bound))
 }

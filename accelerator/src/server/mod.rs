@@ -167,7 +167,7 @@ async fn serve(shared: Arc<Shared>, on_ready: impl FnOnce(&Ready)) -> Result<(),
     let addr = shared.config.accelerator.listen.clone();
     let listener = TcpListener::bind(&addr).await.map_err(|source| NodeError::Bind { addr: addr.clone(), source })?;
     let local = listener.local_addr().map_err(|source| NodeError::Bind { addr, source })?;
-    qdl_shared::metrics::describe_accelerator();
+    qdl_shared::metrics::describe_accelerator(&shared.config.accelerator.name);
     let mut signals = qdl_shared::signals::Signals::new();
     on_ready(&Ready {
         name: shared.config.accelerator.name.clone(),

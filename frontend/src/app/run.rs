@@ -158,18 +158,19 @@ impl Connections {
         shared: &Arc<Shared>,
         accelerator: &str,
         addr: Option<&str>,
-        label: String,
+        connection: u32,
         slots: u32,
         output_bytes: u32,
         transport: impl FnOnce() -> Box<dyn InitiatorTransport> + Send + 'static,
     ) {
-        let lane = Lane::new(label, slots);
+        let lane = Lane::new(format!("{accelerator}/{connection}"), slots);
         let (sh, l, acc) = (shared.clone(), lane.clone(), accelerator.to_string());
         let arbiter = &shared.io[self.actors.len() % shared.io.len()];
         let actor = ConnectionActor::start_in_arbiter(arbiter, move |_| {
             ConnectionActor::new(ConnectionParts {
                 label: l.label().to_string(),
                 accelerator: acc,
+                connection,
                 lane: l,
                 transport: transport(),
                 slots,
@@ -308,9 +309,10 @@ async fn attach_accelerator(
             ctx.request.slots_per_connection
         );
     }
+    // Exists at 0 from the first attach, so dashboards see it before the first rejoin.
+    let _ = metrics::counter!(qdl_shared::metrics::frontend::REJOINS, "accelerator" => est.name.clone());
     for c in 0..g.connections {
         let (name, out_bytes) = (est.name.clone(), g.output_slot_bytes);
-        let label = format!("{}/{c}", est.name);
         if let Some(dev) = &ctx.rdma {
             let setup = InitiatorSetup::new(
                 dev,
@@ -330,7 +332,7 @@ async fn attach_accelerator(
             let init = setup
                 .connect(&peer, transport_metrics(&name))
                 .with_context(|| format!("RDMA connection {c} to accelerator {}", est.name))?;
-            out.add(shared, &est.name, Some(given), label, g.slots_per_connection, out_bytes, move || Box::new(init));
+            out.add(shared, &est.name, Some(given), c, g.slots_per_connection, out_bytes, move || Box::new(init));
             continue;
         }
         let attach = Attach { token: g.token, connection: c };
@@ -338,7 +340,7 @@ async fn attach_accelerator(
             .await
             .with_context(|| format!("data connection {c} to accelerator {} ({})", est.name, est.addr))?;
         let std_stream = stream.into_std().context("detaching the data connection")?;
-        out.add(shared, &est.name, Some(given), label, g.slots_per_connection, out_bytes, move || {
+        out.add(shared, &est.name, Some(given), c, g.slots_per_connection, out_bytes, move || {
             let stream = TcpStream::from_std(std_stream).expect("I/O arbiters run a tokio runtime with I/O enabled");
             Box::new(TcpInitiator::new(stream, out_bytes, transport_metrics(&name)))
         });
@@ -457,7 +459,7 @@ fn connect_local(
             // Connections of one box share that box's workers, as they would on a real accelerator.
             let worker = pool.sender(b * per_box + c % per_box);
             let sp = spec.clone();
-            out.add(shared, &name, None, format!("{name}/{c}"), slots, spec.output_bytes, move || {
+            out.add(shared, &name, None, c as u32, slots, spec.output_bytes, move || {
                 Box::new(LocalTransport::new(worker, sp, slots))
             });
         }
@@ -483,6 +485,19 @@ fn transport_metrics(accelerator: &str) -> TransportMetrics {
         frames_per_read: metrics::histogram!(m::FRAMES_PER_READ, "accelerator" => a),
         send_delay: metrics::histogram!(m::STAGE, "stage" => "send"),
     }
+}
+
+/// Publishes the scenario's latency bound (Server only: LoadGen's target latency at its target
+/// percentile; the other scenarios have none) and returns the `test_running` gauge of this run.
+fn test_metrics(workload: &str, cfg: &FrontendConfig, s: &TestSettings) -> metrics::Gauge {
+    use qdl_shared::metrics::frontend as m;
+    let (scenario, mode) = (cfg.loadgen.scenario.as_str(), cfg.loadgen.mode.as_str());
+    if cfg.loadgen.scenario == ScenarioName::Server {
+        let quantile = s.server_target_latency_percentile.to_string();
+        metrics::gauge!(m::LATENCY_BOUND, "workload" => workload.to_string(), "scenario" => scenario, "quantile" => quantile)
+            .set(s.server_target_latency_ns as f64 / 1e9);
+    }
+    metrics::gauge!(m::TEST_RUNNING, "workload" => workload.to_string(), "scenario" => scenario, "mode" => mode)
 }
 
 /// The failure handler of a run: a run whose samples can no longer complete cannot be saved, so
@@ -647,8 +662,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     if let Err(e) = qdl_shared::sdnotify::notify(&status) {
         tracing::warn!("{e}");
     }
+    let running = test_metrics(&spec.name, &cfg, &settings);
     let started = Instant::now();
+    running.set(1.0);
     let tested = qdl_loadgen::start_test(&sut, &qsl, &settings, &log);
+    running.set(0.0);
     // Lost accelerators are not waited for any more.
     shared.ended.store(true, std::sync::atomic::Ordering::Release);
     tested?;
