@@ -98,7 +98,7 @@ fn a_wrong_secret_or_a_forged_proof_is_refused_and_the_node_keeps_serving() {
     );
     assert!(!got.iter().any(|m| matches!(m, Message::Welcome { .. })), "no name or limits leaked: {got:?}");
     acc.wait_log("refusing control connection: authentication failed", Duration::from_secs(5));
-    assert_eq!(counter(&acc, "qdl_accelerator_connection_errors_total{kind=\"unauthorized\"}"), 1.0);
+    assert_eq!(refused(&acc, "unauthorized"), 1.0);
     still_serves(&acc, Some(TEST_SECRET));
 }
 
@@ -234,22 +234,36 @@ fn data_connections_need_a_live_session_token() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(matches!(attach(token), Some(AttachStatus::UnknownSession)), "stale token");
-    assert!(counter(&acc, "qdl_accelerator_connection_errors_total{kind=\"attach\"}") >= 2.0);
+    assert!(refused(&acc, "attach") >= 2.0);
     still_serves(&acc, Some(TEST_SECRET));
+}
+
+/// A TCP connection to `target` from the loopback address `source` (127.0.0.2, ...).
+fn connect_from(source: &str, target: SocketAddr) -> Option<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    sock.bind(&format!("{source}:0").parse::<SocketAddr>().ok()?.into()).ok()?;
+    sock.connect_timeout(&target.into(), Duration::from_secs(5)).ok()?;
+    Some(sock.into())
+}
+
+fn warn_lines(acc: &Acc) -> usize {
+    acc.log().lines().filter(|l| l.contains("WARN")).count()
+}
+
+fn refused(acc: &Acc, reason: &str) -> f64 {
+    counter(acc, &format!("qdl_accelerator_connections_refused_total{{reason=\"{reason}\"}}"))
 }
 
 #[test]
 fn a_flood_of_half_open_connections_is_bounded_and_real_peers_still_run() {
-    let config = "[limits]\nmax_connections_per_peer = 16\nmax_pending_handshakes = 64\nhandshake_timeout_ms = 8000\n";
+    let config = "[limits]\nmax_connections_per_peer = 16\nmax_pending_per_peer = 16\nmax_pending_handshakes = 64\n\
+                  preamble_timeout_ms = 6000\nhandshake_timeout_ms = 8000\n";
     let acc = Acc::start_with_config(Some(config), &["--backend", "echo"]);
     let target = addr(&acc);
     // 200 connections from another local address that say nothing (or half a preamble).
     let flood: Vec<TcpStream> = (0..200)
         .filter_map(|i| {
-            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
-            sock.bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into()).ok()?;
-            sock.connect(&target.into()).ok()?;
-            let mut s: TcpStream = sock.into();
+            let mut s = connect_from("127.0.0.2", target)?;
             if i % 2 == 0 {
                 let _ = s.write_all(&Preamble::ours(Role::Control).encode()[..3]);
             }
@@ -257,15 +271,15 @@ fn a_flood_of_half_open_connections_is_bounded_and_real_peers_still_run() {
         })
         .collect();
     assert_eq!(flood.len(), 200, "the flood connected (the kernel accepts before the node decides)");
-    // All but 16 are closed at once, counted, and not logged one by one.
+    // All but 16 are refused at once, counted, and not logged one by one.
     let end = Instant::now() + Duration::from_secs(5);
-    while counter(&acc, "qdl_accelerator_connection_errors_total{kind=\"limit\"}") < 184.0 && Instant::now() < end {
+    while refused(&acc, "peer-limit") < 184.0 && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(counter(&acc, "qdl_accelerator_connection_errors_total{kind=\"limit\"}"), 184.0);
+    assert_eq!(refused(&acc, "peer-limit"), 184.0);
     // Meanwhile a real frontend (another address) runs and passes.
     still_serves(&acc, Some(TEST_SECRET));
-    // The 16 admitted ones are closed once their handshake time (8 s: long enough that none
+    // The 16 admitted ones are closed once their preamble time (6 s: long enough that none
     // expires while the flood is still being accepted on a loaded machine) is up.
     let end = Instant::now() + Duration::from_secs(20);
     let mut closed = 0;
@@ -288,7 +302,111 @@ fn a_flood_of_half_open_connections_is_bounded_and_real_peers_still_run() {
         }
     }
     assert_eq!(closed, 200, "every flood connection was closed by the node");
-    assert!(acc.log().lines().filter(|l| l.contains("WARN")).count() < 5, "no log flood:\n{}", acc.log());
+    assert_eq!(refused(&acc, "preamble-timeout"), 16.0, "{}", acc.scrape());
+    assert!(warn_lines(&acc) < 5, "no log flood:\n{}", acc.log());
+}
+
+#[test]
+fn a_flood_from_several_addresses_within_the_limits_cannot_keep_a_frontend_out() {
+    // Fewer pending places than the flood holds (5 × max_pending_per_peer = 80 > 64), so the
+    // gate's eviction is what lets the frontend in.
+    let config = "[limits]\nmax_pending_handshakes = 64\n";
+    let acc = Acc::start_with_config(Some(config), &["--backend", "echo"]);
+    let target = addr(&acc);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Half-open connections from 127.0.0.2..6, 60 from each (under max_connections_per_peer),
+    // opened anew every 500 ms (the preamble deadline would clear a flood that stood still)
+    // until the frontend is done: at most 20 rounds (6000 connections).
+    let half_open = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut opened = 0;
+            for _round in 0..20 {
+                let mut held = Vec::new();
+                for i in 0..300 {
+                    if let Some(mut s) = connect_from(&format!("127.0.0.{}", 2 + i % 5), target) {
+                        if i % 2 == 0 {
+                            let _ = s.write_all(b"QDL");
+                        }
+                        held.push(s);
+                    }
+                }
+                opened += held.len();
+                std::thread::sleep(Duration::from_millis(500));
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+            }
+            opened
+        })
+    };
+    // 200 garbage connections from 127.0.0.7..8, one after another.
+    let garbage = std::thread::spawn(move || {
+        let mut sent = 0;
+        for i in 0..200 {
+            let Some(mut s) = connect_from(&format!("127.0.0.{}", 7 + i % 2), target) else { continue };
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            if s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").is_ok() {
+                sent += 1;
+            }
+            let mut b = [0u8; 64];
+            while matches!(s.read(&mut b), Ok(n) if n > 0) {}
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // The frontend connects (control and data connections) and completes an accuracy run.
+    still_serves(&acc, Some(TEST_SECRET));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let opened = half_open.join().unwrap();
+    assert_eq!(garbage.join().unwrap(), 200);
+    assert!(opened >= 300, "{opened}");
+    let end = Instant::now() + Duration::from_secs(5);
+    while refused(&acc, "bad-preamble") < 200.0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let metrics = acc.scrape();
+    // (A garbage connection evicted before its bytes were read counts as evicted instead.)
+    assert!(refused(&acc, "bad-preamble") >= 190.0, "{metrics}");
+    assert!(refused(&acc, "evicted") > 0.0, "the gate made room by eviction: {metrics}");
+    // Counted by reason, logged in a few lines: one per reason, then summaries.
+    let warns = warn_lines(&acc);
+    eprintln!(
+        "flood: {opened} half-open + 200 garbage connections, {warns} WARN lines:\n{}",
+        acc.log().lines().filter(|l| l.contains("WARN")).collect::<Vec<_>>().join("\n")
+    );
+    assert!(warns <= 10, "no log flood:\n{}", acc.log());
+}
+
+#[test]
+fn a_refused_frontend_is_told_why() {
+    // Long deadlines: the two silent connections below must hold their places through the run.
+    let config = "[limits]\nmax_connections_per_peer = 2\npreamble_timeout_ms = 10000\nhandshake_timeout_ms = 10000\n";
+    let acc = Acc::start_with_config(Some(config), &["--backend", "echo"]);
+    let target = addr(&acc);
+    // Two silent connections from 127.0.0.1 fill its places; a qdl peer is told which limit.
+    let _held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(target).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&[&acc], dir.path(), &["-w", "bert", "--mode", "accuracy", "--total-samples", "8"]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("too many connections from 127.0.0.1: limit 2 (limits.max_connections_per_peer)"), "{t}");
+    // A data connection is answered with its own status; garbage is closed without a word.
+    let mut s = TcpStream::connect(target).unwrap();
+    s.write_all(&Preamble::ours(Role::Data).encode()).unwrap();
+    s.write_all(&Attach { token: SessionToken([1; 16]), connection: 0 }.encode()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reply = [0u8; PREAMBLE_LEN + ATTACH_REPLY_LEN];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(AttachStatus::parse(&reply[PREAMBLE_LEN..]), Ok(AttachStatus::LimitReached));
+    let mut g = TcpStream::connect(target).unwrap();
+    g.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    g.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = Vec::new();
+    let _ = g.read_to_end(&mut b);
+    assert!(b.is_empty(), "{b:?}");
+    assert!(refused(&acc, "peer-limit") >= 3.0, "{}", acc.scrape());
 }
 
 /// A CA and an accelerator certificate for localhost / 127.0.0.1, in `dir`: (ca, cert, key).
@@ -361,5 +479,5 @@ fn the_control_channel_can_run_in_tls() {
     let a = args(&good);
     ok(&run(&[&acc], &out, &a.iter().map(String::as_str).collect::<Vec<_>>()));
     assert!(ok(&frontend(&["check-accuracy", out.to_str().unwrap()])).contains("200/200 samples correct"));
-    assert!(counter(&acc, "qdl_accelerator_connection_errors_total{kind=\"tls\"}") >= 2.0);
+    assert!(refused(&acc, "tls") >= 2.0);
 }

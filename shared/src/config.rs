@@ -285,14 +285,24 @@ pub struct LimitsConfig {
     /// Slot memory per session (connections × slots × sample bytes), bytes; a request above it is
     /// granted fewer slots. Default 8 GiB.
     pub max_session_memory_bytes: u64,
-    /// Open TCP connections (control and data) in all; more are closed at once. Default 1024.
+    /// Open TCP connections (control and data) in all. When they are full, a new connection
+    /// evicts the oldest one still in its handshake; if all are authenticated it is refused.
+    /// Default 1024.
     pub max_connections: u32,
-    /// Open TCP connections from one address. Default 64.
+    /// Open TCP connections from one address; more are refused. Default 64.
     pub max_connections_per_peer: u32,
     /// Connections still in their handshake (preamble, attach block, authentication) at once.
+    /// When they are full, a new connection evicts the oldest of them (first those that have not
+    /// sent their preamble), so a flood of half-open connections cannot keep a frontend out.
     /// Default 256.
     pub max_pending_handshakes: u32,
-    /// Time a connection has to finish its handshake, authentication included, ms. Default 10000.
+    /// Connections from one address still in their handshake at once; more are refused (a real
+    /// frontend opens its data connections one after another). Default 16.
+    pub max_pending_per_peer: u32,
+    /// Time a connection has to send its 8-byte preamble after the accept, ms. Default 2000.
+    pub preamble_timeout_ms: u64,
+    /// Time a connection has to finish its handshake after the accept, authentication included,
+    /// ms. Default 10000.
     pub handshake_timeout_ms: u64,
 }
 
@@ -308,6 +318,8 @@ impl Default for LimitsConfig {
             max_connections: 1024,
             max_connections_per_peer: 64,
             max_pending_handshakes: 256,
+            max_pending_per_peer: 16,
+            preamble_timeout_ms: 2_000,
             handshake_timeout_ms: 10_000,
         }
     }
@@ -613,9 +625,19 @@ impl AcceleratorConfig {
             "must be between 1 and limits.max_connections",
         )?;
         check(
+            (1..=l.max_pending_handshakes).contains(&l.max_pending_per_peer),
+            "limits.max_pending_per_peer",
+            "must be between 1 and limits.max_pending_handshakes",
+        )?;
+        check(
             (100..=600_000).contains(&l.handshake_timeout_ms),
             "limits.handshake_timeout_ms",
             "must be between 100 and 600000 ms",
+        )?;
+        check(
+            (100..=l.handshake_timeout_ms).contains(&l.preamble_timeout_ms),
+            "limits.preamble_timeout_ms",
+            "must be between 100 ms and limits.handshake_timeout_ms",
         )?;
         let b = &self.batcher;
         check((1..=65_536).contains(&b.max_batch), "batcher.max_batch", "must be between 1 and 65536")?;
@@ -1224,6 +1246,9 @@ mod tests {
             ("[limits]\nmax_connections = 8\nmax_connections_per_peer = 9", "limits.max_connections_per_peer"),
             ("[limits]\nmax_pending_handshakes = 0", "limits.max_pending_handshakes"),
             ("[limits]\nhandshake_timeout_ms = 5", "limits.handshake_timeout_ms"),
+            ("[limits]\nmax_pending_per_peer = 0", "limits.max_pending_per_peer"),
+            ("[limits]\nmax_pending_handshakes = 8\nmax_pending_per_peer = 9", "limits.max_pending_per_peer"),
+            ("[limits]\npreamble_timeout_ms = 20000", "limits.preamble_timeout_ms"),
             ("[batcher]\nmax_batch = 0", "batcher.max_batch"),
             ("[batcher]\nmax_queue_delay_us = 99999999999", "batcher.max_queue_delay_us"),
             ("[batcher]\nmax_batch = 128\nmax_queue = 64", "batcher.max_queue"),

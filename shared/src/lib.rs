@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`wire`]: the byte formats: connection [`wire::preamble`], control [`wire::message`]s
-//!   (bincode 2), the data-connection [`wire::attach`] block and fixed-layout [`wire::data`] frames.
+//!   (postcard 1), the data-connection [`wire::attach`] block and fixed-layout [`wire::data`] frames.
 //! - [`auth`]: the shared secret and the challenge-response both nodes pass before anything else.
 //! - [`tls`]: optional TLS (rustls) on the control channel.
 //! - [`control`]: the control connection's handshake, name query, run states and heartbeats as a

@@ -143,8 +143,25 @@ pub mod accelerator {
     pub const SESSIONS: &str = "qdl_accelerator_sessions";
     /// Gauge: attached data connections.
     pub const CONNECTIONS: &str = "qdl_accelerator_connections";
-    /// Counter, label `kind`: connection-level errors (protocol, io, refused, closed).
+    /// Counter, label `kind`: errors of established data connections (protocol, io, closed).
     pub const CONNECTION_ERRORS: &str = "qdl_accelerator_connection_errors_total";
+    /// Counter, label `reason`: connections refused, evicted or timed out before their handshake
+    /// completed (admission limits, bad preamble, TLS, attach, authentication).
+    pub const CONNECTIONS_REFUSED: &str = "qdl_accelerator_connections_refused_total";
+    /// The `reason` labels of [`CONNECTIONS_REFUSED`].
+    pub const CONNECTIONS_REFUSED_REASONS: &[&str] = &[
+        "max-connections",
+        "peer-limit",
+        "peer-pending-limit",
+        "evicted",
+        "preamble-timeout",
+        "handshake-timeout",
+        "bad-preamble",
+        "tls",
+        "attach",
+        "unauthorized",
+        "handshake",
+    ];
     /// Histogram (s): per sample, request read → response queued.
     pub const RESIDENCE: &str = "qdl_accelerator_residence_seconds";
     /// Histogram: response frames per write system call.
@@ -214,9 +231,16 @@ pub fn describe_accelerator(name: &str) {
     describe_histogram!(RESIDENCE, Unit::Seconds, "Per sample, request read to response queued");
     describe_histogram!(FRAMES_PER_WRITE, Unit::Count, "Response frames per write system call");
     describe_histogram!(FRAMES_PER_READ, Unit::Count, "Request frames completed per read system call");
-    for kind in ["closed", "io", "protocol", "preamble", "attach", "handshake-timeout", "unauthorized", "tls", "limit"]
-    {
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        Unit::Count,
+        "Connections refused before their handshake completed, by reason"
+    );
+    for kind in ["closed", "io", "protocol"] {
         let _ = metrics::counter!(CONNECTION_ERRORS, "kind" => kind);
+    }
+    for reason in CONNECTIONS_REFUSED_REASONS {
+        let _ = metrics::counter!(CONNECTIONS_REFUSED, "reason" => *reason);
     }
     for kind in ["overloaded", "backend", "shutdown"] {
         let _ = metrics::counter!(SAMPLE_ERRORS, "kind" => kind);

@@ -10,7 +10,6 @@ use std::task::Poll;
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
 use qdl_shared::control::{ControlError, Event};
 use qdl_shared::control_link::ControlLink;
-use qdl_shared::metrics::accelerator as m;
 use qdl_shared::slots::SlotArena;
 use qdl_shared::transport::TransportError;
 use qdl_shared::transport::rdma::{RdmaMetrics, RdmaTarget};
@@ -19,6 +18,8 @@ use qdl_shared::wire::message::{DataTransport, ErrorCode, NodeStats, RdmaEndpoin
 
 use super::Shared;
 use super::connection::Close;
+use super::gate::Ended;
+use super::refusals::Reason;
 use super::registry::Registry;
 use crate::pump::{Nudge, Pump, Pumped};
 use crate::worker::WorkerPool;
@@ -213,10 +214,11 @@ impl ControlActor {
             Event::HeartbeatRtt(rtt) => tracing::trace!(peer = %self.peer, rtt_us = rtt.0 / 1000, "heartbeat"),
             Event::Closed => tracing::info!(peer = %self.peer, frontend = %self.frontend, "frontend said goodbye"),
             Event::Failed(ControlError::Refused { .. }) => {}
-            Event::Failed(e @ ControlError::Unauthorized(_)) => {
-                metrics::counter!(m::CONNECTION_ERRORS, "kind" => "unauthorized").increment(1);
-                tracing::warn!(peer = %self.peer, "refusing control connection: {e}")
-            }
+            Event::Failed(e @ ControlError::Unauthorized(_)) => self.refused(Reason::Unauthorized, &e),
+            Event::Failed(e @ ControlError::HandshakeTimeout { .. }) => self.refused(Reason::HandshakeTimeout, &e),
+            // Before authentication a failure is one more refused connection (counted, not logged
+            // one by one); after it, a session that failed.
+            Event::Failed(e) if self.pending.is_some() => self.refused(Reason::Handshake, &e),
             Event::Failed(e) => {
                 tracing::warn!(peer = %self.peer, frontend = %self.frontend, "control session failed: {e}")
             }
@@ -231,11 +233,51 @@ impl ControlActor {
     }
 }
 
+impl ControlActor {
+    fn refused(&self, reason: Reason, e: &ControlError) {
+        let Some(addr) = self.link.peer() else { return };
+        self.node.gate.refused(reason, addr, || format!("refusing control connection: {e}"));
+    }
+
+    /// The gate ended this connection before it authenticated: tell the frontend why and close.
+    fn ended(&mut self, why: Ended) {
+        if self.pending.is_none() || self.link.endpoint.is_done() {
+            return;
+        }
+        let l = &self.node.config.limits;
+        let (code, msg) = match why {
+            Ended::Evicted => (
+                ErrorCode::LimitExceeded,
+                format!(
+                    "closed unauthenticated: newer connections needed its place (limits.max_pending_handshakes = {})",
+                    l.max_pending_handshakes
+                ),
+            ),
+            Ended::PreambleTimeout | Ended::HandshakeTimeout => (
+                ErrorCode::Timeout,
+                format!("no authentication within {} ms (limits.handshake_timeout_ms)", l.handshake_timeout_ms),
+            ),
+        };
+        if let Some(addr) = self.link.peer() {
+            self.node.gate.refused(why.reason(), addr, || format!("closing control connection: {msg}"));
+        }
+        self.link.endpoint.refuse(code, msg);
+        self.nudge.wake();
+    }
+}
+
 impl Actor for ControlActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.spawn(Pump);
+        if let Some(ended) = self.pending.as_mut().and_then(|p| p.take_ended()) {
+            ctx.spawn(async move { ended.await.ok() }.into_actor(self).map(|why, act, _ctx| {
+                if let Some(why) = why {
+                    act.ended(why);
+                }
+            }));
+        }
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
@@ -268,6 +310,13 @@ impl Pumped for ControlActor {
             }
             match io {
                 Poll::Ready(Ok(())) => continue,
+                // Before authentication these are not sessions: debug only (a flood is no log flood).
+                Poll::Ready(Err(TransportError::Closed)) if self.pending.is_some() => {
+                    tracing::debug!(peer = %self.peer, "unauthenticated control connection closed by the peer")
+                }
+                Poll::Ready(Err(e)) if self.pending.is_some() => {
+                    tracing::debug!(peer = %self.peer, "unauthenticated control connection failed: {e}")
+                }
                 Poll::Ready(Err(TransportError::Closed)) => {
                     if !self.link.endpoint.is_done() {
                         tracing::info!(peer = %self.peer, frontend = %self.frontend, "control connection closed by the frontend");

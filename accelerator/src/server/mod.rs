@@ -16,6 +16,7 @@
 pub mod connection;
 pub mod control;
 pub mod gate;
+pub mod refusals;
 pub mod registry;
 
 use std::net::SocketAddr;
@@ -101,6 +102,8 @@ struct Shared {
     secret: qdl_shared::auth::Secret,
     tls: Option<tokio_rustls::TlsAcceptor>,
     gate: Arc<gate::Gate>,
+    /// Places for answering refused connections (see [`MAX_REFUSAL_REPLIES`]).
+    refusal_replies: Arc<tokio::sync::Semaphore>,
 }
 
 /// Runs an accelerator until SIGTERM/SIGINT, then drains and returns. `on_ready` is called once
@@ -146,6 +149,7 @@ pub fn run(config: AcceleratorConfig, on_ready: impl FnOnce(&Ready)) -> Result<(
         secret,
         tls,
         gate: gate::Gate::new(&config.limits),
+        refusal_replies: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSAL_REPLIES)),
         config,
     });
     let result = system.block_on(serve(shared.clone(), on_ready));
@@ -180,6 +184,17 @@ async fn serve(shared: Arc<Shared>, on_ready: impl FnOnce(&Ready)) -> Result<(),
             None => "tcp".into(),
         },
     });
+    let sweep = {
+        let gate = shared.gate.clone();
+        actix::spawn(async move {
+            let mut tick = tokio::time::interval(gate::SWEEP_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                gate.sweep(Nanos::now());
+            }
+        })
+    };
     let accept = {
         let shared = shared.clone();
         actix::spawn(async move {
@@ -207,6 +222,7 @@ async fn serve(shared: Arc<Shared>, on_ready: impl FnOnce(&Ready)) -> Result<(),
     });
     shared.registry.begin_shutdown();
     accept.abort();
+    sweep.abort();
     let controls = std::mem::take(&mut *shared.controls.lock().unwrap_or_else(|p| p.into_inner()));
     for c in controls.into_iter().filter_map(|w| w.upgrade()) {
         c.do_send(Shutdown);
@@ -235,108 +251,182 @@ fn transport_metrics() -> TransportMetrics {
     }
 }
 
-fn refused(kind: &'static str) {
-    metrics::counter!(m::CONNECTION_ERRORS, "kind" => kind).increment(1);
-}
+/// Most refused connections answered at once: each waits up to the preamble deadline for a qdl
+/// preamble to answer with the reason; beyond this many, refused connections are closed at once.
+const MAX_REFUSAL_REPLIES: usize = 64;
 
 /// Handles one accepted connection up to the point where an actor owns it.
-async fn accept(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn accept(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let (permit, pending) = match shared.gate.admit(peer.ip()) {
         Ok(p) => p,
-        Err(why) => {
-            // Closed at once; a flood must not become a log flood (debug level only).
-            refused("limit");
-            tracing::debug!(%peer, ?why, "connection refused: limit reached");
-            return;
-        }
+        Err(why) => return refuse(stream, peer, why, &shared).await,
     };
     if let Err(e) = tune(&stream) {
         tracing::debug!(%peer, "{e}");
     }
-    let handshake = Duration::from_millis(shared.config.limits.handshake_timeout_ms);
+    handshake(stream, peer, shared, permit, pending).await;
+}
+
+/// Closes a refused connection; a qdl peer (one that sends a valid preamble within the preamble
+/// deadline) is first told why, in its own terms: a control `Error` or a data `LimitReached`.
+async fn refuse(mut stream: TcpStream, peer: SocketAddr, why: gate::Refusal, shared: &Shared) {
+    let message = why.describe(peer.ip());
+    shared.gate.refused(why.reason(), peer, || format!("refusing connection: {message}"));
+    let Ok(_slot) = shared.refusal_replies.clone().try_acquire_owned() else { return };
     let mut pre = [0u8; PREAMBLE_LEN];
-    match tokio::time::timeout(handshake, read_exact_or_closed(&mut stream, &mut pre)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
+    let wait = Duration::from_millis(shared.config.limits.preamble_timeout_ms);
+    if !matches!(tokio::time::timeout(wait, read_exact_or_closed(&mut stream, &mut pre)).await, Ok(Ok(()))) {
+        return;
+    }
+    let reply = match Preamble::parse(&pre) {
+        // Inside TLS the frontend could not read a clear-text answer: it is closed like others.
+        Ok(p) if p.role == Role::Control && !p.tls => {
+            control_error(qdl_shared::wire::message::ErrorCode::LimitExceeded, &message)
+        }
+        Ok(p) if p.role == Role::Data => {
+            let mut r = Preamble::ours(Role::Data).encode().to_vec();
+            r.extend_from_slice(&AttachStatus::LimitReached.encode());
+            r
+        }
+        _ => return,
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), say_and_close(&mut stream, &reply)).await;
+}
+
+/// Our control preamble and one `Error` message, as bytes.
+fn control_error(code: qdl_shared::wire::message::ErrorCode, message: &str) -> Vec<u8> {
+    let mut reply = Preamble::ours(Role::Control).encode().to_vec();
+    let err = qdl_shared::wire::message::Message::Error { code, message: message.into() };
+    let _ = qdl_shared::wire::message::encode(&err, &mut reply);
+    reply
+}
+
+/// Writes `reply`, ends the sending side and reads what the peer still sends (at most 64 KiB)
+/// until it closes: closing with unread bytes would reset the connection, and the peer's
+/// kernel might then drop the reply before the peer reads it.
+async fn say_and_close(stream: &mut TcpStream, reply: &[u8]) {
+    use tokio::io::AsyncReadExt;
+    if stream.write_all(reply).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let mut left: usize = 64 * 1024;
+    while left > 0 {
+        match stream.read(&mut sink).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+}
+
+/// What ended a connection in its preamble or attach stage: its bytes, or the gate.
+enum Step<T> {
+    Done(T),
+    Ended(gate::Ended),
+}
+
+/// Runs `work` until it completes or the gate ends the connection (evicted, or a deadline).
+async fn or_ended<T>(pending: &mut gate::PendingPermit, work: impl std::future::Future<Output = T>) -> Step<T> {
+    tokio::select! {
+        done = work => Step::Done(done),
+        why = pending.ended() => Step::Ended(why),
+    }
+}
+
+/// An accepted connection's preamble, then its control or data handshake.
+async fn handshake(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    permit: gate::ConnPermit,
+    mut pending: gate::PendingPermit,
+) {
+    let mut pre = [0u8; PREAMBLE_LEN];
+    match or_ended(&mut pending, read_exact_or_closed(&mut stream, &mut pre)).await {
+        Step::Done(Ok(())) => {}
+        Step::Done(Err(e)) => {
             tracing::debug!(%peer, "connection ended before its preamble: {e}");
             return;
         }
-        Err(_) => {
-            refused("handshake-timeout");
-            tracing::debug!(%peer, "no preamble within {handshake:?}; closing");
-            return;
+        // Not (yet) a qdl peer: closed without a word.
+        Step::Ended(why) => {
+            return shared.gate.refused(why.reason(), peer, || format!("closing connection: {}", why.describe()));
         }
     }
     let preamble = match Preamble::parse(&pre) {
         Ok(p) => p,
         Err(e) => {
-            refused("preamble");
-            tracing::warn!(%peer, "refusing connection: {e}");
+            shared.gate.refused(refusals::Reason::BadPreamble, peer, || format!("refusing connection: {e}"));
             // Our preamble tells a peer of another version which version we speak.
             let _ = stream.write_all(&Preamble::ours(Role::Control).encode()).await;
             return;
         }
     };
+    pending.preamble_read();
     match preamble.role {
-        Role::Control => {
-            let a = &shared.config.accelerator;
-            let hb = shared.config.heartbeat.to_heartbeat();
-            let deadline = Nanos::from_millis(shared.config.limits.handshake_timeout_ms);
-            let link = match (&shared.tls, preamble.tls) {
-                (None, false) => {
-                    let endpoint = Endpoint::server_after_preamble(&a.name, shared.registry.limits(), hb, Nanos::now())
-                        .with_handshake_timeout(deadline)
-                        .with_secret(shared.secret.clone());
-                    ControlLink::new(stream, endpoint)
+        Role::Control => control(stream, peer, shared, permit, pending, preamble.tls).await,
+        Role::Data => attach_data(stream, peer, shared, permit, pending).await,
+    }
+}
+
+/// A control connection after its preamble: TLS if asked, then a `ControlActor` that
+/// authenticates the frontend.
+async fn control(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    permit: gate::ConnPermit,
+    mut pending: gate::PendingPermit,
+    tls: bool,
+) {
+    let a = &shared.config.accelerator;
+    let hb = shared.config.heartbeat.to_heartbeat();
+    let deadline = Nanos::from_millis(shared.config.limits.handshake_timeout_ms);
+    let link = match (&shared.tls, tls) {
+        (None, false) => {
+            let endpoint = Endpoint::server_after_preamble(&a.name, shared.registry.limits(), hb, Nanos::now())
+                .with_handshake_timeout(deadline)
+                .with_secret(shared.secret.clone());
+            ControlLink::new(stream, endpoint)
+        }
+        (Some(acceptor), true) => {
+            let tls = match or_ended(&mut pending, acceptor.accept(stream)).await {
+                Step::Done(Ok(tls)) => tls,
+                Step::Done(Err(e)) => {
+                    return shared.gate.refused(refusals::Reason::Tls, peer, || format!("TLS handshake failed: {e}"));
                 }
-                (Some(acceptor), true) => {
-                    let tls = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            refused("tls");
-                            tracing::debug!(%peer, "TLS handshake failed: {e}");
-                            return;
-                        }
-                        Err(_) => {
-                            refused("handshake-timeout");
-                            return;
-                        }
-                    };
-                    // Inside TLS the frontend sends its preamble again: the endpoint reads it.
-                    let endpoint = Endpoint::server(&a.name, shared.registry.limits(), hb, Nanos::now())
-                        .with_handshake_timeout(deadline)
-                        .with_secret(shared.secret.clone());
-                    ControlLink::over(Box::new(tls), Some(peer), endpoint)
-                }
-                (ours, theirs) => {
-                    refused("tls");
-                    let msg = if ours.is_some() {
-                        "this accelerator requires TLS on the control channel: set [tls] enabled = true and \
-                         ca_file on the frontend"
-                    } else {
-                        "this accelerator does not use TLS on the control channel: set [tls] enabled = false on \
-                         the frontend (or enable it on the accelerator)"
-                    };
-                    tracing::warn!(%peer, frontend_tls = theirs, "refusing control connection: {msg}");
-                    let mut reply = Preamble::ours(Role::Control).encode().to_vec();
-                    let err = qdl_shared::wire::message::Message::Error {
-                        code: qdl_shared::wire::message::ErrorCode::Unsupported,
-                        message: msg.into(),
-                    };
-                    let _ = qdl_shared::wire::message::encode(&err, &mut reply);
-                    let _ = stream.write_all(&reply).await;
-                    return;
+                Step::Ended(why) => {
+                    return shared
+                        .gate
+                        .refused(why.reason(), peer, || format!("closing connection in TLS: {}", why.describe()));
                 }
             };
-            // The pending place is given back once the frontend has authenticated.
-            let actor = ControlActor::new(link, shared.clone(), permit, pending);
-            let addr = actor.start();
-            let mut controls = shared.controls.lock().unwrap_or_else(|p| p.into_inner());
-            controls.retain(|w| w.upgrade().is_some());
-            controls.push(addr.downgrade());
+            // Inside TLS the frontend sends its preamble again: the endpoint reads it.
+            let endpoint = Endpoint::server(&a.name, shared.registry.limits(), hb, Nanos::now())
+                .with_handshake_timeout(deadline)
+                .with_secret(shared.secret.clone());
+            ControlLink::over(Box::new(tls), Some(peer), endpoint)
         }
-        Role::Data => attach_data(stream, peer, shared, permit, pending, handshake).await,
-    }
+        (ours, _) => {
+            let msg = if ours.is_some() {
+                "this accelerator requires TLS on the control channel: set [tls] enabled = true and ca_file on the \
+                 frontend"
+            } else {
+                "this accelerator does not use TLS on the control channel: set [tls] enabled = false on the frontend \
+                 (or enable it on the accelerator)"
+            };
+            shared.gate.refused(refusals::Reason::Tls, peer, || format!("refusing control connection: {msg}"));
+            let reply = control_error(qdl_shared::wire::message::ErrorCode::Unsupported, msg);
+            let _ = tokio::time::timeout(Duration::from_secs(1), say_and_close(&mut stream, &reply)).await;
+            return;
+        }
+    };
+    // The pending place is given back once the frontend has authenticated.
+    let actor = ControlActor::new(link, shared.clone(), permit, pending);
+    let addr = actor.start();
+    let mut controls = shared.controls.lock().unwrap_or_else(|p| p.into_inner());
+    controls.retain(|w| w.upgrade().is_some());
+    controls.push(addr.downgrade());
 }
 
 async fn attach_data(
@@ -344,33 +434,37 @@ async fn attach_data(
     peer: SocketAddr,
     shared: Arc<Shared>,
     permit: gate::ConnPermit,
-    pending: gate::PendingPermit,
-    handshake: Duration,
+    mut pending: gate::PendingPermit,
 ) {
     let mut block = [0u8; ATTACH_LEN];
-    match tokio::time::timeout(handshake, read_exact_or_closed(&mut stream, &mut block)).await {
-        Ok(Ok(())) => {}
-        _ => {
-            refused("handshake-timeout");
-            tracing::debug!(%peer, "data connection sent no attach block; closing");
+    let mut reply = Preamble::ours(Role::Data).encode().to_vec();
+    match or_ended(&mut pending, read_exact_or_closed(&mut stream, &mut block)).await {
+        Step::Done(Ok(())) => {}
+        Step::Done(Err(e)) => {
+            tracing::debug!(%peer, "data connection ended before its attach block: {e}");
+            return;
+        }
+        Step::Ended(why) => {
+            shared.gate.refused(why.reason(), peer, || format!("closing data connection: {}", why.describe()));
+            reply.extend_from_slice(&AttachStatus::LimitReached.encode());
+            let _ = tokio::time::timeout(Duration::from_secs(1), say_and_close(&mut stream, &reply)).await;
             return;
         }
     }
-    let mut reply = Preamble::ours(Role::Data).encode().to_vec();
     let attach = match Attach::parse(&block) {
         Ok(a) => a,
         Err(e) => {
-            refused("attach");
-            tracing::warn!(%peer, "refusing data connection: {e}");
-            return;
+            return shared.gate.refused(refusals::Reason::Attach, peer, || format!("refusing data connection: {e}"));
         }
     };
     // Nothing is allocated for the connection before its token and index check out.
     let grant = match shared.registry.attach(&attach) {
         Ok(g) => g,
         Err(status) => {
-            refused("attach");
-            tracing::warn!(%peer, connection = attach.connection, "refusing data connection: {}", status.describe());
+            let index = attach.connection;
+            shared.gate.refused(refusals::Reason::Attach, peer, || {
+                format!("refusing data connection {index}: {}", status.describe())
+            });
             reply.extend_from_slice(&status.encode());
             let _ = stream.write_all(&reply).await;
             return;

@@ -87,6 +87,8 @@ pub enum AttachStatus {
     AlreadyAttached = 3,
     /// The accelerator is shutting down.
     ShuttingDown = 4,
+    /// The accelerator's connection limits (`[limits]`) are reached (protocol version 5).
+    LimitReached = 5,
     /// A status this build does not know.
     Unknown = 0xffff,
 }
@@ -108,6 +110,7 @@ impl AttachStatus {
             2 => AttachStatus::BadConnectionIndex,
             3 => AttachStatus::AlreadyAttached,
             4 => AttachStatus::ShuttingDown,
+            5 => AttachStatus::LimitReached,
             _ => AttachStatus::Unknown,
         })
     }
@@ -120,6 +123,7 @@ impl AttachStatus {
             AttachStatus::BadConnectionIndex => "connection index outside the granted range",
             AttachStatus::AlreadyAttached => "connection index already attached",
             AttachStatus::ShuttingDown => "accelerator is shutting down",
+            AttachStatus::LimitReached => "accelerator's connection limits are reached (see its [limits])",
             AttachStatus::Unknown => "unknown status",
         }
     }
@@ -138,6 +142,8 @@ mod tests {
         assert_eq!(Attach::parse(&a.encode()), Ok(a));
         assert_eq!(AttachStatus::AlreadyAttached.encode(), [3, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(AttachStatus::parse(&[0; 8]), Ok(AttachStatus::Accepted));
+        assert_eq!(AttachStatus::LimitReached.encode(), [5, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(AttachStatus::parse(&[5, 0, 0, 0, 0, 0, 0, 0]), Ok(AttachStatus::LimitReached));
         assert_eq!(Attach::parse(&[0; 23]), Err(WireError::Incomplete { needed: 1 }));
     }
 

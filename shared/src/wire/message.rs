@@ -1,7 +1,16 @@
-//! Control messages: `[len: u32 LE][bincode 2 (standard config) of Message]`, one per frame.
+//! Control messages: `[len: u32 LE][postcard 1 encoding of Message]`, one per frame.
+//!
+//! postcard's wire format is specified (its "wire format" specification, stable across 1.x):
+//! unsigned integers wider than a byte are LEB128 varints, signed ones zigzag varints, `u8` and
+//! fixed arrays raw bytes, strings, byte strings and sequences a varint length then the items,
+//! an enum a varint variant index then its fields, a struct its fields in order. The full table
+//! is in `docs/protocol.md`; the golden byte tests below pin it.
 //!
 //! A frame's length is checked against [`MAX_CONTROL_FRAME`] before anything is allocated, and
-//! bincode decodes under the same limit, so a hostile length cannot make a node allocate.
+//! decoding works on that slice only: a string or byte length longer than what is left is an
+//! error before any copy, and a sequence whose declared length is longer than what is left gets
+//! no pre-allocation (it grows only as items actually decode), so memory stays proportional to
+//! the frame (tested with a counting allocator in `tests/hostile_lengths.rs`).
 
 use serde::{Deserialize, Serialize};
 
@@ -11,10 +20,6 @@ use crate::workload::WorkloadSpec;
 
 /// Largest control frame body accepted, in bytes.
 pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
-
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_CONTROL_FRAME>()
-}
 
 /// Every control message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -281,19 +286,17 @@ pub enum ErrorCode {
 
 /// Appends one framed message to `out`.
 pub fn encode(msg: &Message, out: &mut Vec<u8>) -> Result<(), WireError> {
-    let start = out.len();
-    out.extend_from_slice(&[0; 4]);
-    let body = bincode::serde::encode_to_vec(msg, config()).map_err(|e| WireError::Encode(e.to_string()))?;
+    let body = postcard::to_allocvec(msg).map_err(|e| WireError::Encode(e.to_string()))?;
     if body.len() > MAX_CONTROL_FRAME {
-        out.truncate(start);
         return Err(WireError::TooLarge {
             what: "control message",
             len: body.len() as u64,
             max: MAX_CONTROL_FRAME as u64,
         });
     }
+    out.reserve(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&body);
-    out[start..start + 4].copy_from_slice(&(body.len() as u32).to_le_bytes());
     Ok(())
 }
 
@@ -310,14 +313,13 @@ pub fn check(buf: &[u8]) -> Result<usize, WireError> {
 }
 
 /// Parses the frame at the start of `buf` (after [`check`]) and returns the message and the bytes
-/// consumed.
+/// consumed. The message must fill its frame exactly.
 pub fn parse(buf: &[u8]) -> Result<(Message, usize), WireError> {
     let total = check(buf)?;
     let body = &buf[4..total];
-    let (msg, used) = bincode::serde::decode_from_slice::<Message, _>(body, config())
-        .map_err(|e| WireError::Decode(e.to_string()))?;
-    if used != body.len() {
-        return Err(WireError::Decode(format!("{} trailing bytes after a {}", body.len() - used, msg.name())));
+    let (msg, rest) = postcard::take_from_bytes::<Message>(body).map_err(|e| WireError::Decode(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::Decode(format!("{} trailing bytes after a {}", rest.len(), msg.name())));
     }
     Ok((msg, total))
 }
@@ -337,7 +339,7 @@ mod tests {
     #[test]
     fn golden_bytes() {
         // The encoding of these messages is the protocol; a change here is a protocol change and
-        // must bump PROTOCOL_VERSION.
+        // must bump PROTOCOL_VERSION. Integers above 127 are LEB128 varints: 300 = ac 02.
         let mut hello = vec![36, 0, 0, 0, 0, 2, b'f', b'e'];
         hello.extend_from_slice(&[7; 32]);
         assert_eq!(framed(&Message::Hello { node: "fe".into(), nonce: [7; 32] }), hello);
@@ -355,12 +357,17 @@ mod tests {
         );
         assert_eq!(framed(&Message::QueryName { request: 7 }), [2, 0, 0, 0, 4, 7]);
         assert_eq!(framed(&Message::RunState { request: 1, state: RunState::Flush }), [3, 0, 0, 0, 6, 1, 2]);
-        assert_eq!(framed(&Message::Heartbeat { seq: 300, sent_ns: 1 }), [5, 0, 0, 0, 8, 251, 0x2c, 0x01, 1]);
+        assert_eq!(framed(&Message::Heartbeat { seq: 300, sent_ns: 1 }), [4, 0, 0, 0, 8, 0xac, 0x02, 1]);
+        assert_eq!(
+            framed(&Message::HeartbeatAck { seq: u64::MAX, sent_ns: 0 }),
+            [12, 0, 0, 0, 9, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0],
+            "a u64 takes at most 10 bytes"
+        );
         assert_eq!(framed(&Message::Goodbye), [1, 0, 0, 0, 11]);
         assert_eq!(framed(&Message::QueryStats { request: 2 }), [2, 0, 0, 0, 12, 2]);
         assert_eq!(
             framed(&Message::Stats { request: 2, stats: NodeStats { batch_sizes: vec![(1, 3), (16, 300)] } }),
-            [9, 0, 0, 0, 13, 2, 2, 1, 3, 16, 251, 0x2c, 0x01]
+            [8, 0, 0, 0, 13, 2, 2, 1, 3, 16, 0xac, 0x02]
         );
         let grant = Message::Configured(SessionGrant {
             token: SessionToken([1; 16]),
@@ -374,10 +381,24 @@ mod tests {
         });
         let mut expected = vec![0, 0, 0, 0, 3];
         expected.extend_from_slice(&[1; 16]);
-        expected
-            .extend_from_slice(&[2, 251, 0x00, 0x20, 252, 0x00, 0x4c, 0x02, 0x00, 4, 64, 4, b'e', b'c', b'h', b'o', 1]);
+        // 8192 = 80 40; 150528 = 80 98 09.
+        expected.extend_from_slice(&[2, 0x80, 0x40, 0x80, 0x98, 0x09, 4, 64, 4, b'e', b'c', b'h', b'o', 1]);
         expected[0] = (expected.len() - 4) as u8;
         assert_eq!(framed(&grant), expected);
+        let welcome = Message::Welcome {
+            name: "a".into(),
+            limits: Limits {
+                max_connections_per_session: 16,
+                max_slots_per_connection: 128,
+                max_sample_bytes: 1,
+                max_output_bytes: 2,
+            },
+            heartbeat_interval_ms: 1000,
+        };
+        // Welcome = 1; "a"; 16, 128 = 80 01, 1, 2; 1000 = e8 07.
+        assert_eq!(framed(&welcome), [10, 0, 0, 0, 1, 1, b'a', 16, 0x80, 0x01, 1, 2, 0xe8, 0x07]);
+        assert_eq!(framed(&Message::Name { request: 3, name: "n".into() }), [4, 0, 0, 0, 5, 3, 1, b'n']);
+        assert_eq!(framed(&Message::RunStateAck { request: 3, state: RunState::Done }), [3, 0, 0, 0, 7, 3, 3]);
     }
 
     #[test]
@@ -428,12 +449,19 @@ mod tests {
 
     #[test]
     fn rdma_endpoint_golden_bytes() {
-        let mut expected = vec![0, 0, 0, 0, 14, 4, 1, 0x11, 252, 0xef, 0xcd, 0xab, 0x00];
+        // RdmaConnect = 14; request 4, connection 1; qp 0x11; psn 0xabcdef = ef 9b af 05.
+        let mut expected = vec![0, 0, 0, 0, 14, 4, 1, 0x11, 0xef, 0x9b, 0xaf, 0x05];
         expected.extend_from_slice(&[0xfe; 16]);
-        expected.extend_from_slice(&[0, 251, 0x00, 0x10, 253, 0x00, 0x10, 0x00, 0x00, 0x00, 0x7f, 0x00, 0x00]);
-        expected.extend_from_slice(&[251, 0x34, 0x12, 64, 251, 0x18, 0x06]);
+        // lid 0 (a u16 is a varint too); mtu 4096 = 80 20; addr 0x7f00_0000_1000 = 80 a0 80 80 80 e0 1f.
+        expected.extend_from_slice(&[0, 0x80, 0x20, 0x80, 0xa0, 0x80, 0x80, 0x80, 0xe0, 0x1f]);
+        // rkey 0x1234 = b4 24; 64 slots; 1560 bytes = 98 0c.
+        expected.extend_from_slice(&[0xb4, 0x24, 64, 0x98, 0x0c]);
         expected[0] = (expected.len() - 4) as u8;
         assert_eq!(framed(&Message::RdmaConnect { request: 4, connection: 1, endpoint: endpoint() }), expected);
+        let mut accept = vec![0, 0, 0, 0, 15, 4];
+        accept.extend_from_slice(&expected[7..]);
+        accept[0] = (accept.len() - 4) as u8;
+        assert_eq!(framed(&Message::RdmaAccept { request: 4, endpoint: endpoint() }), accept);
     }
 
     #[test]
@@ -494,17 +522,60 @@ mod tests {
 
     #[test]
     fn a_string_length_larger_than_the_frame_does_not_allocate() {
-        // Hello with a declared string length of u64::MAX-ish inside a small frame.
-        let buf = [10, 0, 0, 0, 0, 255, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        // Hello with a declared string length of 2^63 inside a small frame.
+        let buf = [11, 0, 0, 0, 0, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01];
         assert!(matches!(parse(&buf), Err(WireError::Decode(_))));
+        // A varint longer than its type allows (a u32 of six bytes) is refused, not wrapped.
+        let buf = [7, 0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert!(matches!(parse(&buf), Err(WireError::Decode(_))));
+    }
+
+    #[test]
+    fn an_old_peer_is_told_the_versions() {
+        // A v4 (bincode) peer never reaches the message decoder: its preamble is refused first.
+        use crate::wire::preamble::{Preamble, Role};
+        let mut old = Preamble::ours(Role::Control).encode();
+        old[4] = 4;
+        let err = Preamble::parse(&old).unwrap_err();
+        assert_eq!(err.to_string(), "protocol version mismatch: the peer speaks v4, this node speaks v5");
     }
 
     proptest! {
         #[test]
+        fn messages_with_any_values_round_trip(
+            seq in any::<u64>(),
+            request in any::<u32>(),
+            name in ".{0,40}",
+            sizes in proptest::collection::vec((any::<u32>(), any::<u64>()), 0..20),
+            qp in any::<(u32, u32, u16, u32, u64, u32)>(),
+        ) {
+            let (qp_num, psn, lid, mtu, addr, rkey) = qp;
+            let endpoint = RdmaEndpoint { qp_num, psn, gid: [3; 16], lid, mtu, addr, rkey, slots: request, slot_bytes: mtu };
+            let msgs = [
+                Message::Heartbeat { seq, sent_ns: !seq },
+                Message::Name { request, name: name.clone() },
+                Message::Error { code: ErrorCode::Internal, message: name },
+                Message::Stats { request, stats: NodeStats { batch_sizes: sizes } },
+                Message::RdmaAccept { request, endpoint },
+            ];
+            for m in msgs {
+                let f = framed(&m);
+                prop_assert_eq!(parse(&f), Ok((m, f.len())));
+            }
+        }
+
+        #[test]
         fn arbitrary_frames_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
             let mut buf = (body.len() as u32).to_le_bytes().to_vec();
             buf.extend_from_slice(&body);
-            let _ = parse(&buf);
+            // Whatever decodes encodes into a frame that decodes to the same message (not always
+            // the same bytes: a decoder accepts a varint with redundant continuation bytes).
+            if let Ok((msg, used)) = parse(&buf) {
+                prop_assert_eq!(used, buf.len());
+                let again = framed(&msg);
+                prop_assert!(again.len() <= buf.len(), "the encoder's varints are minimal");
+                prop_assert_eq!(parse(&again), Ok((msg, again.len())));
+            }
         }
     }
 }

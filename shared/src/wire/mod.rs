@@ -1,5 +1,5 @@
 //! The wire protocol. Every connection starts with a fixed-layout [`preamble`]; a control
-//! connection then carries length-prefixed bincode [`message`]s, a data connection a fixed
+//! connection then carries length-prefixed postcard [`message`]s, a data connection a fixed
 //! [`attach`] block followed by fixed-header [`data`] frames. All integers are little-endian.
 //! The full byte layout is in `docs/protocol.md`; golden byte tests pin it.
 
@@ -9,7 +9,7 @@ pub mod message;
 pub mod preamble;
 
 /// The protocol version this build speaks. Peers with another version are refused at the preamble.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The magic bytes that open every qdl connection.
 pub const MAGIC: [u8; 4] = *b"QDLN";
