@@ -170,12 +170,35 @@ fn no_secret_is_a_start_up_error_unless_the_lab_says_so() {
         .output()
         .unwrap();
     assert!(text(&o).contains("at least 16 are needed"), "{}", text(&o));
+    // QDL_SECRET set but empty (compose's `${QDL_SECRET:-}` on a host that never exported it)
+    // is refused at start-up, naming the variable, even where no secret is required.
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open.toml");
+    std::fs::write(&open, "[auth]\nrequired = false\n").unwrap();
+    for config in [None, Some(&open)] {
+        let mut cmd = std::process::Command::new(accelerator_bin());
+        cmd.env("QDL_SECRET", "").env_remove("QDL_SECRET_FILE");
+        cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", ""]);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        // A node that starts anyway would serve forever: it gets 20 s to refuse.
+        let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{config:?}: the accelerator started with an empty QDL_SECRET");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let o = child.wait_with_output().unwrap();
+        assert!(!o.status.success() && text(&o).contains("QDL_SECRET is set but empty"), "{config:?}: {}", text(&o));
+    }
 
     // [auth] required = false: an unauthenticated node, which says so and serves only nodes
     // without a secret.
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("open.toml");
-    std::fs::write(&cfg, "[auth]\nrequired = false\n").unwrap();
+    let cfg = open;
     let mut cmd = std::process::Command::new(accelerator_bin());
     cmd.env_remove("QDL_SECRET").args(["--config", cfg.to_str().unwrap(), "--backend", "echo"]);
     let acc = Acc::spawn(cmd);

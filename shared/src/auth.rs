@@ -46,6 +46,13 @@ pub enum AuthError {
          (for a closed lab only: [auth] required = false)"
     )]
     NoSecret,
+    /// `QDL_SECRET` is set but empty and nothing else names a secret (e.g. compose's
+    /// `${QDL_SECRET:-}` on a host where it was never exported).
+    #[error(
+        "{SECRET_ENV} is set but empty: export the shared secret (at least {MIN_SECRET_LEN} bytes, the same on \
+         every node) in {SECRET_ENV}, or name a file holding it in {SECRET_FILE_ENV}"
+    )]
+    EmptyEnv,
     /// The secret is shorter than [`MIN_SECRET_LEN`].
     #[error("the shared secret from {from} is {len} bytes; at least {MIN_SECRET_LEN} are needed")]
     TooShort {
@@ -95,9 +102,11 @@ impl Secret {
     }
 
     /// Reads the secret: `QDL_SECRET`, else `QDL_SECRET_FILE`, else `file`; none of them is an
-    /// error when `required`, else the empty key.
+    /// error when `required` (a `QDL_SECRET` that is set but empty even when not), else the
+    /// empty key.
     pub fn load(file: Option<&Path>, required: bool) -> Result<Secret, AuthError> {
-        if let Some(v) = std::env::var_os(SECRET_ENV).filter(|v| !v.is_empty()) {
+        let env = std::env::var_os(SECRET_ENV);
+        if let Some(v) = env.as_ref().filter(|v| !v.is_empty()) {
             return Secret::new(v.as_encoded_bytes(), SECRET_ENV);
         }
         let env_file = std::env::var_os(SECRET_FILE_ENV).filter(|v| !v.is_empty()).map(PathBuf::from);
@@ -106,6 +115,8 @@ impl Secret {
                 let bytes = std::fs::read(path).map_err(|source| AuthError::Read { path: path.into(), source })?;
                 Secret::new(&bytes, &path.display().to_string())
             }
+            // Set but empty: someone meant to give a secret and did not (never the empty key).
+            None if env.is_some() => Err(AuthError::EmptyEnv),
             None if required => Err(AuthError::NoSecret),
             None => Ok(Secret::none()),
         }
