@@ -246,7 +246,8 @@ pub struct AcceleratorConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AcceleratorSection {
     /// This accelerator's name, reported to frontends and part of LoadGen's SUT name; must be
-    /// unique among the accelerators of a run. Default "accelerator".
+    /// unique among the accelerators of a run. Default: the host name (so one config file can
+    /// be shared by every node).
     pub name: String,
     /// Address to listen on for control and data connections. Default "0.0.0.0:7070".
     pub listen: String,
@@ -259,7 +260,7 @@ pub struct AcceleratorSection {
 impl Default for AcceleratorSection {
     fn default() -> Self {
         AcceleratorSection {
-            name: "accelerator".into(),
+            name: hostname(),
             listen: "0.0.0.0:7070".into(),
             metrics_listen: "127.0.0.1:9102".into(),
             io_threads: 1,
@@ -1155,13 +1156,14 @@ impl FrontendConfig {
     }
 }
 
-/// The machine's host name, for default node names.
+/// The machine's host name (`/proc/sys/kernel/hostname`, else `/etc/hostname`), for default node
+/// names; "localhost" if neither holds a usable name (1-64 printable ASCII characters).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|s| s.trim().to_string())
         .ok()
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_graphic()))
         .unwrap_or_else(|| "localhost".into())
 }
 
