@@ -78,7 +78,12 @@ fn main() {
     let matches = with_defaults(Cli::command()).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Err(e) = serve(cli) {
-        let code = if e.chain().any(qdl_shared::exit::is_config_error) {
+        use qdl_accelerator::server::NodeError;
+        // NodeError wraps the secret's and TLS's errors transparently: they are not links of the chain.
+        let node_config = |c: &(dyn std::error::Error + 'static)| {
+            matches!(c.downcast_ref::<NodeError>(), Some(NodeError::Auth(_) | NodeError::Tls(_)))
+        };
+        let code = if e.chain().any(|c| node_config(c) || qdl_shared::exit::is_config_error(c)) {
             qdl_shared::exit::CONFIG
         } else {
             qdl_shared::exit::RUNTIME

@@ -24,7 +24,6 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run one LoadGen test over the network (or in-process with --local).
-    #[command(after_help = RUN_HELP)]
     Run(Box<RunArgs>),
     /// The lab: two accelerators on loopback, each workload and scenario over the network and
     /// in-process, and a table of the ratios (the README's first command).
@@ -58,7 +57,7 @@ struct LabArgs {
     #[arg(long, short, value_parser = ["resnet50", "bert", "all"], default_value = "all")]
     workload: String,
     /// Scenarios to run (MLPerf's spellings Offline and Server work too).
-    #[arg(long, short, value_parser = lowercase(&["offline", "server", "all"]), default_value = "all")]
+    #[arg(long, short, value_parser = lowercase(&["offline", "server", "all"]), ignore_case = true, default_value = "all")]
     scenario: String,
     /// Where the lab writes its runs and lab-report.json.
     #[arg(long, short, default_value = "lab-results")]
@@ -115,7 +114,7 @@ struct RunArgs {
     workload: Option<String>,
     /// LoadGen scenario: offline, server, singlestream, multistream (or MLPerf's Offline, Server,
     /// SingleStream, MultiStream).
-    #[arg(long, short, value_parser = lowercase(&["offline", "server", "singlestream", "multistream"]))]
+    #[arg(long, short, value_parser = lowercase(&["offline", "server", "singlestream", "multistream"]), ignore_case = true)]
     scenario: Option<String>,
     /// LoadGen mode.
     #[arg(long, short, value_parser = ["performance", "accuracy"])]
@@ -242,6 +241,7 @@ fn with_defaults(cmd: clap::Command) -> clap::Command {
         ("log_format", "text".into()),
     ];
     cmd.mut_subcommand("run", |run| {
+        let run = run.after_help(format!("{RUN_HELP}\n\n{}", exit::FRONTEND_HELP));
         defaults.into_iter().fold(run, |cmd, (id, value)| {
             cmd.mut_arg(id, |a| {
                 let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
@@ -427,4 +427,54 @@ fn command(command: Command) -> anyhow::Result<i32> {
             if app::accuracy::print(&v) { exit::OK } else { exit::ACCURACY }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let m = with_defaults(Cli::command()).try_get_matches_from(args)?;
+        Cli::from_arg_matches(&m)
+    }
+
+    #[test]
+    fn scenarios_parse_in_mlperfs_spelling_and_in_lower_case() {
+        for (given, want) in [
+            ("Offline", "offline"),
+            ("Server", "server"),
+            ("SingleStream", "singlestream"),
+            ("MultiStream", "multistream"),
+            ("multistream", "multistream"),
+        ] {
+            let Command::Run(a) = parse(&["qdl-frontend", "run", "-s", given]).unwrap().command else { panic!() };
+            assert_eq!(a.scenario.as_deref(), Some(want), "{given}");
+            assert_eq!(parse_enum::<ScenarioName>(want).unwrap().as_str(), want);
+        }
+        let Command::Lab(l) = parse(&["qdl-frontend", "lab", "-s", "Server"]).unwrap().command else { panic!() };
+        assert_eq!(l.scenario, "server");
+        let e = parse(&["qdl-frontend", "run", "-s", "Sideways"]).unwrap_err();
+        assert_eq!(e.exit_code(), exit::USAGE);
+    }
+
+    #[test]
+    fn accelerators_come_from_flags_or_a_comma_separated_list() {
+        let Command::Run(a) = parse(&["qdl-frontend", "run", "-a", "x:1,y:2", "-a", "z:3"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(a.accelerators, ["x:1", "y:2", "z:3"]);
+    }
+
+    #[test]
+    fn loadgen_flags_are_kept_apart_from_the_config() {
+        let Command::Run(a) =
+            parse(&["qdl-frontend", "run", "--min-duration-ms", "5", "--target-qps", "7"]).unwrap().command
+        else {
+            panic!()
+        };
+        let cfg = frontend_config(&a).unwrap();
+        assert_eq!(cfg.loadgen.min_duration_ms, None, "flags are their own layer, above user.conf");
+        let f = loadgen_flags(&a);
+        assert_eq!((f.min_duration_ms, f.server_target_qps), (Some(5), Some(7.0)));
+    }
 }

@@ -200,7 +200,7 @@ fn check_accuracy_catches_wrong_missing_and_duplicated_responses() {
         f(&mut e);
         std::fs::write(d.join("mlperf_log_accuracy.json"), serde_json::to_string(&e).unwrap()).unwrap();
         let o = frontend(&["check-accuracy", d.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(1), "{name}: {}", text(&o));
+        assert_eq!(o.status.code(), Some(5), "{name}: {}", text(&o));
         text(&o)
     };
     let t = tamper("wrong", &|e| {

@@ -203,9 +203,13 @@ impl Connections {
 async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Shared>) -> anyhow::Result<Connections> {
     let f = &cfg.frontend;
     if f.accelerators.is_empty() {
-        bail!(
-            "no accelerator given: pass --accelerator HOST:PORT (or frontend.accelerators in the config), or --local"
-        );
+        return Err(qdl_shared::config::ConfigError::Invalid {
+            field: "frontend.accelerators".into(),
+            reason: "no accelerator given: pass --accelerator HOST:PORT (or QDL_ACCELERATORS, or \
+                     frontend.accelerators in the config), or --local"
+                .into(),
+        }
+        .into());
     }
     let rdma = match cfg.transport.kind {
         TransportKind::Rdma => {
