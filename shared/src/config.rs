@@ -987,7 +987,9 @@ impl ModeName {
     }
 }
 
-/// `[loadgen]`: the test. Unset optional fields keep the value from mlperf.conf / user.conf.
+/// `[loadgen]`: the test. Its optional overrides sit above mlperf.conf and below a user.conf and
+/// the command-line flags (mlperf.conf < `[loadgen]` < user.conf < flags); unset ones keep
+/// mlperf.conf's value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoadgenConfig {
@@ -997,7 +999,8 @@ pub struct LoadgenConfig {
     pub mode: ModeName,
     /// Where LoadGen's logs and report.json go. Default "results".
     pub output_dir: PathBuf,
-    /// A LoadGen user.conf applied after mlperf.conf. Default none.
+    /// A LoadGen user.conf, applied after mlperf.conf and this section's overrides (its values win
+    /// over them). Default none.
     pub user_conf: Option<PathBuf>,
     /// Minimum duration, ms (mlperf.conf: 600000).
     pub min_duration_ms: Option<u64>,
