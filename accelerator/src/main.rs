@@ -66,6 +66,12 @@ fn with_defaults(cmd: clap::Command) -> clap::Command {
         ("transport", "tcp".into()),
         ("log_format", "text".into()),
     ];
+    // QDL_CONFIG set but empty (`Environment=QDL_CONFIG=` in a unit) counts as unset.
+    let cmd = if std::env::var_os("QDL_CONFIG").is_some_and(|v| v.is_empty()) {
+        cmd.mut_arg("config", |a| a.env(None::<&str>))
+    } else {
+        cmd
+    };
     defaults.into_iter().fold(cmd, |cmd, (id, value)| {
         cmd.mut_arg(id, |a| {
             let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();

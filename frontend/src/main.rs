@@ -242,6 +242,7 @@ fn with_defaults(cmd: clap::Command) -> clap::Command {
     ];
     cmd.mut_subcommand("run", |run| {
         let run = run.after_help(format!("{RUN_HELP}\n\n{}", exit::FRONTEND_HELP));
+        let run = ignore_empty_env(ignore_empty_env(run, "config", "QDL_CONFIG"), "accelerators", "QDL_ACCELERATORS");
         defaults.into_iter().fold(run, |cmd, (id, value)| {
             cmd.mut_arg(id, |a| {
                 let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
@@ -249,6 +250,12 @@ fn with_defaults(cmd: clap::Command) -> clap::Command {
             })
         })
     })
+}
+
+/// An environment variable that is set but empty (`Environment=QDL_CONFIG=` in a unit) counts as
+/// unset rather than as an empty value.
+fn ignore_empty_env(cmd: clap::Command, id: &str, var: &str) -> clap::Command {
+    if std::env::var_os(var).is_some_and(|v| v.is_empty()) { cmd.mut_arg(id, |a| a.env(None::<&str>)) } else { cmd }
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(v: &str) -> anyhow::Result<T> {

@@ -143,9 +143,11 @@ fn usage_config_and_user_conf_errors_have_their_own_statuses() {
     let o = run_env(&[], &out, &["-a", "127.0.0.1:9", "--user-conf", user.to_str().unwrap()], &[]);
     assert_eq!(o.status.code(), Some(78), "{}", text(&o));
     assert!(text(&o).contains("user.conf"), "{}", text(&o));
-    let o = run_env(&[], &out, &["-w", "bert", "--total-samples", "10"], &[]);
+    // Set but empty (`Environment=QDL_CONFIG=` in a unit) is unset, not an empty value.
+    let o =
+        run_env(&[], &out, &["-w", "bert", "--total-samples", "10"], &[("QDL_CONFIG", ""), ("QDL_ACCELERATORS", "")]);
     assert_eq!(o.status.code(), Some(78), "{}", text(&o));
-    assert!(text(&o).contains("frontend.accelerators") && text(&o).contains("QDL_ACCELERATORS"), "{}", text(&o));
+    assert!(text(&o).contains("no accelerator given") && text(&o).contains("QDL_ACCELERATORS"), "{}", text(&o));
 }
 
 #[test]
