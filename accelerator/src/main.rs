@@ -4,15 +4,16 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use qdl_shared::config::{AcceleratorConfig, BackendKind, ExecutionProviderName, LogFormat, TransportKind};
 
 /// Serves inference to qdl frontends across the network.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, after_help = qdl_shared::exit::ACCELERATOR_HELP)]
 struct Cli {
-    /// Config file (TOML, see config/accelerator.toml). Without one, every setting has its default.
-    #[arg(long, short)]
+    /// Config file (TOML, see config/accelerator.toml). Without one, every setting has its
+    /// default (shown below).
+    #[arg(long, short, env = "QDL_CONFIG")]
     config: Option<PathBuf>,
     /// Address to listen on for control and data connections (overrides accelerator.listen).
     #[arg(long)]
@@ -52,8 +53,54 @@ struct Cli {
     log_format: Option<String>,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// The flags whose defaults come from the config's defaults, shown in `--help` as clap shows
+/// its own (`[default: ...]`), so the help cannot drift from the code.
+fn with_defaults(cmd: clap::Command) -> clap::Command {
+    let d = AcceleratorConfig::default();
+    let defaults = [
+        ("listen", d.accelerator.listen.clone()),
+        ("name", format!("the host name, {}", d.accelerator.name)),
+        ("metrics_listen", d.accelerator.metrics_listen.clone()),
+        ("backend", d.backend.kind.name().to_string()),
+        ("workers", d.workers.count.to_string()),
+        ("transport", "tcp".into()),
+        ("log_format", "text".into()),
+    ];
+    // QDL_CONFIG set but empty (`Environment=QDL_CONFIG=` in a unit) counts as unset.
+    let cmd = if std::env::var_os("QDL_CONFIG").is_some_and(|v| v.is_empty()) {
+        cmd.mut_arg("config", |a| a.env(None::<&str>))
+    } else {
+        cmd
+    };
+    defaults.into_iter().fold(cmd, |cmd, (id, value)| {
+        cmd.mut_arg(id, |a| {
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            a.help(format!("{help} [default: {value}]"))
+        })
+    })
+}
+
+fn main() {
+    let matches = with_defaults(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Err(e) = serve(cli) {
+        use qdl_accelerator::server::NodeError;
+        // NodeError wraps the secret's and TLS's errors transparently: they are not links of the chain.
+        let node_config = |c: &(dyn std::error::Error + 'static)| {
+            matches!(c.downcast_ref::<NodeError>(), Some(NodeError::Auth(_) | NodeError::Tls(_)))
+        };
+        let code = if e.chain().any(|c| node_config(c) || qdl_shared::exit::is_config_error(c)) {
+            qdl_shared::exit::CONFIG
+        } else {
+            qdl_shared::exit::RUNTIME
+        };
+        eprintln!("Error: {e:?}");
+        std::process::exit(code);
+    }
+}
+
+/// Loads the config, applies the flags and serves until a signal's drain is over.
+fn serve(cli: Cli) -> anyhow::Result<()> {
     let cli_backend_unset = cli.backend.is_none();
     let mut config = match &cli.config {
         Some(path) => AcceleratorConfig::load_unchecked(path)?,

@@ -9,6 +9,8 @@
 //! - [`client`]: the `AcceleratorClient` actor per accelerator control connection.
 //! - [`local`]: the in-process transport of the local baseline.
 //! - [`qsl`] and [`npy`]: sample generation and loading into one long-lived buffer.
+//! - [`settings`]: LoadGen's settings in layers (mlperf.conf < TOML < user.conf < flags), where
+//!   each came from, and the fix for an INVALID verdict.
 //! - [`report`]: report.json and LoadGen log parsing; [`timeline`] and [`plot`]: the run's time
 //!   series and its SVG charts.
 //! - The binary (`src/main.rs`, `src/app/`): the `run`, `lab`, `bench` and `check-accuracy`
@@ -38,5 +40,6 @@ pub use qdl_shared::npy;
 pub mod plot;
 pub mod qsl;
 pub mod report;
+pub mod settings;
 pub mod sut;
 pub mod timeline;

@@ -5,14 +5,17 @@ mod app;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use qdl_frontend::settings::Overrides;
 use qdl_shared::config::{AcceleratorConfig, Dispatch, FrontendConfig, ModeName, ScenarioName};
+use qdl_shared::exit;
 
 use app::progress::ProgressMode;
 
 /// Runs the official MLPerf LoadGen against accelerators across the network.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, after_help = exit::FRONTEND_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,11 +27,14 @@ enum Command {
     Run(Box<RunArgs>),
     /// The lab: two accelerators on loopback, each workload and scenario over the network and
     /// in-process, and a table of the ratios (the README's first command).
+    #[command(after_help = LAB_HELP)]
     Lab(LabArgs),
     /// Measure the figures that decide the hot path, side by side: Offline network/local ratios,
     /// ResNet-50 payload throughput against iperf3, the highest VALID BERT Server QPS.
     Bench(BenchArgs),
     /// Check every response of an accuracy run against the reference outputs.
+    #[command(after_help = "Exit status: 0 every answer is right, 5 a wrong, missing or duplicated answer, \
+                            1 the run's files cannot be read.")]
     CheckAccuracy {
         /// A run's output directory (holds report.json and mlperf_log_accuracy.json).
         dir: PathBuf,
@@ -50,13 +56,14 @@ struct LabArgs {
     /// Workloads to run.
     #[arg(long, short, value_parser = ["resnet50", "bert", "all"], default_value = "all")]
     workload: String,
-    /// Scenarios to run.
-    #[arg(long, short, value_parser = ["offline", "server", "all"], default_value = "all")]
+    /// Scenarios to run (MLPerf's spellings Offline and Server work too).
+    #[arg(long, short, value_parser = lowercase(&["offline", "server", "all"]), ignore_case = true, default_value = "all")]
     scenario: String,
     /// Where the lab writes its runs and lab-report.json.
     #[arg(long, short, default_value = "lab-results")]
     output_dir: PathBuf,
-    /// Minimum duration of each LoadGen test, ms.
+    /// Minimum duration of each LoadGen test, ms. Far below mlperf.conf's 600000: the lab's runs
+    /// are for comparing, not for submitting (each says so).
     #[arg(long, default_value_t = 5000)]
     duration_ms: u64,
     /// Accelerator config for the lab's accelerators (default: a synthetic device sized for a
@@ -94,17 +101,20 @@ struct BenchArgs {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Config file (TOML, see config/frontend.toml); flags below override it.
-    #[arg(long, short)]
+    /// Config file (TOML, see config/frontend.toml); flags below override it. Without one, every
+    /// setting has its default (shown below).
+    #[arg(long, short, env = "QDL_CONFIG")]
     config: Option<PathBuf>,
-    /// An accelerator as HOST:PORT; repeat for several (replaces frontend.accelerators).
-    #[arg(long = "accelerator", short = 'a')]
+    /// An accelerator as HOST:PORT; repeat for several, or give a comma-separated list
+    /// (replaces frontend.accelerators).
+    #[arg(long = "accelerator", short = 'a', env = "QDL_ACCELERATORS", value_delimiter = ',')]
     accelerators: Vec<String>,
     /// Workload (resnet50, bert, or a name described in [workload.spec]).
     #[arg(long, short)]
     workload: Option<String>,
-    /// LoadGen scenario.
-    #[arg(long, short, value_parser = ["offline", "server", "singlestream", "multistream"])]
+    /// LoadGen scenario: offline, server, singlestream, multistream (or MLPerf's Offline, Server,
+    /// SingleStream, MultiStream).
+    #[arg(long, short, value_parser = lowercase(&["offline", "server", "singlestream", "multistream"]), ignore_case = true)]
     scenario: Option<String>,
     /// LoadGen mode.
     #[arg(long, short, value_parser = ["performance", "accuracy"])]
@@ -112,7 +122,8 @@ struct RunArgs {
     /// Directory for LoadGen's logs and report.json.
     #[arg(long, short)]
     output_dir: Option<PathBuf>,
-    /// A LoadGen user.conf, applied after mlperf.conf.
+    /// A LoadGen user.conf: applied after mlperf.conf and the config's [loadgen], before the
+    /// flags below (overrides loadgen.user_conf).
     #[arg(long)]
     user_conf: Option<PathBuf>,
     /// Run the in-process baseline ("Closed division"): same batcher, workers and backend, no network.
@@ -133,16 +144,16 @@ struct RunArgs {
     /// Dispatch policy.
     #[arg(long, value_parser = ["auto", "round-robin", "least-in-flight"])]
     dispatch: Option<String>,
-    /// Minimum test duration, ms.
+    /// Minimum test duration, ms (overrides user.conf and loadgen.min_duration_ms).
     #[arg(long)]
     min_duration_ms: Option<u64>,
-    /// Minimum query count.
+    /// Minimum query count (overrides user.conf and loadgen.min_query_count).
     #[arg(long)]
     min_query_count: Option<u64>,
-    /// Server target QPS.
+    /// Server target QPS (overrides user.conf's target_qps and loadgen.server_target_qps).
     #[arg(long)]
     target_qps: Option<f64>,
-    /// Offline expected QPS.
+    /// Offline expected QPS (overrides user.conf's target_qps and loadgen.offline_expected_qps).
     #[arg(long)]
     expected_qps: Option<f64>,
     /// Samples in the QSL.
@@ -151,7 +162,7 @@ struct RunArgs {
     /// Samples loaded at once.
     #[arg(long)]
     performance_samples: Option<u32>,
-    /// Accuracy mode: only this many samples.
+    /// Accuracy mode: only this many samples (overrides user.conf and loadgen.accuracy_sample_count).
     #[arg(long)]
     accuracy_samples: Option<u64>,
     /// Seed of the sample generator.
@@ -166,7 +177,8 @@ struct RunArgs {
     /// Progress output.
     #[arg(long, value_enum, default_value = "auto")]
     progress: ProgressMode,
-    /// Exit with status 3 when LoadGen judges the run INVALID.
+    /// Exit with status 4 when LoadGen judges a performance run INVALID (without it, INVALID is
+    /// reported and the status is 0).
     #[arg(long)]
     require_valid: bool,
     /// Data transport to the accelerators (overrides transport.kind).
@@ -178,6 +190,72 @@ struct RunArgs {
     /// Log format (overrides log.format).
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
+}
+
+/// The lab's exit statuses, shown after `lab --help`.
+const LAB_HELP: &str = "The lab's tests are short (--duration-ms; mlperf.conf asks 600000 ms): each run says
+NOT A SUBMISSION, and an INVALID verdict is shown in the table, not an error.
+Exit status: 0 every test ran, 1 a test failed or could not start, 78 bad configuration,
+130/143 interrupted by SIGINT/SIGTERM (the accelerators and the current test are stopped).";
+
+/// How LoadGen's settings are layered, shown after `run --help`.
+const RUN_HELP: &str = "LoadGen settings, each layer overriding the ones above it:
+  1. mlperf.conf (compiled into LoadGen) for the workload and scenario
+  2. the config file's [loadgen] section (--config or QDL_CONFIG)
+  3. user.conf (--user-conf or loadgen.user_conf)
+  4. the flags --min-duration-ms, --min-query-count, --target-qps, --expected-qps,
+     --accuracy-samples
+Every setting that is not mlperf.conf's is printed with its source and listed in report.json
+(loadgen_settings); settings that shorten the official run are called out as NOT A SUBMISSION.";
+
+/// A parser of one of `names`, in any case ("Offline" or "offline"), returning it in lower case.
+fn lowercase(names: &[&'static str]) -> impl TypedValueParser<Value = String> {
+    PossibleValuesParser::new(names.iter().map(|n| PossibleValue::new(*n))).map(|v: String| v.to_ascii_lowercase())
+}
+
+/// The `run` flags whose defaults come from the config's defaults: shown in `--help` the way
+/// clap shows its own (`[default: ...]`), so the help cannot drift from the code.
+fn with_defaults(cmd: clap::Command) -> clap::Command {
+    let d = FrontendConfig::default();
+    let defaults = [
+        ("config", "none: every setting has its default".to_string()),
+        ("accelerators", "none (frontend.accelerators)".into()),
+        ("workload", d.workload.name.clone()),
+        ("scenario", d.loadgen.scenario.as_str().into()),
+        ("mode", d.loadgen.mode.as_str().into()),
+        ("output_dir", d.loadgen.output_dir.display().to_string()),
+        ("local_accelerators", d.local.accelerators.to_string()),
+        ("connections", d.frontend.connections_per_accelerator.to_string()),
+        ("slots", d.frontend.slots_per_connection.to_string()),
+        ("dispatch", "auto".into()),
+        ("min_duration_ms", "mlperf.conf's, 600000".into()),
+        ("min_query_count", "mlperf.conf's".into()),
+        ("target_qps", "mlperf.conf's".into()),
+        ("expected_qps", "mlperf.conf's".into()),
+        ("total_samples", "resnet50 50000, bert 10833, or the dataset's count".into()),
+        ("performance_samples", "resnet50 1024, bert 10833".into()),
+        ("accuracy_samples", "all".into()),
+        ("seed", d.workload.seed.to_string()),
+        ("metrics_listen", d.frontend.metrics_listen.clone()),
+        ("transport", "tcp".into()),
+        ("log_format", "text".into()),
+    ];
+    cmd.mut_subcommand("run", |run| {
+        let run = run.after_help(format!("{RUN_HELP}\n\n{}", exit::FRONTEND_HELP));
+        let run = ignore_empty_env(ignore_empty_env(run, "config", "QDL_CONFIG"), "accelerators", "QDL_ACCELERATORS");
+        defaults.into_iter().fold(run, |cmd, (id, value)| {
+            cmd.mut_arg(id, |a| {
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                a.help(format!("{help} [default: {value}]"))
+            })
+        })
+    })
+}
+
+/// An environment variable that is set but empty (`Environment=QDL_CONFIG=` in a unit) counts as
+/// unset rather than as an empty value.
+fn ignore_empty_env(cmd: clap::Command, id: &str, var: &str) -> clap::Command {
+    if std::env::var_os(var).is_some_and(|v| v.is_empty()) { cmd.mut_arg(id, |a| a.env(None::<&str>)) } else { cmd }
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(v: &str) -> anyhow::Result<T> {
@@ -222,11 +300,6 @@ fn frontend_config(a: &RunArgs) -> anyhow::Result<FrontendConfig> {
     if let Some(v) = &a.dispatch {
         c.frontend.dispatch = parse_enum::<Dispatch>(v)?;
     }
-    c.loadgen.min_duration_ms = a.min_duration_ms.or(c.loadgen.min_duration_ms);
-    c.loadgen.min_query_count = a.min_query_count.or(c.loadgen.min_query_count);
-    c.loadgen.server_target_qps = a.target_qps.or(c.loadgen.server_target_qps);
-    c.loadgen.offline_expected_qps = a.expected_qps.or(c.loadgen.offline_expected_qps);
-    c.loadgen.accuracy_sample_count = a.accuracy_samples.or(c.loadgen.accuracy_sample_count);
     c.workload.total_samples = a.total_samples.or(c.workload.total_samples);
     c.workload.performance_samples = a.performance_samples.or(c.workload.performance_samples);
     if let Some(v) = a.seed {
@@ -251,6 +324,18 @@ fn frontend_config(a: &RunArgs) -> anyhow::Result<FrontendConfig> {
     Ok(c)
 }
 
+/// The LoadGen settings given as flags: the top layer, above the config and user.conf.
+fn loadgen_flags(a: &RunArgs) -> Overrides {
+    Overrides {
+        min_duration_ms: a.min_duration_ms,
+        min_query_count: a.min_query_count,
+        server_target_qps: a.target_qps,
+        offline_expected_qps: a.expected_qps,
+        accuracy_sample_count: a.accuracy_samples,
+        ..Overrides::default()
+    }
+}
+
 fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
     let config = frontend_config(&a)?;
     qdl_shared::telemetry::init_logging(&config.log)?;
@@ -261,18 +346,51 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
         None => AcceleratorConfig::default(),
     };
     let out = config.loadgen.output_dir.clone();
-    let report =
-        app::run::run(app::run::RunOptions { config, local: a.local, accelerator_config, progress: a.progress })?;
+    let report = app::run::run(app::run::RunOptions {
+        config,
+        local: a.local,
+        accelerator_config,
+        progress: a.progress,
+        config_path: a.config.clone(),
+        flags: loadgen_flags(&a),
+    })?;
     app::run::print_summary(&report, &out);
     if a.require_valid && report.mode == ModeName::Performance && !report.loadgen.is_valid() {
-        return Ok(3);
+        eprintln!("qdl-frontend: LoadGen judged the run INVALID and --require-valid was given (exit status 4)");
+        return Ok(exit::INVALID);
     }
-    Ok(0)
+    Ok(exit::OK)
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let code = match cli.command {
+/// The exit status for an error: 78 for configuration (a config file, user.conf, secret or TLS
+/// file that cannot be read or is invalid), else 1.
+fn error_status(e: &anyhow::Error) -> i32 {
+    let loadgen_config = e.chain().any(|c| {
+        matches!(c.downcast_ref::<qdl_loadgen::LoadgenError>(), Some(qdl_loadgen::LoadgenError::Config { .. }))
+    });
+    if loadgen_config || e.chain().any(exit::is_config_error) { exit::CONFIG } else { exit::RUNTIME }
+}
+
+fn main() {
+    let matches = with_defaults(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let code = match command(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            if app::signals::interrupted() {
+                // The failure follows from the signal: its handler finishes the drain and exits
+                // with the signal's status.
+                std::thread::sleep(std::time::Duration::from_secs(30));
+            }
+            eprintln!("Error: {e:?}");
+            error_status(&e)
+        }
+    };
+    std::process::exit(code);
+}
+
+fn command(command: Command) -> anyhow::Result<i32> {
+    Ok(match command {
         Command::Run(a) => cmd_run(*a)?,
         Command::Lab(a) => {
             app::signals::install("lab", || {});
@@ -295,7 +413,7 @@ fn main() -> anyhow::Result<()> {
             };
             let report = app::lab::lab(opts)?;
             app::lab::print_table(&report, &a.output_dir);
-            if report.rows.iter().all(|r| r.errors.is_empty()) { 0 } else { 1 }
+            if report.rows.iter().all(|r| r.errors.is_empty()) { exit::OK } else { exit::RUNTIME }
         }
         Command::Bench(a) => {
             app::signals::install("bench", || {});
@@ -313,8 +431,57 @@ fn main() -> anyhow::Result<()> {
             let tol = app::accuracy::Tolerance { atol, rtol };
             let v = app::accuracy::check(&dir, reference.as_deref(), tol)
                 .with_context(|| format!("checking {}", dir.display()))?;
-            if app::accuracy::print(&v) { 0 } else { 1 }
+            if app::accuracy::print(&v) { exit::OK } else { exit::ACCURACY }
         }
-    };
-    std::process::exit(code);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let m = with_defaults(Cli::command()).try_get_matches_from(args)?;
+        Cli::from_arg_matches(&m)
+    }
+
+    #[test]
+    fn scenarios_parse_in_mlperfs_spelling_and_in_lower_case() {
+        for (given, want) in [
+            ("Offline", "offline"),
+            ("Server", "server"),
+            ("SingleStream", "singlestream"),
+            ("MultiStream", "multistream"),
+            ("multistream", "multistream"),
+        ] {
+            let Command::Run(a) = parse(&["qdl-frontend", "run", "-s", given]).unwrap().command else { panic!() };
+            assert_eq!(a.scenario.as_deref(), Some(want), "{given}");
+            assert_eq!(parse_enum::<ScenarioName>(want).unwrap().as_str(), want);
+        }
+        let Command::Lab(l) = parse(&["qdl-frontend", "lab", "-s", "Server"]).unwrap().command else { panic!() };
+        assert_eq!(l.scenario, "server");
+        let e = parse(&["qdl-frontend", "run", "-s", "Sideways"]).unwrap_err();
+        assert_eq!(e.exit_code(), exit::USAGE);
+    }
+
+    #[test]
+    fn accelerators_come_from_flags_or_a_comma_separated_list() {
+        let Command::Run(a) = parse(&["qdl-frontend", "run", "-a", "x:1,y:2", "-a", "z:3"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(a.accelerators, ["x:1", "y:2", "z:3"]);
+    }
+
+    #[test]
+    fn loadgen_flags_are_kept_apart_from_the_config() {
+        let Command::Run(a) =
+            parse(&["qdl-frontend", "run", "--min-duration-ms", "5", "--target-qps", "7"]).unwrap().command
+        else {
+            panic!()
+        };
+        let cfg = frontend_config(&a).unwrap();
+        assert_eq!(cfg.loadgen.min_duration_ms, None, "flags are their own layer, above user.conf");
+        let f = loadgen_flags(&a);
+        assert_eq!((f.min_duration_ms, f.server_target_qps), (Some(5), Some(7.0)));
+    }
 }

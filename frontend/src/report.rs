@@ -33,8 +33,18 @@ pub struct LoadgenResult {
     pub min_queries_met: Option<bool>,
     /// Whether the latency constraints were met.
     pub perf_constraints_met: Option<bool>,
+    /// Whether early stopping was satisfied (Server, SingleStream, MultiStream).
+    #[serde(default)]
+    pub early_stopping_met: Option<bool>,
+    /// LoadGen's early-stopping statement.
+    #[serde(default)]
+    pub early_stopping_result: Option<String>,
     /// LoadGen's reasons for INVALID.
     pub invalid_reasons: Vec<String>,
+    /// The settings LoadGen ran with, as it logged them (`effective_min_duration_ms` →
+    /// "min_duration_ms", `effective_target_qps` → "target_qps", ...).
+    #[serde(default)]
+    pub effective: BTreeMap<String, serde_json::Value>,
     /// Errors LoadGen logged.
     pub errors: Vec<String>,
     /// Samples LoadGen counted in its result.
@@ -82,6 +92,8 @@ pub fn parse_detail_log(path: &Path) -> std::io::Result<LoadgenResult> {
             "result_min_duration_met" => r.min_duration_met = b,
             "result_min_queries_met" => r.min_queries_met = b,
             "result_perf_constraints_met" => r.perf_constraints_met = b,
+            "early_stopping_met" => r.early_stopping_met = b,
+            "early_stopping_result" => r.early_stopping_result = value.as_str().map(str::to_string),
             "result_invalid_reason" => r.invalid_reasons.push(value.as_str().unwrap_or_default().to_string()),
             "result_query_count" => r.sample_count = value.as_u64(),
             "qsl_reported_total_count" => r.qsl_total = value.as_u64(),
@@ -94,7 +106,10 @@ pub fn parse_detail_log(path: &Path) -> std::io::Result<LoadgenResult> {
             "result_mean_latency_ns" => insert(&mut r.latency_ns, "mean", f),
             k => {
                 // "result_99.00_percentile_latency_ns" (not the per-query or token variants).
-                if let Some(p) = k.strip_prefix("result_").and_then(|s| s.strip_suffix("_percentile_latency_ns")) {
+                if let Some(name) = k.strip_prefix("effective_") {
+                    r.effective.insert(name.to_string(), value);
+                } else if let Some(p) = k.strip_prefix("result_").and_then(|s| s.strip_suffix("_percentile_latency_ns"))
+                {
                     insert(&mut r.latency_ns, p, f);
                 } else if v.get("metadata").and_then(|m| m.get("is_error")).and_then(|e| e.as_bool()) == Some(true) {
                     r.errors.push(format!("{k}: {value}"));
@@ -189,6 +204,16 @@ pub struct RunReport {
     pub scenario: ScenarioName,
     /// Mode.
     pub mode: ModeName,
+    /// The LoadGen settings whose values are not mlperf.conf's: name → value, the layer that set
+    /// it (a config file's `[loadgen]`, a user.conf, a flag) and mlperf.conf's value.
+    #[serde(default)]
+    pub loadgen_settings: BTreeMap<String, crate::settings::SettingReport>,
+    /// Why this run is not an official one: the settings that shorten it (empty: none does).
+    #[serde(default)]
+    pub shortened: Vec<String>,
+    /// For an INVALID run: each failed check and the setting that would fix it.
+    #[serde(default)]
+    pub advice: Vec<String>,
     /// The accelerators.
     pub accelerators: Vec<AcceleratorReport>,
     /// LoadGen's verdict and figures.
@@ -231,6 +256,8 @@ mod tests {
                 r#":::MLLOG {"key": "result_99.00_percentile_latency_ns", "value": 4000000, "time_ms": 1.0}"#,
                 r#":::MLLOG {"key": "result_99.00_percentile_per_query_latency_ns", "value": 9, "time_ms": 1.0}"#,
                 r#":::MLLOG {"key": "result_min_duration_met", "value": false, "time_ms": 1.0}"#,
+                r#":::MLLOG {"key": "early_stopping_met", "value": true, "time_ms": 1.0}"#,
+                r#":::MLLOG {"key": "effective_min_duration_ms", "value": 2000, "time_ms": 1.0}"#,
                 r#":::MLLOG {"key": "result_invalid_reason", "value": "Reduce target QPS", "time_ms": 1.0}"#,
                 r#":::MLLOG {"key": "error_invalid_config", "value": "can't open file x", "time_ms": 1.0}"#,
                 "garbage line",
@@ -245,6 +272,8 @@ mod tests {
         assert_eq!(r.p99_ns(), Some(4e6));
         assert_eq!(r.latency_ns.len(), 1, "per-query percentiles are not sample latencies");
         assert_eq!(r.min_duration_met, Some(false));
+        assert_eq!(r.early_stopping_met, Some(true));
+        assert_eq!(r.effective.get("min_duration_ms"), Some(&serde_json::json!(2000)));
         assert_eq!(r.invalid_reasons, vec!["Reduce target QPS"]);
         assert_eq!(r.errors.len(), 1);
     }

@@ -279,7 +279,7 @@ fn a_lying_accelerator_ends_the_run_with_a_clear_error() {
         "--progress",
         "off",
     ]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(3), "a failed run exits 3: {}", text(&o));
     let t = text(&o);
     assert!(t.contains("run failed") && t.contains("carries sample id"), "{t}");
 }
@@ -312,12 +312,12 @@ fn duplicate_names_unreachable_accelerators_and_bad_config_are_clear_errors() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[frontend]\nslots_per_connection = 0\n").unwrap();
     let o = frontend(&["run", "--config", bad.to_str().unwrap()]);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(78), "bad configuration is EX_CONFIG: {}", text(&o));
     assert!(text(&o).contains("frontend.slots_per_connection"), "{}", text(&o));
 
     std::fs::write(&bad, "[batcher]\nmax_batch = 0\n").unwrap();
     let o = std::process::Command::new(accelerator_bin()).arg("--config").arg(&bad).output().unwrap();
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(78), "{}", text(&o));
     assert!(text(&o).contains("batcher.max_batch"), "{}", text(&o));
 }
 
@@ -335,9 +335,9 @@ fn sigterm_drains_and_exits_zero() {
     assert!(log.contains("shutting down") && log.contains("stopped"), "{log}");
 }
 
-#[test]
-fn an_interrupted_frontend_drains_says_goodbye_and_exits_0() {
-    let mut acc = Acc::start(&["--backend", "echo"]);
+/// Starts a long Server run against `acc`, waits until its test has begun, sends `signal` and
+/// returns the frontend's exit status and stderr.
+fn interrupt_a_run(acc: &Acc, signal: i32) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let child = std::process::Command::new(frontend_bin())
         .env("QDL_SECRET", TEST_SECRET)
@@ -359,15 +359,26 @@ fn an_interrupted_frontend_drains_says_goodbye_and_exits_0() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    acc.wait_log("run state session=1 state=Start", Duration::from_secs(20));
+    let sessions = acc.log().matches("state=Start").count();
+    let end = Instant::now() + Duration::from_secs(20);
+    while acc.log().matches("state=Start").count() == sessions {
+        assert!(Instant::now() < end, "the run never started:\n{}", acc.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(child.id() as i32, signal) };
     let started = std::time::Instant::now();
     let out = child.wait_with_output().unwrap();
     assert!(started.elapsed() < Duration::from_secs(10), "exits promptly");
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+#[test]
+fn an_interrupted_frontend_drains_says_goodbye_and_exits_143_or_130() {
+    let mut acc = Acc::start(&["--backend", "echo"]);
+    let (code, err) = interrupt_a_run(&acc, libc::SIGTERM);
+    assert_eq!(code, Some(143), "SIGTERM: an interrupted test is not a success: {err}");
     assert!(err.contains("interrupted") && err.contains("samples issued before the signal answered"), "{err}");
     // "N of the N samples": everything in flight was answered.
     let line = err.lines().find(|l| l.contains("before the signal answered")).unwrap();
@@ -376,9 +387,13 @@ fn an_interrupted_frontend_drains_says_goodbye_and_exits_0() {
     acc.wait_log("frontend said goodbye", Duration::from_secs(5));
     acc.wait_log("session closed", Duration::from_secs(5));
     assert!(acc.alive());
+
+    let (code, err) = interrupt_a_run(&acc, libc::SIGINT);
+    assert_eq!(code, Some(130), "SIGINT (Ctrl-C): {err}");
+    assert!(err.contains("samples issued before the signal answered"), "drained as well: {err}");
+    assert!(acc.alive());
 }
 
-/// Runs `qdl-frontend run` against `accs` in the background.
 fn spawn_run(accs: &[&Acc], out: &std::path::Path, args: &[&str]) -> std::process::Child {
     let mut cmd = std::process::Command::new(frontend_bin());
     cmd.env("QDL_SECRET", TEST_SECRET).arg("run");
@@ -454,7 +469,7 @@ fn losing_every_accelerator_ends_the_run_with_a_clear_error() {
     a.child.kill().unwrap();
     let o = child.wait_with_output().unwrap();
     let t = text(&o);
-    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert_eq!(o.status.code(), Some(3), "no accelerator left: the run failed: {t}");
     assert!(t.contains("no accelerator connection is left") || t.contains("failed with"), "{t}");
     assert!(t.contains("LoadGen's logs in"), "says where the logs are: {t}");
     assert!(out.join("mlperf_log_detail.txt").is_file(), "LoadGen's logs so far are kept");

@@ -161,7 +161,7 @@ fn no_secret_is_a_start_up_error_unless_the_lab_says_so() {
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", ""])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(78), "a missing secret is bad configuration: {}", text(&o));
     assert!(text(&o).contains("no shared secret") && text(&o).contains("QDL_SECRET_FILE"), "{}", text(&o));
     // A secret that is too short is refused too.
     let o = std::process::Command::new(accelerator_bin())

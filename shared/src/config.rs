@@ -246,7 +246,8 @@ pub struct AcceleratorConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AcceleratorSection {
     /// This accelerator's name, reported to frontends and part of LoadGen's SUT name; must be
-    /// unique among the accelerators of a run. Default "accelerator".
+    /// unique among the accelerators of a run. Default: the host name (so one config file can
+    /// be shared by every node).
     pub name: String,
     /// Address to listen on for control and data connections. Default "0.0.0.0:7070".
     pub listen: String,
@@ -259,7 +260,7 @@ pub struct AcceleratorSection {
 impl Default for AcceleratorSection {
     fn default() -> Self {
         AcceleratorSection {
-            name: "accelerator".into(),
+            name: hostname(),
             listen: "0.0.0.0:7070".into(),
             metrics_listen: "127.0.0.1:9102".into(),
             io_threads: 1,
@@ -1008,7 +1009,9 @@ impl ModeName {
     }
 }
 
-/// `[loadgen]`: the test. Unset optional fields keep the value from mlperf.conf / user.conf.
+/// `[loadgen]`: the test. Its optional overrides sit above mlperf.conf and below a user.conf and
+/// the command-line flags (mlperf.conf < `[loadgen]` < user.conf < flags); unset ones keep
+/// mlperf.conf's value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoadgenConfig {
@@ -1018,7 +1021,8 @@ pub struct LoadgenConfig {
     pub mode: ModeName,
     /// Where LoadGen's logs and report.json go. Default "results".
     pub output_dir: PathBuf,
-    /// A LoadGen user.conf applied after mlperf.conf. Default none.
+    /// A LoadGen user.conf, applied after mlperf.conf and this section's overrides (its values win
+    /// over them). Default none.
     pub user_conf: Option<PathBuf>,
     /// Minimum duration, ms (mlperf.conf: 600000).
     pub min_duration_ms: Option<u64>,
@@ -1177,13 +1181,14 @@ impl FrontendConfig {
     }
 }
 
-/// The machine's host name, for default node names.
+/// The machine's host name (`/proc/sys/kernel/hostname`, else `/etc/hostname`), for default node
+/// names; "localhost" if neither holds a usable name (1-64 printable ASCII characters).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|s| s.trim().to_string())
         .ok()
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_graphic()))
         .unwrap_or_else(|| "localhost".into())
 }
 

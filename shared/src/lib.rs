@@ -14,6 +14,7 @@
 //!   [`npy`]: reading (and writing) NumPy files of samples and reference outputs.
 //! - [`config`]: both nodes' configuration, validated field by field.
 //! - [`metrics`]: metric names and descriptions; [`telemetry`]: log and metrics set-up.
+//! - [`exit`]: both binaries' exit statuses.
 //! - [`time`]: the nanosecond clock the sans-IO cores take as `now`; [`signals`]: SIGTERM/SIGINT;
 //!   [`sdnotify`]: systemd readiness notifications.
 
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod control_link;
+pub mod exit;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;

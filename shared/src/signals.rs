@@ -2,12 +2,21 @@
 //! handlers are installed at creation, so a signal that arrives before anyone awaits it (right
 //! after a node printed "ready", say) is not lost to the default action.
 
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Which signal arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM (`systemctl stop`, `docker stop`, `kill`).
+    Terminate,
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+}
 
 /// SIGTERM and SIGINT; see the module docs.
 pub struct Signals {
-    term: Option<Signal>,
-    int: Option<Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
@@ -16,9 +25,9 @@ impl Signals {
         Signals { term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
     }
 
-    /// Waits for the next SIGTERM or SIGINT.
-    pub async fn recv(&mut self) {
-        async fn next(s: &mut Option<Signal>) {
+    /// Waits for the next SIGTERM or SIGINT and says which it was.
+    pub async fn recv(&mut self) -> Signal {
+        async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
             match s {
                 Some(s) => {
                     s.recv().await;
@@ -27,8 +36,8 @@ impl Signals {
             }
         }
         tokio::select! {
-            _ = next(&mut self.term) => {}
-            _ = next(&mut self.int) => {}
+            _ = next(&mut self.term) => Signal::Terminate,
+            _ = next(&mut self.int) => Signal::Interrupt,
         }
     }
 }

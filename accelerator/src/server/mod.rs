@@ -216,9 +216,9 @@ async fn serve(shared: Arc<Shared>, on_ready: impl FnOnce(&Ready)) -> Result<(),
     tracing::info!("shutting down: draining sessions (send the signal again to exit at once)");
     let _ = qdl_shared::sdnotify::notify("STOPPING=1\nSTATUS=draining sessions");
     actix::spawn(async move {
-        signals.recv().await;
+        let second = signals.recv().await;
         tracing::warn!("second signal: exiting now");
-        std::process::exit(130);
+        std::process::exit(qdl_shared::exit::for_signal(second));
     });
     shared.registry.begin_shutdown();
     accept.abort();

@@ -61,6 +61,7 @@ impl Accelerators {
             let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
             let mut child = Command::new(&bin)
                 .envs(lab_secret())
+                .env_remove("QDL_CONFIG")
                 .args(["--config"])
                 .arg(config)
                 .args(["--listen", "127.0.0.1:0", "--name", &name, "--metrics-listen"])
@@ -179,6 +180,9 @@ pub fn run_test(
     let me = std::env::current_exe()?;
     let mut child = Command::new(me)
         .envs(lab_secret())
+        // The lab's tests take their config and accelerators from their own arguments only.
+        .env_remove("QDL_CONFIG")
+        .env_remove("QDL_ACCELERATORS")
         .arg("run")
         .args(args)
         .arg("--output-dir")

@@ -214,6 +214,11 @@ pub fn lab(opts: LabOptions) -> anyhow::Result<LabReport> {
         accs.metrics.join(", "),
         out.display()
     );
+    eprintln!(
+        "lab: {} ms per test (mlperf.conf asks 600000): the lab compares network and local, its runs are NOT A \
+         SUBMISSION",
+        opts.duration_ms
+    );
     let display = Display { terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()) };
     let total = opts.workloads.len() * opts.scenarios.len() * 2;
     let mut n = 0;

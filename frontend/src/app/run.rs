@@ -1,7 +1,7 @@
 //! `qdl-frontend run`: one LoadGen test, over the network or in-process (`--local`).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,9 +18,10 @@ use qdl_frontend::local::LocalTransport;
 use qdl_frontend::plot::{Series, bar_chart, line_chart};
 use qdl_frontend::qsl::{SampleSource, SampleStore};
 use qdl_frontend::report::{AcceleratorReport, FrontendReport, RunReport, parse_detail_log};
+use qdl_frontend::settings::{Layers, Overrides, Resolved, advice};
 use qdl_frontend::sut::{Clients, QdlQsl, QdlSut, SutName, duplicate_names, network_sut_name, snapshot};
 use qdl_frontend::timeline::{LatencyBuckets, Timeline, TimelinePoint};
-use qdl_loadgen::{LogSettings, Scenario, TestMode, TestSettings};
+use qdl_loadgen::{LogSettings, Scenario, TestMode};
 use qdl_shared::config::TransportKind;
 use qdl_shared::config::{AcceleratorConfig, FrontendConfig, ModeName, ScenarioName};
 use qdl_shared::transport::rdma::{InitiatorSetup, RdmaDevice, RdmaMetrics};
@@ -48,6 +49,10 @@ pub struct RunOptions {
     pub accelerator_config: AcceleratorConfig,
     /// Progress output.
     pub progress: ProgressMode,
+    /// The config file `config` was read from, if any (the source of its `[loadgen]` settings).
+    pub config_path: Option<PathBuf>,
+    /// LoadGen settings given as flags (they override the config and user.conf).
+    pub flags: Overrides,
 }
 
 fn scenario(s: ScenarioName) -> Scenario {
@@ -59,39 +64,44 @@ fn scenario(s: ScenarioName) -> Scenario {
     }
 }
 
-/// LoadGen settings: mlperf.conf (or user.conf on top of it), then the config's overrides.
-pub fn loadgen_settings(cfg: &FrontendConfig, model: &str) -> anyhow::Result<TestSettings> {
+/// LoadGen's settings for this run, in layers: mlperf.conf < the TOML config's `[loadgen]` <
+/// user.conf < flags (see [`qdl_frontend::settings`]).
+pub fn loadgen_settings(
+    cfg: &FrontendConfig,
+    config_path: Option<&Path>,
+    flags: &Overrides,
+    model: &str,
+) -> Result<Resolved, qdl_loadgen::LoadgenError> {
     let l = &cfg.loadgen;
-    let sc = scenario(l.scenario);
-    let mut s = TestSettings { scenario: sc, ..Default::default() };
-    match &l.user_conf {
-        Some(path) => s.apply_user_conf(path, model, sc)?,
-        None => s.apply_mlperf_conf(model, sc)?,
-    }
-    s.scenario = sc;
-    s.mode = match l.mode {
-        ModeName::Performance => TestMode::PerformanceOnly,
-        ModeName::Accuracy => TestMode::AccuracyOnly,
+    let layers = Layers {
+        model: model.to_string(),
+        scenario: scenario(l.scenario),
+        mode: match l.mode {
+            ModeName::Performance => TestMode::PerformanceOnly,
+            ModeName::Accuracy => TestMode::AccuracyOnly,
+        },
+        toml: config_path.map(|p| (p.to_path_buf(), Overrides::from_config(l))),
+        user_conf: l.user_conf.clone(),
+        flags: flags.clone(),
     };
-    fn set<T>(dst: &mut T, v: Option<T>) {
-        if let Some(v) = v {
-            *dst = v;
-        }
+    Resolved::resolve(&layers)
+}
+
+/// Says, before the test, every LoadGen setting that is not mlperf.conf's and where it came
+/// from, and loudly when the settings make the run shorter than an official one.
+fn print_settings(r: &Resolved) {
+    let mut err = std::io::stderr().lock();
+    for line in r.describe() {
+        let _ = writeln!(err, "loadgen: {line}");
     }
-    let ns = |ms: Option<f64>| ms.map(|ms| ms * 1e6);
-    set(&mut s.min_duration_ms, l.min_duration_ms);
-    set(&mut s.max_duration_ms, l.max_duration_ms);
-    set(&mut s.min_query_count, l.min_query_count);
-    set(&mut s.max_query_count, l.max_query_count);
-    set(&mut s.server_target_qps, l.server_target_qps);
-    set(&mut s.server_target_latency_ns, ns(l.server_target_latency_ms).map(|v| v as u64));
-    set(&mut s.offline_expected_qps, l.offline_expected_qps);
-    set(&mut s.single_stream_expected_latency_ns, ns(l.single_stream_expected_latency_ms));
-    set(&mut s.multi_stream_expected_latency_ns, ns(l.multi_stream_expected_latency_ms));
-    set(&mut s.multi_stream_samples_per_query, l.multi_stream_samples_per_query);
-    set(&mut s.accuracy_sample_count_override, l.accuracy_sample_count);
-    set(&mut s.performance_sample_count_override, l.performance_sample_count);
-    Ok(s)
+    let short = r.shortened();
+    if !short.is_empty() {
+        let _ = writeln!(
+            err,
+            "qdl-frontend: NOT A SUBMISSION: these settings shorten the official run: {}",
+            short.join("; ")
+        );
+    }
 }
 
 #[derive(Default)]
@@ -194,9 +204,13 @@ impl Connections {
 async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Shared>) -> anyhow::Result<Connections> {
     let f = &cfg.frontend;
     if f.accelerators.is_empty() {
-        bail!(
-            "no accelerator given: pass --accelerator HOST:PORT (or frontend.accelerators in the config), or --local"
-        );
+        return Err(qdl_shared::config::ConfigError::Invalid {
+            field: "frontend.accelerators".into(),
+            reason: "no accelerator given: pass --accelerator HOST:PORT (or QDL_ACCELERATORS, or \
+                     frontend.accelerators in the config), or --local"
+                .into(),
+        }
+        .into());
     }
     let rdma = match cfg.transport.kind {
         TransportKind::Rdma => {
@@ -501,7 +515,8 @@ fn test_metrics(workload: &str, cfg: &FrontendConfig, s: &TestSettings) -> metri
 }
 
 /// The failure handler of a run: a run whose samples can no longer complete cannot be saved, so
-/// it says why and exits (status 2) rather than leave LoadGen waiting forever.
+/// it says why and exits (status 3, [`qdl_shared::exit::RUN_FAILED`]) rather than leave LoadGen
+/// waiting forever.
 fn failure_handler(out: PathBuf) -> FailureHandler {
     Arc::new(move |msg: String| {
         if super::signals::interrupted() {
@@ -513,7 +528,7 @@ fn failure_handler(out: PathBuf) -> FailureHandler {
         let _ = err.flush();
         // SAFETY: _exit ends the process at once without running C++ static destructors, which
         // could block on LoadGen's logger threads that are still running the test.
-        unsafe { libc::_exit(2) };
+        unsafe { libc::_exit(qdl_shared::exit::RUN_FAILED) };
     })
 }
 
@@ -534,7 +549,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     let out_dir = cfg.loadgen.output_dir.clone();
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let failure = failure_handler(out_dir.clone());
-    let settings = loadgen_settings(&cfg, &spec.name)?;
+    let resolved = loadgen_settings(&cfg, opts.config_path.as_deref(), &opts.flags, &spec.name)?;
+    print_settings(&resolved);
+    let settings = resolved.settings.clone();
 
     let io = Io::start(cfg.frontend.io_threads as usize)?;
     let shared = Arc::new(Shared {
@@ -751,6 +768,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         performance_samples: store.performance(),
         scenario: cfg.loadgen.scenario,
         mode: cfg.loadgen.mode,
+        loadgen_settings: resolved.differences(),
+        shortened: resolved.shortened(),
+        advice: advice(&loadgen, &resolved),
         accelerators,
         loadgen,
         frontend,
@@ -864,8 +884,14 @@ pub fn print_summary(r: &RunReport, out_dir: &std::path::Path) {
         );
         row("writes per sample", format!("{:.3}", f.write_calls as f64 / f.samples_completed.max(1) as f64));
     }
+    for a in &r.advice {
+        row("fix", a.clone());
+    }
     for e in &l.errors {
         row("LoadGen error", e.clone());
+    }
+    if !r.shortened.is_empty() {
+        row("NOT A SUBMISSION", format!("settings shorten the official run: {}", r.shortened.join("; ")));
     }
     row("logs", out_dir.display().to_string());
     row("plots", PLOTS.join(", "));
@@ -880,7 +906,8 @@ mod tests {
         let mut cfg = FrontendConfig::default();
         cfg.loadgen.scenario = ScenarioName::Server;
         cfg.loadgen.mode = ModeName::Accuracy;
-        let s = loadgen_settings(&cfg, "bert").unwrap();
+        let none = Overrides::default();
+        let s = loadgen_settings(&cfg, None, &none, "bert").unwrap().settings;
         assert_eq!(s.server_target_latency_ns, 130_000_000, "mlperf.conf's BERT bound");
         assert_eq!(s.min_duration_ms, 600_000);
         assert_eq!(s.qsl_rng_seed, 2085463073848966840);
@@ -891,12 +918,14 @@ mod tests {
         cfg.loadgen.server_target_qps = Some(777.0);
         cfg.loadgen.single_stream_expected_latency_ms = Some(2.0);
         cfg.loadgen.accuracy_sample_count = Some(10);
-        let s = loadgen_settings(&cfg, "bert").unwrap();
+        let r = loadgen_settings(&cfg, Some(Path::new("x.toml")), &none, "bert").unwrap();
+        let s = &r.settings;
         assert_eq!(s.server_target_latency_ns, 50_500_000);
         assert_eq!(s.min_duration_ms, 1234);
         assert_eq!(s.server_target_qps, 777.0);
         assert_eq!(s.single_stream_expected_latency_ns, 2e6);
         assert_eq!(s.accuracy_sample_count_override, 10);
         assert_eq!(s.qsl_rng_seed, 2085463073848966840, "untouched settings keep mlperf.conf's values");
+        assert_eq!(r.source("min_duration_ms"), "x.toml [loadgen]");
     }
 }

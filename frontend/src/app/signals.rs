@@ -1,8 +1,9 @@
 //! Ctrl-C / SIGTERM for the frontend's commands. LoadGen cannot be stopped cleanly in the middle
 //! of a test, so the first signal drains what can be drained (a run waits, 10 s at most, for the
 //! samples in flight to be answered; accelerator sessions get their goodbye, child processes get
-//! SIGTERM), says that LoadGen's logs are incomplete, and exits 0; a second signal exits at once
-//! with status 130.
+//! SIGTERM), says that LoadGen's logs are incomplete, and exits 130 after a SIGINT or 143 after a
+//! SIGTERM (an interrupted test is not a success); a second signal exits at once with the status
+//! of that signal.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,27 +36,29 @@ fn terminate_children() {
 }
 
 /// Installs the handler: on the first SIGINT or SIGTERM, runs `cleanup`, stops tracked children
-/// and exits 0; on a second, exits 130 at once.
+/// and exits 130 (SIGINT) or 143 (SIGTERM); on a second signal, exits at once with its status.
 pub fn install(what: &'static str, cleanup: impl FnOnce() + Send + 'static) {
     let spawned = std::thread::Builder::new().name("qdl-signals".into()).spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
         rt.block_on(async move {
             let mut signals = qdl_shared::signals::Signals::new();
-            signals.recv().await;
+            let first = signals.recv().await;
             INTERRUPTED.store(true, Ordering::SeqCst);
             eprintln!("\nqdl-frontend: interrupted: ending the {what} (press Ctrl-C again to exit at once)");
             tokio::spawn(async move {
-                signals.recv().await;
+                let second = signals.recv().await;
                 // SAFETY: _exit ends the process at once; nothing is left to clean up.
-                unsafe { libc::_exit(130) };
+                unsafe { libc::_exit(qdl_shared::exit::for_signal(second)) };
             });
             let _ = tokio::task::spawn_blocking(move || {
                 cleanup();
                 terminate_children();
             })
             .await;
+            let code = qdl_shared::exit::for_signal(first);
+            eprintln!("qdl-frontend: the {what} was interrupted (exit status {code})");
             // SAFETY: as above; C++ static destructors of a running LoadGen could block an exit().
-            unsafe { libc::_exit(0) };
+            unsafe { libc::_exit(code) };
         });
     });
     if let Err(e) = spawned {

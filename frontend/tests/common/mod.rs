@@ -75,7 +75,7 @@ impl Acc {
     pub fn start_with_config(config: Option<&str>, extra: &[&str]) -> Acc {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(accelerator_bin());
-        cmd.env("QDL_SECRET", TEST_SECRET);
+        cmd.env("QDL_SECRET", TEST_SECRET).env_remove("QDL_CONFIG");
         if let Some(text) = config {
             let p = dir.path().join("acc.toml");
             std::fs::write(&p, text).unwrap();
@@ -172,7 +172,8 @@ impl Drop for Acc {
 /// Runs `qdl-frontend` with `args`; metrics off, progress off.
 pub fn frontend(args: &[&str]) -> Output {
     let mut cmd = Command::new(frontend_bin());
-    cmd.env("QDL_SECRET", TEST_SECRET);
+    // The caller's QDL_CONFIG / QDL_ACCELERATORS would change what the tests run.
+    cmd.env("QDL_SECRET", TEST_SECRET).env_remove("QDL_CONFIG").env_remove("QDL_ACCELERATORS");
     if let Some(py) = python() {
         cmd.env("QDL_PYTHON", py);
     }
