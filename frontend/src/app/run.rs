@@ -21,7 +21,7 @@ use qdl_frontend::report::{AcceleratorReport, FrontendReport, RunReport, parse_d
 use qdl_frontend::settings::{Layers, Overrides, Resolved, advice};
 use qdl_frontend::sut::{Clients, QdlQsl, QdlSut, SutName, duplicate_names, network_sut_name, snapshot};
 use qdl_frontend::timeline::{LatencyBuckets, Timeline, TimelinePoint};
-use qdl_loadgen::{LogSettings, Scenario, TestMode};
+use qdl_loadgen::{LogSettings, Scenario, TestMode, TestSettings};
 use qdl_shared::config::TransportKind;
 use qdl_shared::config::{AcceleratorConfig, FrontendConfig, ModeName, ScenarioName};
 use qdl_shared::transport::rdma::{InitiatorSetup, RdmaDevice, RdmaMetrics};
