@@ -19,7 +19,7 @@ fn check(root: &Path, env: &[(&str, &str)]) -> (bool, Vec<String>) {
     }
     let out = cmd.output().expect("run scripts/setup");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let missing = stdout
+    let missing: Vec<String> = stdout
         .lines()
         .find_map(|l| l.strip_prefix("setup: missing: "))
         .map(|l| l.split_whitespace().map(str::to_owned).collect())
