@@ -15,7 +15,7 @@
 //! - [`config`]: both nodes' configuration, validated field by field.
 //! - [`metrics`]: metric names and descriptions; [`telemetry`]: log and metrics set-up.
 //! - [`time`]: the nanosecond clock the sans-IO cores take as `now`; [`signals`]: SIGTERM/SIGINT;
-//!   [`sdnotify`]: systemd readiness notifications.
+//!   [`sdnotify`]: systemd readiness notifications and the service watchdog.
 
 #![warn(missing_docs)]
 
