@@ -27,7 +27,11 @@ fn check(root: &Path, env: &[(&str, &str)]) -> (bool, Vec<String>) {
     if out.status.success() {
         assert!(stdout.contains("setup: nothing missing"), "unexpected output: {stdout}");
     } else {
-        assert!(!missing.is_empty(), "failed without naming a package: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            !missing.is_empty(),
+            "failed without naming a package: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     (out.status.success(), missing)
 }

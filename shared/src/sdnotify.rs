@@ -295,10 +295,19 @@ mod tests {
         let wd = Watchdog::from_vars(Some("200000"), None, 42).unwrap().expect("no WATCHDOG_PID: ours");
         assert_eq!(wd.timeout(), Duration::from_millis(200));
         assert_eq!(wd.interval(), Duration::from_millis(100));
-        assert_eq!(Watchdog::from_vars(Some("10000000"), Some("42"), 42).unwrap().unwrap().interval(), Duration::from_secs(5));
+        assert_eq!(
+            Watchdog::from_vars(Some("10000000"), Some("42"), 42).unwrap().unwrap().interval(),
+            Duration::from_secs(5)
+        );
         assert_eq!(Watchdog::from_vars(Some("200000"), Some("41"), 42).unwrap(), None, "another process's");
         assert_eq!(Watchdog::from_vars(None, Some("42"), 42).unwrap(), None);
-        for (usec, pid, var) in [("0", None, "WATCHDOG_USEC"), ("x", None, "WATCHDOG_USEC"), ("-5", None, "WATCHDOG_USEC"), ("5", Some("0"), "WATCHDOG_PID"), ("5", Some("p"), "WATCHDOG_PID")] {
+        for (usec, pid, var) in [
+            ("0", None, "WATCHDOG_USEC"),
+            ("x", None, "WATCHDOG_USEC"),
+            ("-5", None, "WATCHDOG_USEC"),
+            ("5", Some("0"), "WATCHDOG_PID"),
+            ("5", Some("p"), "WATCHDOG_PID"),
+        ] {
             match Watchdog::from_vars(Some(usec), pid, 42) {
                 Err(NotifyError::BadWatchdogVar { var: v, .. }) => assert_eq!(v, var, "{usec} {pid:?}"),
                 other => panic!("{usec} {pid:?}: {other:?}"),
