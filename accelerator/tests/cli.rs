@@ -139,3 +139,134 @@ fn rdma_without_a_device_or_library_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(1), "{t}");
     assert!(t.contains("libibverbs cannot be loaded") && t.contains("transport = \"tcp\""), "{t}");
 }
+
+/// Kills the child when a test fails half-way (also when it is stopped).
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn recv_text(sock: &std::os::unix::net::UnixDatagram) -> std::io::Result<String> {
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Empties the socket, then returns what arrives within the next `quiet`.
+fn drain_then_listen(sock: &std::os::unix::net::UnixDatagram, quiet: Duration) -> Vec<String> {
+    sock.set_nonblocking(true).unwrap();
+    while recv_text(sock).is_ok() {}
+    sock.set_nonblocking(false).unwrap();
+    let end = Instant::now() + quiet;
+    let mut got = Vec::new();
+    while let Some(left) = end.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+        sock.set_read_timeout(Some(left)).unwrap();
+        got.extend(recv_text(sock).ok());
+    }
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    got
+}
+
+/// Whether every thread of `pid` is stopped (state T in /proc/PID/task/*/stat).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().all(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+    })
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// With WATCHDOG_USEC (as systemd's WatchdogSec= sets it) the node pings WATCHDOG=1 after
+/// READY=1, from its event loop: the pings stop while the whole process is stopped (SIGSTOP)
+/// and, in a debug build, while only the event loop is wedged (QDL_DEBUG_WEDGE_FILE), and
+/// resume after.
+#[test]
+fn watchdog_pings_stop_while_the_event_loop_is_frozen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let wedge = dir.path().join("wedge");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let child = bin()
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "", "--backend", "echo"])
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "200000")
+        .env("QDL_DEBUG_WEDGE_FILE", &wedge)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Reap(child);
+    let pid = child.0.id();
+    assert!(recv_text(&sock).expect("READY=1 within 20 s").starts_with("READY=1"));
+    for _ in 0..3 {
+        assert_eq!(recv_text(&sock).expect("pings every 100 ms"), "WATCHDOG=1");
+    }
+
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    wait_for("the node to stop", || all_threads_stopped(pid));
+    let during = drain_then_listen(&sock, Duration::from_secs(1));
+    assert!(during.is_empty(), "pings from a stopped process: {during:?}");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    assert_eq!(recv_text(&sock).expect("pings resume after SIGCONT"), "WATCHDOG=1");
+
+    if cfg!(debug_assertions) {
+        std::fs::write(&wedge, b"").unwrap();
+        let marker = dir.path().join("wedge.wedged");
+        wait_for("the event loop to wedge", || marker.exists());
+        let during = drain_then_listen(&sock, Duration::from_secs(1));
+        assert!(during.is_empty(), "pings from a wedged event loop: {during:?}");
+        assert!(!all_threads_stopped(pid), "only the loop is wedged; the process runs");
+        assert!(child.0.try_wait().unwrap().is_none(), "the node is still there");
+        std::fs::remove_file(&wedge).unwrap();
+        assert_eq!(recv_text(&sock).expect("pings resume with the loop"), "WATCHDOG=1");
+    }
+
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let stopping = std::iter::from_fn(|| recv_text(&sock).ok()).take(1000).find(|m| m != "WATCHDOG=1");
+    assert!(stopping.as_deref().is_some_and(|m| m.starts_with("STOPPING=1")), "{stopping:?}");
+    assert!(child.0.wait().unwrap().success());
+}
+
+/// WATCHDOG_PID naming another process (variables inherited from a supervised parent): no pings.
+#[test]
+fn no_watchdog_pings_for_another_processs_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let child = bin()
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "", "--backend", "echo"])
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "200000")
+        .env("WATCHDOG_PID", std::process::id().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Reap(child);
+    assert!(recv_text(&sock).expect("READY=1 within 20 s").starts_with("READY=1"));
+    sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let got = recv_text(&sock);
+    assert!(got.is_err(), "a ping for another process's watchdog: {got:?}");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    assert!(recv_text(&sock).expect("STOPPING=1").starts_with("STOPPING=1"));
+    assert!(child.0.wait().unwrap().success());
+}

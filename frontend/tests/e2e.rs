@@ -246,3 +246,46 @@ fn the_lab_runs_network_and_local_and_reports_the_ratio() {
     assert!(!text(&o).contains("lab: warning"), "{}", text(&o));
     assert!(out.join("lab-acc-0.log").is_file() && out.join("lab-acc-1.log").is_file());
 }
+
+/// Under systemd (NOTIFY_SOCKET, WATCHDOG_USEC): the frontend pings the watchdog from its actor
+/// loop, says READY=1 when the test starts, and turns the watchdog off (WATCHDOG_USEC=0) once the
+/// test is over, before writing the report.
+#[test]
+fn a_run_pings_systemds_watchdog_and_turns_it_off_when_done() {
+    let a = Acc::start_with_config(Some(TEST_SYNTHETIC), &["--name", "wd-a"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+    let out = dir.path().join("out");
+    let mut cmd = std::process::Command::new(frontend_bin());
+    cmd.env("QDL_SECRET", TEST_SECRET).env("NOTIFY_SOCKET", &path).env("WATCHDOG_USEC", "200000");
+    cmd.args(["run", "--output-dir", out.to_str().unwrap(), "--metrics-listen", "", "--progress", "off"]);
+    cmd.args(["--accelerator", &a.addr, "-w", "resnet50", "-s", "offline", "--min-duration-ms", "500"]);
+    cmd.args(["--min-query-count", "10", "--expected-qps", "1000"]);
+    // Read while it runs, as systemd does (a full socket queue would block its READY=1).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let (mut buf, mut got) = ([0u8; 512], Vec::new());
+            loop {
+                match sock.recv(&mut buf) {
+                    Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                    Err(_) if done.load(std::sync::atomic::Ordering::Acquire) => return got,
+                    Err(_) => {}
+                }
+            }
+        })
+    };
+    let o = cmd.output().expect("run qdl-frontend");
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let got = reader.join().unwrap();
+    ok(&o);
+    let ready = got.iter().position(|m| m.starts_with("READY=1")).unwrap_or_else(|| panic!("no READY=1: {got:?}"));
+    assert!(got.iter().any(|m| m == "WATCHDOG=1"), "no watchdog ping: {got:?}");
+    let off =
+        got.iter().position(|m| m == "WATCHDOG_USEC=0").unwrap_or_else(|| panic!("watchdog not turned off: {got:?}"));
+    assert!(ready < off, "{got:?}");
+    assert!(got[off + 1..].iter().all(|m| m != "WATCHDOG=1"), "pings after the watchdog was turned off: {got:?}");
+}

@@ -16,7 +16,7 @@
 //! - [`metrics`]: metric names and descriptions; [`telemetry`]: log and metrics set-up.
 //! - [`exit`]: both binaries' exit statuses.
 //! - [`time`]: the nanosecond clock the sans-IO cores take as `now`; [`signals`]: SIGTERM/SIGINT;
-//!   [`sdnotify`]: systemd readiness notifications.
+//!   [`sdnotify`]: systemd readiness notifications and the service watchdog.
 
 #![warn(missing_docs)]
 

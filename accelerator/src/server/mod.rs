@@ -11,13 +11,15 @@
 //! Shutdown (SIGTERM/SIGINT): the registry refuses new sessions, the listener stops, every
 //! ControlActor ends its session (its connections stop reading, answer what is in flight and
 //! close), `run` waits for that (at most [`DRAIN_TIMEOUT`]), stops the arbiters and the workers.
-//! A second signal exits at once.
+//! A second signal exits at once. With `WatchdogSec=`, the System's loop pings systemd's
+//! watchdog while it and the io arbiters run (see [`watchdog`]).
 
 pub mod connection;
 pub mod control;
 pub mod gate;
 pub mod refusals;
 pub mod registry;
+pub mod watchdog;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -195,6 +197,10 @@ async fn serve(shared: Arc<Shared>, on_ready: impl FnOnce(&Ready)) -> Result<(),
             }
         })
     };
+    // After READY=1: systemd's watchdog counts from the end of the start-up.
+    watchdog::start(&shared.arbiters);
+    #[cfg(debug_assertions)]
+    watchdog::debug_wedge_hook();
     let accept = {
         let shared = shared.clone();
         actix::spawn(async move {
