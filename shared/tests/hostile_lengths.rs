@@ -1,8 +1,10 @@
 //! Hostile lengths inside control frames: a sequence, string or byte length that claims far more
 //! than the frame holds must not make the decoder allocate it. A counting global allocator (this
-//! test binary's own) records the largest single allocation made while parsing.
+//! test binary's own) records the largest single allocation made while parsing, on the parsing
+//! thread only: the test harness and other tests allocate on their own threads meanwhile.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -15,10 +17,22 @@ static LARGEST: AtomicUsize = AtomicUsize::new(0);
 /// The tests share the allocator's record: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+thread_local! {
+    /// Set while this thread parses: only its allocations count.
+    static MEASURING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn record(size: usize) {
+    // `try_with`: the allocator may be called while this thread's locals are torn down.
+    if MEASURING.try_with(Cell::get).unwrap_or(false) {
+        LARGEST.fetch_max(size, Ordering::Relaxed);
+    }
+}
+
 // SAFETY: every call forwards to the system allocator unchanged; the counter only records sizes.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        record(layout.size());
         // SAFETY: the caller's contract for `alloc` is passed on as it is.
         unsafe { System.alloc(layout) }
     }
@@ -27,7 +41,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        record(new_size);
         // SAFETY: the caller's contract for `realloc` is passed on as it is.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -59,7 +73,9 @@ fn frame(body: &[u8]) -> Vec<u8> {
 fn parse_measured(buf: &[u8]) -> (Result<usize, WireError>, usize) {
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     LARGEST.store(0, Ordering::Relaxed);
+    MEASURING.with(|m| m.set(true));
     let got = parse(buf).map(|(_, used)| used);
+    MEASURING.with(|m| m.set(false));
     (got, LARGEST.load(Ordering::Relaxed))
 }
 
