@@ -2,7 +2,7 @@
 //! SIGTERM ends an idle node with status 0.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn bin() -> Command {
@@ -75,19 +75,27 @@ fn ready_line_then_sigterm_exits_zero() {
     assert!(status.success(), "{status}");
 }
 
+/// A notify socket in `dir` (reads time out after 20 s) and an echo accelerator told of it,
+/// with `env` besides.
+fn notified_node(dir: &std::path::Path, env: &[(&str, &std::ffi::OsStr)]) -> (std::os::unix::net::UnixDatagram, Child) {
+    let path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut cmd = bin();
+    cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "", "--backend", "echo"])
+        .env("NOTIFY_SOCKET", &path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    (sock, cmd.spawn().unwrap())
+}
+
 #[test]
 fn tells_systemd_when_ready_and_when_stopping() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notify.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut child = bin()
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "", "--backend", "echo"])
-        .env("NOTIFY_SOCKET", &path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (sock, mut child) = notified_node(dir.path(), &[]);
     let mut buf = [0u8; 256];
     let n = sock.recv(&mut buf).expect("READY=1 within 20 s");
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();
@@ -195,19 +203,9 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 #[test]
 fn watchdog_pings_stop_while_the_event_loop_is_frozen() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notify.sock");
     let wedge = dir.path().join("wedge");
-    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let child = bin()
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "", "--backend", "echo"])
-        .env("NOTIFY_SOCKET", &path)
-        .env("WATCHDOG_USEC", "200000")
-        .env("QDL_DEBUG_WEDGE_FILE", &wedge)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (sock, child) =
+        notified_node(dir.path(), &[("WATCHDOG_USEC", "200000".as_ref()), ("QDL_DEBUG_WEDGE_FILE", wedge.as_os_str())]);
     let mut child = Reap(child);
     let pid = child.0.id();
     assert!(recv_text(&sock).expect("READY=1 within 20 s").starts_with("READY=1"));
@@ -247,18 +245,9 @@ fn watchdog_pings_stop_while_the_event_loop_is_frozen() {
 #[test]
 fn no_watchdog_pings_for_another_processs_watchdog() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notify.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let child = bin()
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "", "--backend", "echo"])
-        .env("NOTIFY_SOCKET", &path)
-        .env("WATCHDOG_USEC", "200000")
-        .env("WATCHDOG_PID", std::process::id().to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let ours = std::process::id().to_string();
+    let (sock, child) =
+        notified_node(dir.path(), &[("WATCHDOG_USEC", "200000".as_ref()), ("WATCHDOG_PID", ours.as_ref())]);
     let mut child = Reap(child);
     assert!(recv_text(&sock).expect("READY=1 within 20 s").starts_with("READY=1"));
     sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
