@@ -9,10 +9,10 @@ use std::task::Poll;
 use std::time::Duration;
 
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, ResponseFuture};
-use qdl_accelerator::pump::{Nudge, Pump, Pumped};
 use qdl_shared::control::{ControlError, Endpoint, Event, Heartbeat};
 use qdl_shared::control_link::ControlLink;
 use qdl_shared::metrics::frontend as m;
+use qdl_shared::pump::{Nudge, Pump, Pumped};
 use qdl_shared::time::Nanos;
 use qdl_shared::transport::TransportError;
 use qdl_shared::wire::message::{Limits, NodeStats, RdmaEndpoint, RunState, SessionGrant, SessionRequest};

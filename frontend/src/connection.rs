@@ -19,9 +19,9 @@ use std::task::Poll;
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, MessageResult};
 use metrics::{Counter, Gauge, Histogram};
-use qdl_accelerator::pump::{Nudge, Pump, Pumped};
 use qdl_loadgen::{CompletionBuffer, ResponseId};
 use qdl_shared::metrics::{Sampler, frontend as m};
+use qdl_shared::pump::{Nudge, Pump, Pumped};
 use qdl_shared::time::Nanos;
 use qdl_shared::tracker::TransactionTracker;
 use qdl_shared::transport::{InitiatorTransport, Payload, PayloadSource, TransportError, TransportStats};

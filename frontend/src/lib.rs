@@ -7,7 +7,9 @@
 //!   connections, applies credit back-pressure) and its lanes.
 //! - [`connection`]: the `ConnectionActor` per data connection with its `TransactionTracker`.
 //! - [`client`]: the `AcceleratorClient` actor per accelerator control connection.
-//! - [`local`]: the in-process transport of the local baseline.
+//! - The local baseline (cargo feature `local`, on by default): `run --local` and `lab` run the
+//!   engine's workers in-process through `qdl_engine::local::LocalTransport`; without the
+//!   feature the frontend is network-only (no ONNX Runtime, no cudarc).
 //! - [`qsl`] and [`npy`]: sample generation and loading into one long-lived buffer.
 //! - [`settings`]: LoadGen's settings in layers (mlperf.conf < TOML < user.conf < flags), where
 //!   each came from, and the fix for an INVALID verdict.
@@ -34,7 +36,6 @@
 pub mod client;
 pub mod connection;
 pub mod issuer;
-pub mod local;
 /// NumPy files (moved to the shared crate; kept here for existing paths).
 pub use qdl_shared::npy;
 pub mod plot;

@@ -345,7 +345,7 @@ impl Default for BatcherConfig {
 }
 
 /// `[workers]`: one worker per device. With the `onnx` backend and a GPU execution provider
-/// (tensorrt, cuda) each visible NVIDIA GPU (or each one listed in `gpus`) gets a `GpuWorker`;
+/// (tensorrt, cuda) each visible NVIDIA GPU (or each one listed in `gpus`) gets a `DeviceWorker`;
 /// without a GPU or its driver the node runs `count` CPU workers and says so at start-up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -7,6 +7,7 @@
 //! - [`tls`]: optional TLS (rustls) on the control channel.
 //! - [`control`]: the control connection's handshake, name query, run states and heartbeats as a
 //!   sans-IO state machine; [`control_link`] drives one over a TCP stream.
+//! - [`pump`]: how both nodes' actix actors drive their I/O without a message per sample.
 //! - [`tracker`]: the frontend's per-connection `TransactionTracker` (sans-IO slot ring).
 //! - [`slots`]: the accelerator's per-connection slot memory and leases.
 //! - [`transport`]: the data transport traits and the TCP transport.
@@ -29,6 +30,7 @@ pub mod exit;
 pub mod fuzzing;
 pub mod metrics;
 pub mod npy;
+pub mod pump;
 pub mod sdnotify;
 pub mod signals;
 pub mod slots;

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::task::Poll;
 
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 use metrics::{Counter, Histogram};
 use qdl_shared::metrics::{Sampler, accelerator as m};
 use qdl_shared::time::Nanos;
@@ -22,17 +22,9 @@ use qdl_shared::wire::data::{DataErrorCode, DataHeader};
 use qdl_shared::workload::WorkloadSpec;
 use tokio::sync::mpsc;
 
-use super::registry::Registry;
-use crate::pump::{Nudge, Pump, Pumped};
-use crate::worker::{Input, Replies, ReplySink, WorkItem, WorkerSender, refuse, reply_channel};
-
-/// Asks the connection to finish its in-flight samples and close (its session ended).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Close {
-    /// Why, for the log.
-    pub reason: &'static str,
-}
+use super::registry::{Close, Registry};
+use qdl_engine::worker::{Input, Replies, ReplySink, WorkItem, WorkerSender, refuse, reply_channel};
+use qdl_shared::pump::{Nudge, Pump, Pumped};
 
 /// Everything a connection actor is built from.
 pub struct ConnectionParts {
@@ -178,7 +170,7 @@ impl Actor for ConnectionActor {
         self.registry.connection_started();
         // Registered from the actor's own thread, before it touches its socket, so a connection
         // that fails at once is never left marked live.
-        if !self.registry.set_live(&self.token, self.index, ctx.address()) {
+        if !self.registry.set_live(&self.token, self.index, ctx.address().recipient()) {
             self.draining = Some("its session ended during attach");
         }
         tracing::debug!(conn = %self.label, "data connection attached");

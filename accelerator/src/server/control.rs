@@ -17,12 +17,11 @@ use qdl_shared::wire::attach::{Attach, SessionToken};
 use qdl_shared::wire::message::{DataTransport, ErrorCode, NodeStats, RdmaEndpoint, RunState, SessionRequest};
 
 use super::Shared;
-use super::connection::Close;
 use super::gate::Ended;
 use super::refusals::Reason;
-use super::registry::Registry;
-use crate::pump::{Nudge, Pump, Pumped};
-use crate::worker::WorkerPool;
+use super::registry::{Close, Registry};
+use qdl_engine::worker::WorkerPool;
+use qdl_shared::pump::{Nudge, Pump, Pumped};
 
 /// The node is shutting down: end the session.
 #[derive(Message)]

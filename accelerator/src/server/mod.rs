@@ -6,7 +6,7 @@
 //!   │                                          └─ data → check attach → ConnectionActor
 //!   ├─ ControlActor × session        (owns the session; on end: Close → its connections)
 //!   └─ io arbiters × accelerator.io_threads
-//!        └─ ConnectionActor × data connection ──▶ WorkerPool (GpuWorker threads)
+//!        └─ ConnectionActor × data connection ──▶ WorkerPool (DeviceWorker threads)
 //! ```
 //! Shutdown (SIGTERM/SIGINT): the registry refuses new sessions, the listener stops, every
 //! ControlActor ends its session (its connections stop reading, answer what is in flight and
@@ -46,7 +46,7 @@ use tokio::net::{TcpListener, TcpStream};
 use self::connection::{ConnectionActor, ConnectionParts};
 use self::control::{ControlActor, Shutdown};
 use self::registry::{AttachGrant, Registry};
-use crate::worker::WorkerPool;
+use qdl_engine::worker::WorkerPool;
 
 /// How long shutdown waits for sessions to drain.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,7 +64,7 @@ pub enum NodeError {
     },
     /// The workers could not be started (backend set-up, threads).
     #[error(transparent)]
-    Workers(#[from] crate::worker::WorkerError),
+    Workers(#[from] qdl_engine::worker::WorkerError),
     /// The RDMA transport was selected but cannot be used.
     #[error(transparent)]
     Rdma(#[from] RdmaError),

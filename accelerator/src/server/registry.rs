@@ -5,13 +5,20 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use actix::Addr;
+use actix::{Message, Recipient};
 use qdl_shared::config::LimitsConfig;
 use qdl_shared::wire::attach::{Attach, AttachStatus, SessionToken};
 use qdl_shared::wire::message::{ErrorCode, Limits, SessionGrant, SessionRequest};
 use qdl_shared::workload::WorkloadSpec;
 
-use super::connection::ConnectionActor;
+/// Asks a data connection to finish its in-flight samples and close (its session ended, or the
+/// node is shutting down). The registry holds each live connection as a `Recipient<Close>`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close {
+    /// Why, for the log.
+    pub reason: &'static str,
+}
 
 /// What a data connection needs once attached.
 #[derive(Debug, Clone)]
@@ -27,7 +34,7 @@ pub struct AttachGrant {
 enum ConnState {
     Free,
     Attaching,
-    Live(Addr<ConnectionActor>),
+    Live(Recipient<Close>),
 }
 
 struct Session {
@@ -161,7 +168,7 @@ impl Registry {
     }
 
     /// Ends a session; returns its live connections so the caller can close them.
-    pub fn close(&self, token: &SessionToken) -> Vec<Addr<ConnectionActor>> {
+    pub fn close(&self, token: &SessionToken) -> Vec<Recipient<Close>> {
         let mut inner = self.lock();
         let Some(s) = inner.sessions.remove(token) else { return Vec::new() };
         metrics::gauge!(qdl_shared::metrics::accelerator::SESSIONS).set(inner.sessions.len() as f64);
@@ -189,9 +196,9 @@ impl Registry {
         Ok(AttachGrant { session: s.id, spec: s.spec.clone(), slots: s.grant.slots_per_connection })
     }
 
-    /// Records the actor of an attached connection (called by the actor when it starts). Returns
-    /// false if the session ended meanwhile (the actor then closes).
-    pub fn set_live(&self, token: &SessionToken, index: u32, addr: Addr<ConnectionActor>) -> bool {
+    /// Records where to send [`Close`] to an attached connection (called by its actor when it
+    /// starts). Returns false if the session ended meanwhile (the actor then closes).
+    pub fn set_live(&self, token: &SessionToken, index: u32, addr: Recipient<Close>) -> bool {
         let mut inner = self.lock();
         match inner.sessions.get_mut(token).and_then(|s| s.conns.get_mut(index as usize)) {
             Some(c @ ConnState::Attaching) => {

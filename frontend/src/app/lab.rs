@@ -176,6 +176,10 @@ impl Display {
 
 /// Runs the lab; returns the report (also written to `output_dir/lab-report.json`).
 pub fn lab(opts: LabOptions) -> anyhow::Result<LabReport> {
+    // The lab compares each network run with the local baseline.
+    if !cfg!(feature = "local") {
+        anyhow::bail!(super::run::NO_LOCAL_BASELINE);
+    }
     let started = Instant::now();
     let out = &opts.output_dir;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;

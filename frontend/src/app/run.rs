@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Addr};
 use anyhow::{Context as _, anyhow, bail};
 use futures::future::join_all;
-use qdl_accelerator::worker::WorkerPool;
+#[cfg(feature = "local")]
+use qdl_engine::{local::LocalTransport, worker::WorkerPool};
 use qdl_frontend::client::{
     AcceleratorClient, ClientError, ClientTls, Close as CloseClient, ConnectRdma, Established, QueryStats, SetRunState,
 };
 use qdl_frontend::connection::{Abandon, Close, ConnectionActor, ConnectionParts, FailureHandler, GetStats};
 use qdl_frontend::issuer::{CreditGate, Dispatcher, Lane, QueryIssuer, Redispatcher};
-use qdl_frontend::local::LocalTransport;
 use qdl_frontend::plot::{Series, bar_chart, line_chart};
 use qdl_frontend::qsl::{SampleSource, SampleStore};
 use qdl_frontend::report::{AcceleratorReport, FrontendReport, RunReport, parse_detail_log};
@@ -443,6 +443,41 @@ fn rejoin(shared: Arc<Shared>, addr: String) {
     });
 }
 
+/// What `--local` and `lab` answer in a build without the local baseline.
+pub const NO_LOCAL_BASELINE: &str = "this qdl-frontend was built without the local baseline (cargo feature `local`): run it over the network, or build it with the feature";
+
+/// Without the local baseline no run has a worker pool: this uninhabited stand-in lets the run's
+/// code ask `if let Some(pool)` in every build.
+#[cfg(not(feature = "local"))]
+enum WorkerPool {}
+
+#[cfg(not(feature = "local"))]
+impl WorkerPool {
+    async fn warmup(&self, _spec: Arc<WorkloadSpec>) -> anyhow::Result<()> {
+        match *self {}
+    }
+    fn reset_stats(&self) {
+        match *self {}
+    }
+    fn batch_sizes_of(&self, _workers: std::ops::Range<usize>) -> Vec<(u32, u64)> {
+        match *self {}
+    }
+    fn shutdown(self) {
+        match self {}
+    }
+}
+
+#[cfg(not(feature = "local"))]
+fn connect_local(
+    _: &FrontendConfig,
+    _: &AcceleratorConfig,
+    _: &WorkloadSpec,
+    _: &Arc<Shared>,
+) -> anyhow::Result<Connections> {
+    bail!(NO_LOCAL_BASELINE)
+}
+
+#[cfg(feature = "local")]
 fn connect_local(
     cfg: &FrontendConfig,
     acc: &AcceleratorConfig,
@@ -534,6 +569,9 @@ fn failure_handler(out: PathBuf) -> FailureHandler {
 
 /// Runs one test and returns its report (also written to the output directory).
 pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
+    if opts.local && !cfg!(feature = "local") {
+        bail!(NO_LOCAL_BASELINE);
+    }
     let cfg = opts.config;
     let spec = cfg.workload.resolve_spec()?;
     let source = match &cfg.workload.dataset_dir {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use qdl_accelerator::worker::{Input, Replies, ReplySink, WorkItem, WorkerSender, refuse, reply_channel};
+use crate::worker::{Input, Replies, ReplySink, WorkItem, WorkerSender, refuse, reply_channel};
 use qdl_shared::time::Nanos;
 use qdl_shared::transport::{InitiatorTransport, OnResponse, Payload, TransportError, TransportStats};
 use qdl_shared::wire::data::{DataErrorCode, DataHeader};

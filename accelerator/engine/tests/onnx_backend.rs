@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use qdl_accelerator::backend::onnx::{OnnxBackend, Placement};
-use qdl_accelerator::backend::{Backend, Batch};
+use qdl_engine::backend::onnx::{OnnxBackend, Placement};
+use qdl_engine::backend::{Backend, Batch};
 use qdl_shared::config::{ExecutionProviderName, OnnxConfig};
 use qdl_shared::workload::{DType, OutputKind, TensorSpec, WorkloadSpec};
 
@@ -181,7 +181,7 @@ fn a_fixed_batch_caps_the_batch_and_pads_partial_ones() {
 
 #[test]
 fn a_worker_under_load_answers_every_sample_right() {
-    use qdl_accelerator::loadcheck::{LoadOptions, ModelDir, worker_load};
+    use qdl_engine::loadcheck::{LoadOptions, ModelDir, worker_load};
     let Some(dir) = models() else { return };
     let opts = LoadOptions {
         gpu: None,

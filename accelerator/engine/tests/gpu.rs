@@ -1,11 +1,11 @@
-//! The GPU layer (`qdl_accelerator::gpu`).
+//! The GPU layer (`qdl_engine::gpu`).
 //!
 //! Without an NVIDIA driver, every entry point answers a clear [`GpuError::NoDriver`] and nothing
 //! panics; these are real tests on every machine. The GPU parts run where a GPU is found and are
 //! skipped otherwise ("skipped: no NVIDIA driver"), unless `QDL_REQUIRE_GPU=1` is set, which makes
 //! a missing GPU a failure (`scripts/gpu-check` sets it on GPU machines).
 
-use qdl_accelerator::gpu::{self, GpuError, GpuStaging};
+use qdl_engine::gpu::{self, GpuError, GpuStaging};
 
 fn gpu_required() -> bool {
     std::env::var("QDL_REQUIRE_GPU").is_ok_and(|v| v == "1")

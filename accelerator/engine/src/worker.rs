@@ -1,11 +1,17 @@
-//! `GpuWorker`s: one thread per device, each owning a [`Batcher`] and a backend.
+//! The [`WorkerPool`] of `DeviceWorker`s: one thread per device (a GPU, the CPU, or a virtual
+//! device), each owning a [`Batcher`] and a backend.
 //!
 //! ```text
-//!  ConnectionActor ──try_submit(WorkItem)──▶ [bounded channel] ──▶ GpuWorker thread
-//!        ▲                                                         │ Batcher: max batch / delay
-//!        │                                                         │ gather → backend.infer
+//!  ConnectionActor ──try_submit(WorkItem)──▶ [bounded channel] ──▶ DeviceWorker thread
+//!  or LocalTransport                                               │ Batcher: max batch / delay
+//!        ▲                                                         │ gather → backend.infer
 //!        └──────────── ReplySink::deliver(Replies) ◀───────────────┘ one delivery per sink per batch
 //! ```
+//!
+//! Public for a node's data connection (the accelerator's `ConnectionActor`): [`WorkerSender`],
+//! [`WorkItem`] with its [`Input`], [`reply_channel`] and the [`Replies`] it delivers, and
+//! [`refuse`] for an item a full queue gave back. The frontend's local baseline uses only the
+//! pool and [`crate::local::LocalTransport`].
 //!
 //! A sample's input travels as an [`Input`]: the slot lease it was received into (network), or a
 //! range of the frontend's sample buffer (the in-process baseline). The lease comes back with the
@@ -236,7 +242,7 @@ impl WorkerPool {
             let (tx, rx) = crossbeam_channel::bounded(batcher.max_queue as usize);
             let counts: Arc<[AtomicU64]> = (0..=max_batch).map(|_| AtomicU64::new(0)).collect();
             sizes.push(counts.clone());
-            let worker = GpuWorker::new(index, policy, backend, rx, counts);
+            let worker = DeviceWorker::new(index, policy, backend, rx, counts);
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("qdl-worker-{index}"))
@@ -381,7 +387,7 @@ struct WorkloadMetrics {
     inference: Histogram,
 }
 
-struct GpuWorker {
+struct DeviceWorker {
     batcher: Batcher<WorkItem>,
     backend: Box<dyn Backend>,
     rx: Receiver<WorkerMsg>,
@@ -401,16 +407,16 @@ fn same_spec(a: &WorkItem, b: &WorkItem) -> bool {
     Arc::ptr_eq(&a.spec, &b.spec) || a.spec == b.spec
 }
 
-impl GpuWorker {
+impl DeviceWorker {
     fn new(
         index: usize,
         policy: BatchPolicy,
         backend: Box<dyn Backend>,
         rx: Receiver<WorkerMsg>,
         sizes: Arc<[AtomicU64]>,
-    ) -> GpuWorker {
+    ) -> DeviceWorker {
         let w = index.to_string();
-        GpuWorker {
+        DeviceWorker {
             batcher: Batcher::new(policy),
             backend,
             rx,
@@ -605,7 +611,7 @@ mod tests {
         let backend = crate::backend::build(&cfg, &WorkersConfig::default()).unwrap().backends.remove(0);
         let (_tx, rx) = crossbeam_channel::bounded(1);
         let policy = BatchPolicy { max_batch: 8, max_queue_delay: Nanos::from_micros(100), max_queue: 8 };
-        let mut w = GpuWorker::new(0, policy, backend, rx, Arc::from(Vec::<AtomicU64>::new()));
+        let mut w = DeviceWorker::new(0, policy, backend, rx, Arc::from(Vec::<AtomicU64>::new()));
         let bert = w.workload_metrics("bert");
         assert_eq!(w.workload_metrics("bert"), bert, "a workload's handles are built once");
         for i in 0..20 {

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Parser;
-use qdl_accelerator::gpu::{self, GpuError, GpuStaging};
+use qdl_engine::gpu::{self, GpuError, GpuStaging};
 
 /// Bytes of one ResNet-50 sample, the unit of the buffer sizes checked.
 const SAMPLE: usize = 150_528;
@@ -35,7 +35,7 @@ struct Cli {
     #[arg(long)]
     json: Option<PathBuf>,
     /// A model directory (scripts/models: model.onnx, frontend.toml, dataset, references): run a
-    /// GpuWorker with the onnx backend on it under load, answers checked.
+    /// DeviceWorker with the onnx backend on it under load, answers checked.
     #[arg(long)]
     model_dir: Option<PathBuf>,
     /// Execution providers for the worker check, in order.
@@ -99,7 +99,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     rows.push(row::<GpuError>("discover", "-", Ok(format!("{} GPU(s), {driver}", gpus.len())), started));
 
     let model_dir = match &cli.model_dir {
-        Some(d) => Some(qdl_accelerator::loadcheck::ModelDir::open(d).map_err(anyhow::Error::msg)?),
+        Some(d) => Some(qdl_engine::loadcheck::ModelDir::open(d).map_err(anyhow::Error::msg)?),
         None => None,
     };
     let targets: Vec<u32> = match cli.gpu {
@@ -144,7 +144,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
 const GIB: f64 = (1u64 << 30) as f64;
 
 /// The accelerator's worker (batcher + onnx backend) on GPU `ordinal` under load.
-fn worker_check(cli: &Cli, dir: &qdl_accelerator::loadcheck::ModelDir, ordinal: u32) -> Result<String, String> {
+fn worker_check(cli: &Cli, dir: &qdl_engine::loadcheck::ModelDir, ordinal: u32) -> Result<String, String> {
     use qdl_shared::config::ExecutionProviderName as P;
     let providers = cli
         .execution_providers
@@ -155,7 +155,7 @@ fn worker_check(cli: &Cli, dir: &qdl_accelerator::loadcheck::ModelDir, ordinal: 
             _ => P::Cpu,
         })
         .collect();
-    let opts = qdl_accelerator::loadcheck::LoadOptions {
+    let opts = qdl_engine::loadcheck::LoadOptions {
         gpu: Some(ordinal),
         providers,
         library: None,
@@ -164,7 +164,7 @@ fn worker_check(cli: &Cli, dir: &qdl_accelerator::loadcheck::ModelDir, ordinal: 
         atol: cli.atol,
         rtol: cli.atol * 10.0,
     };
-    let r = qdl_accelerator::loadcheck::worker_load(dir, &opts)?;
+    let r = qdl_engine::loadcheck::worker_load(dir, &opts)?;
     let largest = r.batch_sizes.iter().map(|b| b.0).max().unwrap_or(0);
     Ok(format!(
         "{} on {}: {} samples in {:.1} s = {:.0}/s, batches up to {largest}, all within tolerance \

@@ -1,0 +1,26 @@
+//! # qdl-engine: what runs inference, on the accelerator node and in the frontend's local baseline
+//!
+//! # Layout
+//! - [`worker`]: the [`worker::WorkerPool`] of `DeviceWorker` threads (one per GPU, CPU or
+//!   virtual device), each with its [`batcher`] and backend; and the hand-off types a node's
+//!   connection submits samples and takes answers with.
+//! - [`batcher`]: the dynamic batching policy, sans-IO.
+//! - [`backend`]: the backend trait; the `echo`, `synthetic` and `onnx` (ONNX Runtime) backends;
+//!   one backend per worker, on GPUs or CPUs.
+//! - [`gpu`]: NVIDIA GPUs through the CUDA driver: discovery, batched input staging, GPU checks.
+//! - [`loadcheck`]: a worker under load with a real model, answers checked (`qdl-gpu-check`).
+//! - [`local`]: [`local::LocalTransport`], the in-process transport of the frontend's local
+//!   baseline (the wire replaced by direct hand-offs to the workers).
+//! - The binary `qdl-gpu-check` (`src/bin/`): checks a machine's GPUs and a worker under load.
+//!
+//! The accelerator node (`qdl-accelerator`) and the frontend depend on this crate and on
+//! `qdl-shared`, never on each other.
+
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod batcher;
+pub mod gpu;
+pub mod loadcheck;
+pub mod local;
+pub mod worker;
