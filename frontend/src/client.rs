@@ -187,7 +187,8 @@ impl AcceleratorClient {
             .map_err(|_| ClientError::Timeout { addr: addr.to_string(), what: "connecting" })?
             .map_err(|e| connect_err(e.to_string()))?;
         qdl_shared::transport::tcp::tune(&stream).map_err(|e| connect_err(e.to_string()))?;
-        let endpoint = Endpoint::client(node, request, heartbeat, Nanos::now()).with_secret(secret);
+        let endpoint =
+            Endpoint::client(node, request, heartbeat, Nanos::now(), qdl_shared::auth::nonce()).with_secret(secret);
         let link = match tls {
             None => ControlLink::new(stream, endpoint),
             Some(tls) => {

@@ -1,5 +1,7 @@
 //! The frontend's `ConnectionActor`: one per data connection (or per in-process lane of the
-//! local baseline). It owns its [`TransactionTracker`] — no lock, no message per sample.
+//! local baseline). It is a thin driver of its sans-IO [`LaneCore`] (which owns the
+//! connection's `TransactionTracker` — no lock, no message per sample): it polls the transport,
+//! feeds the core, and hands the core's outputs to LoadGen, the issuer and the metrics.
 //!
 //! Each pump pass:
 //! 1. takes every response that has arrived: the tracker validates (slot, sample id) and frees
@@ -23,12 +25,12 @@ use qdl_loadgen::{CompletionBuffer, ResponseId};
 use qdl_shared::metrics::{Sampler, frontend as m};
 use qdl_shared::pump::{Nudge, Pump, Pumped};
 use qdl_shared::time::Nanos;
-use qdl_shared::tracker::TransactionTracker;
 use qdl_shared::transport::{InitiatorTransport, Payload, PayloadSource, TransportError, TransportStats};
-use qdl_shared::wire::data::{DataErrorCode, DataHeader, FrameKind};
+use qdl_shared::wire::data::{DataErrorCode, DataHeader};
 use serde::{Deserialize, Serialize};
 
 use crate::issuer::{CreditGate, Lane, Redispatcher, Submission};
+use crate::lane_core::{LaneCore, Pending};
 use crate::qsl::SampleStore;
 use crate::timeline::LatencyBuckets;
 
@@ -104,32 +106,20 @@ pub struct ConnectionParts {
     pub latencies: Arc<LatencyBuckets>,
 }
 
-struct Done {
-    id: ResponseId,
-    slot: u32,
-    len: u32,
-    error: bool,
-}
-
 /// The actor; see the module docs.
 pub struct ConnectionActor {
     label: String,
     lane: Arc<Lane>,
     transport: Box<dyn InitiatorTransport>,
-    /// In flight: LoadGen's token, the sample's QSL index and when LoadGen issued it.
-    tracker: TransactionTracker<(ResponseId, usize, Nanos)>,
-    ring: Vec<u8>,
-    output_bytes: usize,
+    /// The protocol state: tracker, response ring, completions.
+    core: LaneCore<ResponseId, Payload>,
     store: Arc<SampleStore>,
     gate: Arc<CreditGate>,
     on_failure: FailureHandler,
     redispatch: Arc<Redispatcher>,
-    /// Given up (its accelerator declared dead): still read for a while, answers dropped.
-    abandoned: bool,
     late: Counter,
     latencies: Arc<LatencyBuckets>,
     completions: CompletionBuffer,
-    done: Vec<Done>,
     nudge: Nudge,
     stats: ConnectionStats,
     published: TransportStats,
@@ -161,18 +151,14 @@ impl ConnectionActor {
         ConnectionActor {
             lane: p.lane,
             transport: p.transport,
-            tracker: TransactionTracker::new(p.slots),
-            ring: vec![0; p.slots as usize * p.output_bytes as usize],
-            output_bytes: p.output_bytes as usize,
+            core: LaneCore::new(p.slots, p.output_bytes),
             store: p.store,
             gate: p.gate,
             on_failure: p.on_failure,
             redispatch: p.redispatch,
-            abandoned: false,
             late: metrics::counter!(m::LATE_RESPONSES),
             latencies: p.latencies,
             completions: CompletionBuffer::with_capacity(1024),
-            done: Vec::with_capacity(1024),
             nudge: Nudge::default(),
             stats: ConnectionStats { label: label.clone(), ..Default::default() },
             published: TransportStats::default(),
@@ -203,8 +189,8 @@ impl ConnectionActor {
         self.write_calls.increment(s.write_calls - self.published.write_calls);
         self.read_calls.increment(s.read_calls - self.published.read_calls);
         self.published = s;
-        self.in_flight.set(self.tracker.in_flight() as f64);
-        self.free_slots.set(self.tracker.free_slots() as f64);
+        self.in_flight.set(self.core.in_flight() as f64);
+        self.free_slots.set(self.core.free_slots() as f64);
     }
 
     /// Takes every response available; returns how many samples completed.
@@ -212,65 +198,38 @@ impl ConnectionActor {
         let mut total = 0;
         loop {
             let now = Nanos::now();
-            let Self {
-                transport,
-                tracker,
-                ring,
-                output_bytes,
-                done,
-                latency,
-                latencies,
-                stage_network,
-                stage_accelerator,
-                sampler,
-                label,
-                abandoned,
-                late,
-                stats,
-                redispatch,
-                ..
-            } = self;
-            let ob = *output_bytes;
+            let Self { transport, core, latency, latencies, stage_network, stage_accelerator, sampler, label, .. } =
+                self;
+            let late_before = core.late();
             let mut on_response = |h: &DataHeader, payload: &[u8]| {
-                if *abandoned {
+                // A protocol violation ends the connection: the transport reports it as its error.
+                let Some(a) =
+                    core.handle_response(h, payload, now).map_err(|e| TransportError::Protocol(e.to_string()))?
+                else {
                     // Its sample was handed to another connection: this answer is not LoadGen's.
-                    late.increment(1);
-                    stats.late += 1;
-                    redispatch.note_late();
                     return Ok(());
-                }
-                let c = tracker
-                    .handle_response(h.slot, h.sample_id, now)
-                    .map_err(|e| TransportError::Protocol(e.to_string()))?;
-                let (id, _, issued) = c.payload;
-                let e2e = now.since(issued);
-                latency.record(e2e.as_secs_f64());
-                latencies.record(e2e.0);
-                let error = h.kind == FrameKind::Error;
-                if !error && sampler.hit() {
-                    // The round trip from the request being queued, split at the accelerator's residence.
-                    let residence = Nanos::from_micros(h.aux as u64);
-                    stage_accelerator.record(residence.as_secs_f64());
-                    stage_network.record(c.latency.since(residence).as_secs_f64());
-                }
-                let len = if error {
-                    tracing::warn!(conn = %label, code = ?DataErrorCode::from_u32(h.aux), "sample failed on the accelerator: {}", String::from_utf8_lossy(payload));
-                    0
-                } else {
-                    if payload.len() > ob {
-                        return Err(TransportError::Protocol(format!(
-                            "response of {} bytes; outputs are {ob} bytes",
-                            payload.len()
-                        )));
-                    }
-                    let at = c.slot as usize * ob;
-                    ring[at..at + payload.len()].copy_from_slice(payload);
-                    payload.len()
                 };
-                done.push(Done { id, slot: c.slot, len: len as u32, error });
+                latency.record(a.end_to_end.as_secs_f64());
+                latencies.record(a.end_to_end.0);
+                if a.error {
+                    tracing::warn!(conn = %label, code = ?DataErrorCode::from_u32(h.aux), "sample failed on the accelerator: {}", String::from_utf8_lossy(payload));
+                } else if sampler.hit() {
+                    // The round trip from the request being queued, split at the accelerator's residence.
+                    stage_accelerator.record(a.residence.as_secs_f64());
+                    stage_network.record(a.round_trip.since(a.residence).as_secs_f64());
+                }
                 Ok(())
             };
-            let n = match transport.poll_responses(cx, &mut on_response) {
+            let polled = transport.poll_responses(cx, &mut on_response);
+            let late = self.core.late() - late_before;
+            if late > 0 {
+                self.late.increment(late);
+                self.stats.late += late;
+                for _ in 0..late {
+                    self.redispatch.note_late();
+                }
+            }
+            let n = match polled {
                 Poll::Ready(Ok(n)) => n,
                 Poll::Ready(Err(e)) => {
                     self.complete();
@@ -285,20 +244,19 @@ impl ConnectionActor {
         }
     }
 
-    /// Hands the samples in `done` to LoadGen in one call and frees their credits.
+    /// Hands the core's completions to LoadGen in one call and frees their credits.
     fn complete(&mut self) -> usize {
-        let n = self.done.len();
-        if n == 0 {
+        if !self.core.has_completions() {
             return 0;
         }
-        let mut errors = 0;
+        let (mut n, mut errors) = (0, 0);
         let started = std::time::Instant::now();
         {
             let mut batch = self.completions.batch();
-            for d in self.done.drain(..) {
-                errors += d.error as u64;
-                let at = d.slot as usize * self.output_bytes;
-                batch.push(d.id, &self.ring[at..at + d.len as usize]);
+            for (id, output, error) in self.core.completions() {
+                n += 1;
+                errors += error as u64;
+                batch.push(id, output);
             }
         }
         self.complete_call.record(started.elapsed().as_secs_f64());
@@ -328,31 +286,27 @@ impl ConnectionActor {
             let Some((set, offset)) = set.as_ref().and_then(|s| s.offset(sub.index).map(|o| (s, o))) else {
                 // LoadGen only issues loaded samples; answering keeps LoadGen whole if it ever did not.
                 tracing::error!(conn = %self.label, index = sub.index, "LoadGen issued a sample that is not loaded; failing it");
-                self.done.push(Done { id: sub.id, slot: 0, len: 0, error: true });
+                self.core.fail_sample(sub.id);
                 continue;
             };
             let len = set.sample_bytes();
             let source: Arc<dyn PayloadSource> = set.clone();
             let payload = Payload::new(source, offset, len).expect("offset comes from the set itself");
-            let sample_id = sub.id.raw();
-            match self.tracker.handle_submit(sample_id, (sub.id, sub.index, issued), now) {
-                Ok(slot) => {
-                    self.transport
-                        .push_request(DataHeader::request(slot, sample_id, len as u32, sub.index as u32), payload);
-                    n += 1;
-                }
-                Err((e, (id, _, _))) => {
-                    // Credits equal slots, so this is a bug; never lose the sample over it.
-                    tracing::error!(conn = %self.label, "{e}; failing the sample");
-                    self.done.push(Done { id, slot: 0, len: 0, error: true });
-                }
+            let pending = Pending { token: sub.id, index: sub.index, issued };
+            if let Err(e) = self.core.handle_submission(pending, payload, len as u32, now) {
+                // Credits equal slots, so this is a bug; the core failed the sample, never lost it.
+                tracing::error!(conn = %self.label, "{e}; failing the sample");
+            }
+            while let Some((header, payload)) = self.core.poll_transmit() {
+                self.transport.push_request(header, payload);
+                n += 1;
             }
         }
         n
     }
 
     fn fail(&mut self, err: TransportError, ctx: &mut Context<Self>) -> Poll<()> {
-        if self.abandoned {
+        if self.core.is_given_up() {
             ctx.stop();
             return Poll::Ready(());
         }
@@ -374,10 +328,10 @@ impl ConnectionActor {
         // Answers already read are LoadGen's; hand them over first.
         self.complete();
         let mut subs: Vec<Submission> = self
-            .tracker
-            .drain()
+            .core
+            .give_up()
             .into_iter()
-            .map(|(_, (id, index, issued))| Submission { sample: qdl_loadgen::QuerySample { id, index }, issued })
+            .map(|p| Submission { sample: qdl_loadgen::QuerySample { id: p.token, index: p.index }, issued: p.issued })
             .collect();
         while let Some(s) = self.lane.pop() {
             subs.push(s);
@@ -425,10 +379,9 @@ impl Handler<Abandon> for ConnectionActor {
 
     fn handle(&mut self, Abandon(why): Abandon, ctx: &mut Context<Self>) {
         metrics::counter!(m::CONNECTION_ERRORS, "kind" => "accelerator-lost").increment(1);
-        self.give_up(&why);
-        // The accelerator may only be slow: read on for a while, dropping (and counting) its
+        // The accelerator may only be slow: read on for a while; the core drops (and counts) its
         // answers, whose samples now belong to other connections.
-        self.abandoned = true;
+        self.give_up(&why);
         ctx.run_later(LATE_GRACE, |act, ctx| {
             if act.stats.late > 0 {
                 tracing::warn!(conn = %act.label, late = act.stats.late, "dropped late responses of re-dispatched samples");

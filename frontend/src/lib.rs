@@ -5,7 +5,9 @@
 //!   accelerator) and the QSL.
 //! - [`issuer`]: the `QueryIssuer` (splits queries into per-sample submissions, arbitrates among
 //!   connections, applies credit back-pressure) and its lanes.
-//! - [`connection`]: the `ConnectionActor` per data connection with its `TransactionTracker`.
+//! - [`lane_core`]: a data connection's protocol logic, sans-IO (`LaneCore`: tracker, response
+//!   ring, give-up and late answers).
+//! - [`connection`]: the `ConnectionActor` per data connection, the thin driver of its `LaneCore`.
 //! - [`client`]: the `AcceleratorClient` actor per accelerator control connection.
 //! - The local baseline (cargo feature `local`, on by default): `run --local` and `lab` run the
 //!   engine's workers in-process through `qdl_engine::local::LocalTransport`; without the
@@ -36,6 +38,7 @@
 pub mod client;
 pub mod connection;
 pub mod issuer;
+pub mod lane_core;
 /// NumPy files (moved to the shared crate; kept here for existing paths).
 pub use qdl_shared::npy;
 pub mod plot;

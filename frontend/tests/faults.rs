@@ -48,7 +48,8 @@ async fn drive(stream: &mut TcpStream, ep: &mut Endpoint, mut stop: impl FnMut(&
 async fn establish(addr: SocketAddr, spec: WorkloadSpec) -> (TcpStream, Endpoint, SessionGrant) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let req = SessionRequest { workload: spec, connections: 2, slots_per_connection: 8, transport: Default::default() };
-    let mut ep = Endpoint::client("test", req, Heartbeat::default(), Nanos::now()).with_secret(test_secret());
+    let mut ep = Endpoint::client("test", req, Heartbeat::default(), Nanos::now(), qdl_shared::auth::nonce())
+        .with_secret(test_secret());
     let events = drive(&mut stream, &mut ep, |e| matches!(e, Event::Established(_) | Event::Failed(_))).await;
     match events.last() {
         Some(Event::Established(g)) => {
@@ -182,7 +183,8 @@ async fn lying_accelerator(listener: TcpListener) {
         max_output_bytes: 64,
     };
     let mut ep =
-        Endpoint::server_after_preamble("liar", limits, Heartbeat::default(), Nanos::now()).with_secret(test_secret());
+        Endpoint::server_after_preamble("liar", limits, Heartbeat::default(), Nanos::now(), qdl_shared::auth::nonce())
+            .with_secret(test_secret());
     let mut buf = vec![0u8; 4096];
     loop {
         if let Some(b) = ep.poll_transmit() {

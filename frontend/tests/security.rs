@@ -110,7 +110,8 @@ fn client_endpoint(node: &str) -> Endpoint {
         slots_per_connection: 8,
         transport: DataTransport::Tcp,
     };
-    Endpoint::client(node, request, Heartbeat::default(), Nanos::now()).with_secret(test_secret())
+    Endpoint::client(node, request, Heartbeat::default(), Nanos::now(), qdl_shared::auth::nonce())
+        .with_secret(test_secret())
 }
 
 #[test]

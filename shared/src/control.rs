@@ -214,9 +214,37 @@ impl Phase {
     }
 }
 
+/// Which side an endpoint is, with what only that side holds.
+enum Side {
+    /// The frontend.
+    Client {
+        /// The session it asks for once welcomed.
+        request: SessionRequest,
+    },
+    /// The accelerator.
+    Server {
+        /// Its name (Welcome, Name).
+        name: String,
+        /// What it allows (Welcome).
+        limits: Limits,
+        /// A Configure was received and awaits [`Endpoint::grant`] (a second one is refused).
+        configure_pending: bool,
+        /// The frontend's node name, reported once it has proved itself.
+        peer_node: String,
+        /// The frontend's nonce (from Hello), which its proof covers.
+        peer_nonce: [u8; NONCE_LEN],
+    },
+}
+
+impl Side {
+    fn is_server(&self) -> bool {
+        matches!(self, Side::Server { .. })
+    }
+}
+
 /// One side of a control connection; see the module docs.
 pub struct Endpoint {
-    server: bool,
+    side: Side,
     phase: Phase,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
@@ -226,26 +254,27 @@ pub struct Endpoint {
     last_rx: Nanos,
     heartbeat_seq: u64,
     next_request: u32,
-    // client
-    request: Option<SessionRequest>,
-    // server
-    name: String,
-    limits: Option<Limits>,
     // authentication
     secret: Secret,
     /// The handshake (authentication included) must be over by then.
     handshake_deadline: Nanos,
     handshake_timeout: Nanos,
+    /// This side's nonce, passed in at construction (production: [`auth::nonce`]).
     nonce: [u8; NONCE_LEN],
-    peer_nonce: [u8; NONCE_LEN],
-    peer_node: String,
 }
 
 impl Endpoint {
     /// The frontend side: queues its preamble and Hello; sends `request` once welcomed.
-    pub fn client(node: &str, request: SessionRequest, heartbeat: Heartbeat, now: Nanos) -> Endpoint {
-        let mut e = Endpoint::new(false, heartbeat, now);
-        e.request = Some(request);
+    /// `nonce` is this session's challenge to the accelerator: fresh OS randomness
+    /// ([`auth::nonce`]) in production, fixed in tests that replay a handshake.
+    pub fn client(
+        node: &str,
+        request: SessionRequest,
+        heartbeat: Heartbeat,
+        now: Nanos,
+        nonce: [u8; NONCE_LEN],
+    ) -> Endpoint {
+        let mut e = Endpoint::new(Side::Client { request }, heartbeat, now, nonce);
         e.outbuf.extend_from_slice(&Preamble::ours(Role::Control).encode());
         e.send(&Message::Hello { node: node.to_string(), nonce: e.nonce });
         e
@@ -267,25 +296,37 @@ impl Endpoint {
     }
 
     /// The accelerator side: queues its preamble (sent on accept, whatever the peer's version).
-    pub fn server(name: &str, limits: Limits, heartbeat: Heartbeat, now: Nanos) -> Endpoint {
-        let mut e = Endpoint::new(true, heartbeat, now);
-        e.name = name.to_string();
-        e.limits = Some(limits);
+    /// `nonce` is its challenge to the frontend (see [`Endpoint::client`]).
+    pub fn server(name: &str, limits: Limits, heartbeat: Heartbeat, now: Nanos, nonce: [u8; NONCE_LEN]) -> Endpoint {
+        let side = Side::Server {
+            name: name.to_string(),
+            limits,
+            configure_pending: false,
+            peer_node: String::new(),
+            peer_nonce: [0; NONCE_LEN],
+        };
+        let mut e = Endpoint::new(side, heartbeat, now, nonce);
         e.outbuf.extend_from_slice(&Preamble::ours(Role::Control).encode());
         e
     }
 
     /// An accelerator-side endpoint whose preamble was already read by the listener (which reads
     /// it to tell control from data connections).
-    pub fn server_after_preamble(name: &str, limits: Limits, heartbeat: Heartbeat, now: Nanos) -> Endpoint {
-        let mut e = Endpoint::server(name, limits, heartbeat, now);
+    pub fn server_after_preamble(
+        name: &str,
+        limits: Limits,
+        heartbeat: Heartbeat,
+        now: Nanos,
+        nonce: [u8; NONCE_LEN],
+    ) -> Endpoint {
+        let mut e = Endpoint::server(name, limits, heartbeat, now, nonce);
         e.phase = Phase::Greeting;
         e
     }
 
-    fn new(server: bool, heartbeat: Heartbeat, now: Nanos) -> Endpoint {
+    fn new(side: Side, heartbeat: Heartbeat, now: Nanos, nonce: [u8; NONCE_LEN]) -> Endpoint {
         Endpoint {
-            server,
+            side,
             phase: Phase::AwaitPreamble,
             inbuf: Vec::new(),
             outbuf: Vec::new(),
@@ -295,15 +336,10 @@ impl Endpoint {
             last_rx: now,
             heartbeat_seq: 0,
             next_request: 1,
-            request: None,
-            name: String::new(),
-            limits: None,
             secret: Secret::none(),
             handshake_deadline: now + HANDSHAKE_TIMEOUT,
             handshake_timeout: HANDSHAKE_TIMEOUT,
-            nonce: crate::auth::nonce(),
-            peer_nonce: [0; NONCE_LEN],
-            peer_node: String::new(),
+            nonce,
         }
     }
 
@@ -364,7 +400,8 @@ impl Endpoint {
     }
 
     fn handle_message(&mut self, msg: Message, now: Nanos) {
-        match (self.server, self.phase, msg) {
+        let server = self.side.is_server();
+        match (&mut self.side, self.phase, msg) {
             // Heartbeats keep only an authenticated session alive: before that, a peer has the
             // handshake deadline and nothing else.
             (_, phase, Message::Heartbeat { seq, sent_ns }) if phase.authenticated() => {
@@ -379,7 +416,7 @@ impl Endpoint {
                 self.events.push_back(Event::Closed);
             }
             // client
-            (false, Phase::Greeting, Message::Challenge { nonce, proof }) => {
+            (Side::Client { .. }, Phase::Greeting, Message::Challenge { nonce, proof }) => {
                 if !self.secret.verify(auth::SERVER, &self.nonce, &nonce, &proof) {
                     let why = "the accelerator did not prove that it knows the shared secret (is QDL_SECRET or \
                                [auth] secret_file the same on both nodes?)";
@@ -389,68 +426,75 @@ impl Endpoint {
                 self.send(&Message::Auth { proof: self.secret.proof(auth::CLIENT, &nonce, &self.nonce) });
                 self.phase = Phase::Authenticating;
             }
-            (false, Phase::Authenticating, Message::Welcome { name, limits, .. }) => {
+            (Side::Client { request }, Phase::Authenticating, Message::Welcome { name, limits, .. }) => {
+                let configure = Message::Configure(request.clone());
                 self.events.push_back(Event::Welcomed { name, limits });
-                let req = self.request.take().expect("a client endpoint is built with its request");
-                self.send(&Message::Configure(req));
+                self.send(&configure);
                 self.phase = Phase::Configuring;
             }
-            (false, Phase::Configuring, Message::Configured(grant)) => {
+            (Side::Client { .. }, Phase::Configuring, Message::Configured(grant)) => {
                 self.phase = Phase::Established;
                 self.events.push_back(Event::Established(grant));
             }
-            (false, Phase::Established, Message::Name { request, name }) => {
+            (Side::Client { .. }, Phase::Established, Message::Name { request, name }) => {
                 self.events.push_back(Event::Name { request, name });
             }
-            (false, Phase::Established, Message::RunStateAck { request, state }) => {
+            (Side::Client { .. }, Phase::Established, Message::RunStateAck { request, state }) => {
                 self.events.push_back(Event::RunStateAck { request, state });
             }
-            (false, Phase::Established, Message::Stats { request, stats }) => {
+            (Side::Client { .. }, Phase::Established, Message::Stats { request, stats }) => {
                 self.events.push_back(Event::Stats { request, stats });
             }
-            (false, Phase::Established, Message::RdmaAccept { request, endpoint }) => {
+            (Side::Client { .. }, Phase::Established, Message::RdmaAccept { request, endpoint }) => {
                 self.events.push_back(Event::RdmaAccepted { request, endpoint });
             }
             // server
-            (true, Phase::Greeting, Message::Hello { node, nonce }) => {
+            (Side::Server { peer_node, peer_nonce, .. }, Phase::Greeting, Message::Hello { node, nonce }) => {
                 // Nothing about this node (name, limits) is said before the peer has proved itself.
-                self.peer_node = node;
-                self.peer_nonce = nonce;
+                *peer_node = node;
+                *peer_nonce = nonce;
                 let proof = self.secret.proof(auth::SERVER, &nonce, &self.nonce);
                 self.send(&Message::Challenge { nonce: self.nonce, proof });
                 self.phase = Phase::Authenticating;
             }
-            (true, Phase::Authenticating, Message::Auth { proof }) => {
-                if !self.secret.verify(auth::CLIENT, &self.nonce, &self.peer_nonce, &proof) {
+            (
+                Side::Server { name, limits, peer_node, peer_nonce, .. },
+                Phase::Authenticating,
+                Message::Auth { proof },
+            ) => {
+                if !self.secret.verify(auth::CLIENT, &self.nonce, peer_nonce, &proof) {
                     let why = "the frontend did not prove that it knows the shared secret";
                     self.fail(ControlError::Unauthorized(why), true);
                     return;
                 }
-                self.events.push_back(Event::Hello { node: std::mem::take(&mut self.peer_node) });
-                let limits = self.limits.expect("a server endpoint is built with its limits");
                 let hb = (self.heartbeat.interval.0 / 1_000_000) as u32;
-                self.send(&Message::Welcome { name: self.name.clone(), limits, heartbeat_interval_ms: hb });
+                let welcome = Message::Welcome { name: name.clone(), limits: *limits, heartbeat_interval_ms: hb };
+                self.events.push_back(Event::Hello { node: std::mem::take(peer_node) });
+                self.send(&welcome);
                 self.phase = Phase::Configuring;
             }
-            (true, Phase::Configuring, Message::Configure(req)) if self.request.is_none() => {
+            (Side::Server { configure_pending, .. }, Phase::Configuring, Message::Configure(req))
+                if !*configure_pending =>
+            {
                 // Remember that a request is pending so a second Configure is refused.
-                self.request = Some(req.clone());
+                *configure_pending = true;
                 self.events.push_back(Event::ConfigureRequested(req));
             }
-            (true, Phase::Established, Message::QueryName { request }) => {
-                self.send(&Message::Name { request, name: self.name.clone() });
+            (Side::Server { name, .. }, Phase::Established, Message::QueryName { request }) => {
+                let answer = Message::Name { request, name: name.clone() };
+                self.send(&answer);
             }
-            (true, Phase::Established, Message::RunState { request, state }) => {
+            (Side::Server { .. }, Phase::Established, Message::RunState { request, state }) => {
                 self.events.push_back(Event::RunState { request, state });
             }
-            (true, Phase::Established, Message::QueryStats { request }) => {
+            (Side::Server { .. }, Phase::Established, Message::QueryStats { request }) => {
                 self.events.push_back(Event::StatsRequested { request });
             }
             // RDMA parameters (and so rkeys) are exchanged only once the session is established.
-            (true, Phase::Established, Message::RdmaConnect { request, connection, endpoint }) => {
+            (Side::Server { .. }, Phase::Established, Message::RdmaConnect { request, connection, endpoint }) => {
                 self.events.push_back(Event::RdmaConnectRequested { request, connection, endpoint });
             }
-            (server, phase, other) => {
+            (_, phase, other) => {
                 let err = ControlError::Unexpected { got: other.name(), phase: phase.describe(server) };
                 self.fail(err, true);
             }
@@ -561,7 +605,8 @@ impl Endpoint {
 
     /// (server) Grants the pending configuration.
     pub fn grant(&mut self, grant: SessionGrant) -> Result<(), ControlError> {
-        if !(self.server && self.phase == Phase::Configuring && self.request.is_some()) {
+        let pending = matches!(self.side, Side::Server { configure_pending: true, .. });
+        if !(pending && self.phase == Phase::Configuring) {
             return Err(ControlError::NotEstablished);
         }
         self.send(&Message::Configured(grant));
@@ -630,6 +675,9 @@ mod tests {
     use crate::wire::attach::SessionToken;
     use crate::workload::WorkloadSpec;
 
+    const CLIENT_NONCE: [u8; NONCE_LEN] = [0xc1; NONCE_LEN];
+    const SERVER_NONCE: [u8; NONCE_LEN] = [0x5e; NONCE_LEN];
+
     fn limits() -> Limits {
         Limits {
             max_connections_per_session: 4,
@@ -679,8 +727,8 @@ mod tests {
     #[test]
     fn handshake_name_and_run_state() {
         let t = Nanos::ZERO;
-        let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t);
-        let mut s = Endpoint::server("acc-0", limits(), Heartbeat::default(), t);
+        let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t, CLIENT_NONCE);
+        let mut s = Endpoint::server("acc-0", limits(), Heartbeat::default(), t, SERVER_NONCE);
         pump(&mut c, &mut s, t);
         assert_eq!(events(&mut s), vec![Event::Hello { node: "fe".into() }, Event::ConfigureRequested(request())]);
         s.grant(grant()).unwrap();
@@ -722,8 +770,8 @@ mod tests {
     #[test]
     fn rdma_parameters_flow_only_on_an_established_session() {
         let t = Nanos::ZERO;
-        let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t);
-        let mut s = Endpoint::server("acc-0", limits(), Heartbeat::default(), t);
+        let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t, CLIENT_NONCE);
+        let mut s = Endpoint::server("acc-0", limits(), Heartbeat::default(), t, SERVER_NONCE);
         // Before the session is granted the client cannot even queue its parameters.
         assert_eq!(c.connect_rdma(0, rdma_endpoint(1)), Err(ControlError::NotEstablished));
         pump(&mut c, &mut s, t);
@@ -746,8 +794,8 @@ mod tests {
     #[test]
     fn rdma_connect_before_the_grant_fails_the_session() {
         let t = Nanos::ZERO;
-        let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t);
-        let mut s = Endpoint::server("acc-0", limits(), Heartbeat::default(), t);
+        let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t, CLIENT_NONCE);
+        let mut s = Endpoint::server("acc-0", limits(), Heartbeat::default(), t, SERVER_NONCE);
         pump(&mut c, &mut s, t);
         events(&mut s);
         // A peer that skips the handshake and sends RDMA parameters is refused, not answered.
@@ -763,8 +811,8 @@ mod tests {
     #[test]
     fn bytes_may_arrive_one_at_a_time() {
         let t = Nanos::ZERO;
-        let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t);
-        let mut s = Endpoint::server("acc", limits(), Heartbeat::default(), t);
+        let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t, CLIENT_NONCE);
+        let mut s = Endpoint::server("acc", limits(), Heartbeat::default(), t, SERVER_NONCE);
         let one_by_one = |from: &mut Endpoint, to: &mut Endpoint| {
             for b in from.poll_transmit().unwrap() {
                 to.handle_input(&[b], t);
@@ -783,8 +831,8 @@ mod tests {
 
     fn pair(client: &str, server: &str) -> (Endpoint, Endpoint) {
         let t = Nanos::ZERO;
-        let c = Endpoint::client("fe", request(), Heartbeat::default(), t).with_secret(secret(client));
-        let s = Endpoint::server("acc-0", limits(), Heartbeat::default(), t).with_secret(secret(server));
+        let c = Endpoint::client("fe", request(), Heartbeat::default(), t, CLIENT_NONCE).with_secret(secret(client));
+        let s = Endpoint::server("acc-0", limits(), Heartbeat::default(), t, SERVER_NONCE).with_secret(secret(server));
         (c, s)
     }
 
@@ -833,7 +881,7 @@ mod tests {
         // deadline still ends it.
         let (mut c, _) = pair("the shared secret", "the shared secret");
         let hello = c.poll_transmit().unwrap();
-        let mut s = Endpoint::server("acc-0", limits(), Heartbeat::default(), Nanos::ZERO);
+        let mut s = Endpoint::server("acc-0", limits(), Heartbeat::default(), Nanos::ZERO, SERVER_NONCE);
         let mut t = Nanos::ZERO;
         for b in hello.iter().take(PREAMBLE_LEN + 4) {
             s.handle_input(&[*b], t);
@@ -866,7 +914,8 @@ mod tests {
         c.handle_input(&s.poll_transmit().unwrap(), t);
         let auth = c.poll_transmit().unwrap();
         // ...and replay it to a new session of the same accelerator: its challenge is new.
-        let (_, mut s2) = pair("the shared secret", "the shared secret");
+        let mut s2 = Endpoint::server("acc-0", limits(), Heartbeat::default(), t, [0x77; NONCE_LEN])
+            .with_secret(secret("the shared secret"));
         s2.handle_input(&hello, t);
         s2.handle_input(&auth, t);
         let ev = events(&mut s2);
@@ -881,11 +930,49 @@ mod tests {
         assert!(matches!(&ev[..], [Event::Failed(ControlError::Unexpected { got: "Configure", .. })]), "{ev:?}");
     }
 
+    /// Every byte each side sent, in order, for a handshake with the given nonces.
+    fn transcript(client_nonce: [u8; NONCE_LEN], server_nonce: [u8; NONCE_LEN]) -> Vec<(bool, Vec<u8>)> {
+        let t = Nanos::ZERO;
+        let key = || secret("the shared secret");
+        let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t, client_nonce).with_secret(key());
+        let mut s = Endpoint::server("acc-0", limits(), Heartbeat::default(), t, server_nonce).with_secret(key());
+        let mut sent = Vec::new();
+        for _ in 0..6 {
+            if let Some(b) = c.poll_transmit() {
+                s.handle_input(&b, t);
+                sent.push((false, b));
+            }
+            if let Some(b) = s.poll_transmit() {
+                c.handle_input(&b, t);
+                sent.push((true, b));
+            }
+            while let Some(e) = s.poll_event() {
+                if matches!(e, Event::ConfigureRequested(_)) {
+                    s.grant(grant()).unwrap();
+                }
+            }
+        }
+        assert!(c.is_established() && s.is_established());
+        sent
+    }
+
+    #[test]
+    fn a_handshake_replays_byte_for_byte_from_its_nonces() {
+        let first = transcript(CLIENT_NONCE, SERVER_NONCE);
+        assert_eq!(first, transcript(CLIENT_NONCE, SERVER_NONCE), "same nonces, same bytes");
+        // The nonces are what the bytes depend on: another server nonce changes the Challenge
+        // (and so the client's proof), not the preamble and Hello.
+        let other = transcript(CLIENT_NONCE, [0x77; NONCE_LEN]);
+        assert_eq!(first[0], other[0]);
+        assert_ne!(first[1], other[1]);
+        assert_ne!(first[2], other[2]);
+    }
+
     #[test]
     fn version_mismatch_is_a_clear_failure_on_both_sides() {
         let t = Nanos::ZERO;
-        let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t);
-        let mut s = Endpoint::server("acc", limits(), Heartbeat::default(), t);
+        let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t, CLIENT_NONCE);
+        let mut s = Endpoint::server("acc", limits(), Heartbeat::default(), t, SERVER_NONCE);
         let mut hello = c.poll_transmit().unwrap();
         hello[4] = 9; // the frontend claims protocol v9
         s.handle_input(&hello, t);
@@ -906,7 +993,7 @@ mod tests {
     #[test]
     fn out_of_order_messages_fail_the_session() {
         let t = Nanos::ZERO;
-        let mut s = Endpoint::server("acc", limits(), Heartbeat::default(), t);
+        let mut s = Endpoint::server("acc", limits(), Heartbeat::default(), t, SERVER_NONCE);
         let mut bytes = Preamble::ours(Role::Control).encode().to_vec();
         message::encode(&Message::QueryName { request: 1 }, &mut bytes).unwrap();
         s.handle_input(&bytes, t);
@@ -927,7 +1014,7 @@ mod tests {
     #[test]
     fn malformed_frame_fails_cleanly() {
         let t = Nanos::ZERO;
-        let mut s = Endpoint::server("acc", limits(), Heartbeat::default(), t);
+        let mut s = Endpoint::server("acc", limits(), Heartbeat::default(), t, SERVER_NONCE);
         let mut bytes = Preamble::ours(Role::Control).encode().to_vec();
         bytes.extend_from_slice(&[3, 0, 0, 0, 0, 200, 1]); // Hello with a string longer than the frame
         s.handle_input(&bytes, t);
@@ -937,8 +1024,8 @@ mod tests {
     #[test]
     fn refusal_reaches_the_client() {
         let t = Nanos::ZERO;
-        let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t);
-        let mut s = Endpoint::server("acc", limits(), Heartbeat::default(), t);
+        let mut c = Endpoint::client("fe", request(), Heartbeat::default(), t, CLIENT_NONCE);
+        let mut s = Endpoint::server("acc", limits(), Heartbeat::default(), t, SERVER_NONCE);
         pump(&mut c, &mut s, t);
         events(&mut s);
         s.refuse(ErrorCode::LimitExceeded, "64 slots at most".into());
@@ -953,8 +1040,8 @@ mod tests {
     #[test]
     fn heartbeats_measure_rtt_and_silence_kills() {
         let hb = Heartbeat { interval: Nanos::from_millis(100), misses: 3 };
-        let mut c = Endpoint::client("fe", request(), hb, Nanos::ZERO);
-        let mut s = Endpoint::server("acc", limits(), hb, Nanos::ZERO);
+        let mut c = Endpoint::client("fe", request(), hb, Nanos::ZERO, CLIENT_NONCE);
+        let mut s = Endpoint::server("acc", limits(), hb, Nanos::ZERO, SERVER_NONCE);
         pump(&mut c, &mut s, Nanos::ZERO);
         let t1 = Nanos::from_millis(100);
         assert_eq!(c.poll_timeout(), Some(t1));

@@ -3,6 +3,7 @@
 //! Each checks what must hold for any input: no panic, a clear error or a value that encodes
 //! back to the bytes it came from, buffers bounded by the protocol's limits.
 
+use crate::auth::NONCE_LEN;
 use crate::control::{Endpoint, Event, Heartbeat};
 use crate::time::Nanos;
 use crate::wire::attach::{ATTACH_LEN, Attach};
@@ -75,8 +76,10 @@ pub fn handshake(data: &[u8]) {
         transport: Default::default(),
     };
     let secret = crate::auth::Secret::new(b"fuzzing secret 0123456789", "fuzz").expect("long enough");
-    let mut server = Endpoint::server("acc", limits, Heartbeat::default(), Nanos::ZERO).with_secret(secret.clone());
-    let mut client = Endpoint::client("fe", request, Heartbeat::default(), Nanos::ZERO).with_secret(secret);
+    let mut server = Endpoint::server("acc", limits, Heartbeat::default(), Nanos::ZERO, [0x5e; NONCE_LEN])
+        .with_secret(secret.clone());
+    let mut client =
+        Endpoint::client("fe", request, Heartbeat::default(), Nanos::ZERO, [0xc1; NONCE_LEN]).with_secret(secret);
     let mut t = Nanos::ZERO;
     for piece in rest.chunks(chunk) {
         t = t + Nanos::from_millis(piece[0] as u64);

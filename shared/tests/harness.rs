@@ -112,8 +112,8 @@ fn control_session_over_a_slow_link_then_a_partition() {
         slots_per_connection: 32,
         transport: Default::default(),
     };
-    let mut c = Endpoint::client("fe", req.clone(), hb, Nanos::ZERO);
-    let mut s = Endpoint::server("acc", limits(), hb, Nanos::ZERO);
+    let mut c = Endpoint::client("fe", req.clone(), hb, Nanos::ZERO, [1; 32]);
+    let mut s = Endpoint::server("acc", limits(), hb, Nanos::ZERO, [2; 32]);
     let (mut up, mut down) = (Link::default(), Link::default());
     let delay = Nanos::from_millis(20);
     let mut client_events = Vec::new();

@@ -390,9 +390,15 @@ async fn control(
     let deadline = Nanos::from_millis(shared.config.limits.handshake_timeout_ms);
     let link = match (&shared.tls, tls) {
         (None, false) => {
-            let endpoint = Endpoint::server_after_preamble(&a.name, shared.registry.limits(), hb, Nanos::now())
-                .with_handshake_timeout(deadline)
-                .with_secret(shared.secret.clone());
+            let endpoint = Endpoint::server_after_preamble(
+                &a.name,
+                shared.registry.limits(),
+                hb,
+                Nanos::now(),
+                qdl_shared::auth::nonce(),
+            )
+            .with_handshake_timeout(deadline)
+            .with_secret(shared.secret.clone());
             ControlLink::new(stream, endpoint)
         }
         (Some(acceptor), true) => {
@@ -408,9 +414,10 @@ async fn control(
                 }
             };
             // Inside TLS the frontend sends its preamble again: the endpoint reads it.
-            let endpoint = Endpoint::server(&a.name, shared.registry.limits(), hb, Nanos::now())
-                .with_handshake_timeout(deadline)
-                .with_secret(shared.secret.clone());
+            let endpoint =
+                Endpoint::server(&a.name, shared.registry.limits(), hb, Nanos::now(), qdl_shared::auth::nonce())
+                    .with_handshake_timeout(deadline)
+                    .with_secret(shared.secret.clone());
             ControlLink::over(Box::new(tls), Some(peer), endpoint)
         }
         (ours, _) => {
