@@ -12,14 +12,89 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use qdl_shared::config::{
-    BackendConfig, BackendKind, BatcherConfig, ExecutionProviderName, FrontendConfig, OnnxConfig, WorkersConfig,
+    BackendConfig, BackendKind, BatcherConfig, ConfigError, ExecutionProviderName, FrontendConfig, OnnxConfig,
+    WorkersConfig,
 };
-use qdl_shared::npy::NpyFile;
+use qdl_shared::npy::{NpyError, NpyFile};
 use qdl_shared::time::Nanos;
 use qdl_shared::transport::{Payload, PayloadSource};
 use qdl_shared::workload::{DType, WorkloadSpec};
 
-use crate::worker::{Input, WorkItem, WorkerPool, refuse, reply_channel};
+use crate::backend::BackendError;
+use crate::worker::{Input, WorkItem, WorkerError, WorkerPool, refuse, reply_channel};
+
+/// Errors of a load check: a model directory that cannot be used, a worker that cannot start,
+/// or a wrong answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadCheckError {
+    /// `frontend.toml` cannot be read, or its workload does not resolve.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `frontend.toml` does not name a directory the check needs.
+    #[error("frontend.toml names no {0}")]
+    MissingDir(&'static str),
+    /// A NumPy file of samples or references cannot be read or does not fit the workload.
+    #[error(transparent)]
+    Npy(#[from] NpyError),
+    /// The directory has no samples, or fewer references than samples.
+    #[error("{}: {samples} samples, references for {references}", dir.display())]
+    TooFewReferences {
+        /// The model directory.
+        dir: PathBuf,
+        /// Samples in the dataset.
+        samples: usize,
+        /// Samples with reference outputs.
+        references: usize,
+    },
+    /// The worker cannot start.
+    #[error(transparent)]
+    Workers(#[from] WorkerError),
+    /// The backend cannot serve the workload (the model and the workload differ).
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The worker stopped before answering every sample.
+    #[error("the worker stopped")]
+    WorkerStopped,
+    /// A sample was answered with an error.
+    #[error("sample {sample}: {message}")]
+    Answered {
+        /// The sample's id in the run.
+        sample: u64,
+        /// The worker's error message.
+        message: String,
+    },
+    /// An answer differs from its reference.
+    #[error("sample {sample}: {mismatch}")]
+    Wrong {
+        /// The sample's index in the directory.
+        sample: usize,
+        /// How it differs.
+        mismatch: Mismatch,
+    },
+}
+
+/// How an answer differs from its reference.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Mismatch {
+    /// An output that is not floating point differs.
+    #[error("output {output:?} differs from the reference")]
+    Differs {
+        /// The output's name.
+        output: String,
+    },
+    /// A floating-point element is out of tolerance (or NaN).
+    #[error("output {output:?}[{element}] = {got}, reference {want}")]
+    OutOfTolerance {
+        /// The output's name.
+        output: String,
+        /// The element's index in the output.
+        element: usize,
+        /// The answer.
+        got: f64,
+        /// The reference.
+        want: f64,
+    },
+}
 
 /// Samples in flight at once.
 const WINDOW: usize = 256;
@@ -45,12 +120,12 @@ impl PayloadSource for Samples {
 }
 
 /// Reads `<dir>/<name>.npy` for each tensor (samples stacked) and interleaves them per sample.
-fn read_stacked(dir: &Path, tensors: &[qdl_shared::workload::TensorSpec]) -> Result<(Vec<u8>, usize), String> {
+fn read_stacked(dir: &Path, tensors: &[qdl_shared::workload::TensorSpec]) -> Result<(Vec<u8>, usize), NpyError> {
     let mut files = Vec::new();
     let mut n = usize::MAX;
     for t in tensors {
-        let f = NpyFile::open(&dir.join(format!("{}.npy", t.name))).map_err(|e| e.to_string())?;
-        n = n.min(f.expect(t.dtype, &t.shape, true).map_err(|e| e.to_string())?);
+        let f = NpyFile::open(&dir.join(format!("{}.npy", t.name)))?;
+        n = n.min(f.expect(t.dtype, &t.shape, true)?);
         files.push(f);
     }
     let per: usize = tensors.iter().map(|t| t.bytes()).sum();
@@ -58,7 +133,7 @@ fn read_stacked(dir: &Path, tensors: &[qdl_shared::workload::TensorSpec]) -> Res
     for i in 0..n {
         let mut at = i * per;
         for (t, f) in tensors.iter().zip(&files) {
-            f.read_at((i * t.bytes()) as u64, &mut out[at..at + t.bytes()]).map_err(|e| e.to_string())?;
+            f.read_at((i * t.bytes()) as u64, &mut out[at..at + t.bytes()])?;
             at += t.bytes();
         }
     }
@@ -67,15 +142,15 @@ fn read_stacked(dir: &Path, tensors: &[qdl_shared::workload::TensorSpec]) -> Res
 
 impl ModelDir {
     /// Loads `dir`; see the module docs.
-    pub fn open(dir: &Path) -> Result<ModelDir, String> {
-        let cfg = FrontendConfig::load(&dir.join("frontend.toml")).map_err(|e| e.to_string())?;
-        let spec = cfg.workload.resolve_spec().map_err(|e| e.to_string())?;
-        let data = cfg.workload.dataset_dir.ok_or("frontend.toml names no dataset_dir")?;
-        let refs = cfg.workload.reference_dir.ok_or("frontend.toml names no reference_dir")?;
+    pub fn open(dir: &Path) -> Result<ModelDir, LoadCheckError> {
+        let cfg = FrontendConfig::load(&dir.join("frontend.toml"))?;
+        let spec = cfg.workload.resolve_spec()?;
+        let data = cfg.workload.dataset_dir.ok_or(LoadCheckError::MissingDir("dataset_dir"))?;
+        let refs = cfg.workload.reference_dir.ok_or(LoadCheckError::MissingDir("reference_dir"))?;
         let (inputs, n) = read_stacked(&data, &spec.inputs)?;
         let (reference, m) = read_stacked(&refs, &spec.outputs)?;
         if n == 0 || m < n {
-            return Err(format!("{}: {n} samples, references for {m}", dir.display()));
+            return Err(LoadCheckError::TooFewReferences { dir: dir.to_path_buf(), samples: n, references: m });
         }
         Ok(ModelDir { model: dir.join("model.onnx"), spec, samples: n, inputs: Arc::new(Samples(inputs)), reference })
     }
@@ -127,7 +202,7 @@ pub struct LoadOptions {
 }
 
 /// Runs the load; an error names the first wrong answer or what could not be set up.
-pub fn worker_load(dir: &ModelDir, opts: &LoadOptions) -> Result<LoadReport, String> {
+pub fn worker_load(dir: &ModelDir, opts: &LoadOptions) -> Result<LoadReport, LoadCheckError> {
     let backend = BackendConfig {
         kind: BackendKind::Onnx,
         onnx: OnnxConfig {
@@ -140,8 +215,8 @@ pub fn worker_load(dir: &ModelDir, opts: &LoadOptions) -> Result<LoadReport, Str
     };
     let workers = WorkersConfig { count: 1, gpus: Some(opts.gpu.into_iter().collect()) };
     let batcher = BatcherConfig { max_batch: opts.max_batch, max_queue_delay_us: 1000, max_queue: 4096 };
-    let pool = WorkerPool::start(&workers, batcher, &backend).map_err(|e| e.to_string())?;
-    pool.check(&dir.spec).map_err(|e| e.to_string())?;
+    let pool = WorkerPool::start(&workers, batcher, &backend)?;
+    pool.check(&dir.spec)?;
     let spec = Arc::new(dir.spec.clone());
     let (ib, ob) = (spec.input_bytes(), spec.output_bytes as usize);
     let (sink, mut replies) = reply_channel(WINDOW as u32);
@@ -171,20 +246,20 @@ pub fn worker_load(dir: &ModelDir, opts: &LoadOptions) -> Result<LoadReport, Str
         if answered == sent {
             break;
         }
-        let Some(r) = replies.blocking_recv() else { return Err("the worker stopped".into()) };
+        let Some(r) = replies.blocking_recv() else { return Err(LoadCheckError::WorkerStopped) };
         for (k, e) in r.entries.iter().enumerate() {
             answered += 1;
             if result.is_err() {
                 continue;
             }
             if let Some((_, msg)) = &r.error {
-                result = Err(format!("sample {}: {msg}", e.sample_id));
+                result = Err(LoadCheckError::Answered { sample: e.sample_id, message: msg.clone() });
                 continue;
             }
             let i = (e.sample_id % dir.samples as u64) as usize;
             match compare(&spec, r.output(k), &dir.reference[i * ob..(i + 1) * ob], opts.atol, opts.rtol) {
                 Ok(err) => worst = worst.max(err),
-                Err(m) => result = Err(format!("sample {i}: {m}")),
+                Err(mismatch) => result = Err(LoadCheckError::Wrong { sample: i, mismatch }),
             }
         }
     }
@@ -205,7 +280,7 @@ pub fn worker_load(dir: &ModelDir, opts: &LoadOptions) -> Result<LoadReport, Str
 
 /// Compares one answer with its reference; the largest absolute error of a float element, or
 /// the first element out of tolerance.
-fn compare(spec: &WorkloadSpec, got: &[u8], want: &[u8], atol: f64, rtol: f64) -> Result<f64, String> {
+fn compare(spec: &WorkloadSpec, got: &[u8], want: &[u8], atol: f64, rtol: f64) -> Result<f64, Mismatch> {
     let mut at = 0;
     let mut worst = 0.0f64;
     for t in &spec.outputs {
@@ -213,7 +288,7 @@ fn compare(spec: &WorkloadSpec, got: &[u8], want: &[u8], atol: f64, rtol: f64) -
         at += t.bytes();
         if t.dtype != DType::F32 {
             if g != w {
-                return Err(format!("output {:?} differs from the reference", t.name));
+                return Err(Mismatch::Differs { output: t.name.clone() });
             }
             continue;
         }
@@ -223,7 +298,7 @@ fn compare(spec: &WorkloadSpec, got: &[u8], want: &[u8], atol: f64, rtol: f64) -
             let err = (g - w).abs();
             // NaN answers fail: they are never within tolerance.
             if err.is_nan() || err > atol + rtol * w.abs() {
-                return Err(format!("output {:?}[{e}] = {g}, reference {w}", t.name));
+                return Err(Mismatch::OutOfTolerance { output: t.name.clone(), element: e, got: g, want: w });
             }
             worst = worst.max(err);
         }

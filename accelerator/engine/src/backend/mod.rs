@@ -118,10 +118,10 @@ impl Checker {
     pub fn check(&self, spec: &WorkloadSpec) -> Result<(), BackendError> {
         match self {
             Checker::Any => Ok(()),
-            Checker::Model(info) => info.check(spec).map_err(|reason| BackendError::Unsupported {
+            Checker::Model(info) => info.check(spec).map_err(|e| BackendError::Unsupported {
                 backend: "onnx",
                 workload: spec.name.clone(),
-                reason,
+                reason: e.to_string(),
             }),
         }
     }

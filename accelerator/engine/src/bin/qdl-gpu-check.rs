@@ -99,7 +99,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     rows.push(row::<GpuError>("discover", "-", Ok(format!("{} GPU(s), {driver}", gpus.len())), started));
 
     let model_dir = match &cli.model_dir {
-        Some(d) => Some(qdl_engine::loadcheck::ModelDir::open(d).map_err(anyhow::Error::msg)?),
+        Some(d) => Some(qdl_engine::loadcheck::ModelDir::open(d)?),
         None => None,
     };
     let targets: Vec<u32> = match cli.gpu {
@@ -143,8 +143,12 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
 
 const GIB: f64 = (1u64 << 30) as f64;
 
-/// The accelerator's worker (batcher + onnx backend) on GPU `ordinal` under load.
-fn worker_check(cli: &Cli, dir: &qdl_engine::loadcheck::ModelDir, ordinal: u32) -> Result<String, String> {
+/// The engine's worker (batcher + onnx backend) on GPU `ordinal` under load.
+fn worker_check(
+    cli: &Cli,
+    dir: &qdl_engine::loadcheck::ModelDir,
+    ordinal: u32,
+) -> Result<String, qdl_engine::loadcheck::LoadCheckError> {
     use qdl_shared::config::ExecutionProviderName as P;
     let providers = cli
         .execution_providers

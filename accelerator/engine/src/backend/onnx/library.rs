@@ -66,21 +66,23 @@ fn find_in(dir: &Path) -> Option<PathBuf> {
     found.into_iter().next()
 }
 
-static ENVIRONMENT: OnceLock<Result<(ort::environment::Environment, Located), String>> = OnceLock::new();
+static ENVIRONMENT: OnceLock<Result<(ort::environment::Environment, Located), OnnxError>> = OnceLock::new();
 
 /// Loads the library and creates ONNX Runtime's environment, once per process (ONNX Runtime
 /// allows one); later calls return the first outcome, whatever `configured` says.
 pub fn environment(configured: Option<&Path>) -> Result<(ort::environment::Environment, Located), OnnxError> {
     let loaded = ENVIRONMENT.get_or_init(|| {
-        let located = locate(configured).map_err(|e| e.to_string())?;
+        let fail = |reason: String| OnnxError::Library { reason };
+        let located = locate(configured).map_err(|e| fail(e.to_string()))?;
         if !located.path.is_file() {
-            return Err(format!("{} (from {}) is not a file", located.path.display(), located.source));
+            return Err(fail(format!("{} (from {}) is not a file", located.path.display(), located.source)));
         }
-        let builder = ort::init_from(&located.path).map_err(|e| format!("{e} (from {})", located.source))?;
-        let env = builder.with_name("qdl").build().map_err(|e| format!("creating ONNX Runtime's environment: {e}"))?;
+        let builder = ort::init_from(&located.path).map_err(|e| fail(format!("{e} (from {})", located.source)))?;
+        let env =
+            builder.with_name("qdl").build().map_err(|e| fail(format!("creating ONNX Runtime's environment: {e}")))?;
         Ok((env, located))
     });
-    loaded.clone().map_err(|reason| OnnxError::Library { reason })
+    loaded.clone()
 }
 
 #[cfg(test)]

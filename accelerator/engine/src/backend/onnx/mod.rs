@@ -352,6 +352,29 @@ fn as_bytes_mut(words: &mut [u64]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(words)) }
 }
 
+/// Why one execution provider could not build a session (the backend tries the next one; see
+/// [`OnnxError::Model`]).
+#[derive(Debug, thiserror::Error)]
+enum ProviderError {
+    /// This ONNX Runtime build lacks the provider.
+    #[error("not in this ONNX Runtime build (install {install})")]
+    NotInBuild {
+        /// What to install for it.
+        install: &'static str,
+    },
+    /// TensorRT's engine cache directory cannot be created.
+    #[error("engine cache {}: {source}", dir.display())]
+    EngineCache {
+        /// The directory (backend.onnx.trt_engine_cache_dir).
+        dir: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// ONNX Runtime refused the options or the model.
+    #[error("{0}")]
+    Ort(#[from] ort::Error),
+}
+
 /// Builds a session with exactly `provider` (and the CPU for what it cannot run).
 fn session_with(
     env: &ort::environment::Environment,
@@ -359,12 +382,14 @@ fn session_with(
     provider: ExecutionProviderName,
     device: i32,
     path: &Path,
-) -> Result<Session, String> {
-    fn e(e: impl std::fmt::Display) -> String {
-        e.to_string()
+) -> Result<Session, ProviderError> {
+    fn e<R>(e: ort::Error<R>) -> ProviderError
+    where
+        ort::Error: From<ort::Error<R>>,
+    {
+        ProviderError::Ort(e.into())
     }
-    let mut builder = Session::builder(env)
-        .map_err(e)?
+    let mut builder = Session::builder(env)?
         .with_intra_threads(config.intra_op_threads as usize)
         .map_err(e)?
         .with_no_environment_execution_providers()
@@ -373,17 +398,18 @@ fn session_with(
         ExecutionProviderName::Cpu => None,
         ExecutionProviderName::Cuda => {
             if !ep::CUDA::is_available().unwrap_or(false) {
-                return Err("not in this ONNX Runtime build (install onnxruntime-gpu)".into());
+                return Err(ProviderError::NotInBuild { install: "onnxruntime-gpu" });
             }
             Some(ep::CUDA::default().with_device_id(device).build().error_on_failure())
         }
         ExecutionProviderName::Tensorrt => {
             if !ep::TensorRT::is_available().unwrap_or(false) {
-                return Err("not in this ONNX Runtime build (install onnxruntime-gpu and TensorRT)".into());
+                return Err(ProviderError::NotInBuild { install: "onnxruntime-gpu and TensorRT" });
             }
             let mut trt = ep::TensorRT::default().with_device_id(device).with_fp16(config.trt_fp16);
             if let Some(dir) = &config.trt_engine_cache_dir {
-                std::fs::create_dir_all(dir).map_err(|err| format!("engine cache {}: {err}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|source| ProviderError::EngineCache { dir: dir.clone(), source })?;
                 let d = dir.display().to_string();
                 trt = trt
                     .with_engine_cache(true)
@@ -397,7 +423,7 @@ fn session_with(
     if let Some(d) = dispatch {
         builder = builder.with_execution_providers([d]).map_err(e)?;
     }
-    builder.commit_from_file(path).map_err(e)
+    Ok(builder.commit_from_file(path)?)
 }
 
 impl Backend for OnnxBackend {
@@ -410,10 +436,10 @@ impl Backend for OnnxBackend {
     }
 
     fn check(&self, spec: &WorkloadSpec) -> Result<(), BackendError> {
-        self.info.check(spec).map_err(|reason| BackendError::Unsupported {
+        self.info.check(spec).map_err(|e| BackendError::Unsupported {
             backend: "onnx",
             workload: spec.name.clone(),
-            reason,
+            reason: e.to_string(),
         })
     }
 

@@ -8,6 +8,85 @@
 
 use qdl_shared::workload::{DType, OutputKind, TensorSpec, WorkloadSpec};
 
+/// How a workload fails to describe a model ([`ModelInfo::check`]). Each says what differs and
+/// lists what the model takes or gives.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelMismatch {
+    /// The model answers with tensors, the workload with another output kind.
+    #[error(
+        "{model} answers with its output tensors: describe the workload with output_kind = \"tensors\" and \
+         `outputs` chosen among: {outputs}"
+    )]
+    OutputKind {
+        /// The model file.
+        model: String,
+        /// The model's outputs, described.
+        outputs: String,
+    },
+    /// The workload names an input or output the model does not have.
+    #[error("{model} has no {what} {name:?}; its {what}s: {has}")]
+    Missing {
+        /// The model file.
+        model: String,
+        /// "input" or "output".
+        what: &'static str,
+        /// The workload's tensor name.
+        name: String,
+        /// The model's tensors of that kind, described.
+        has: String,
+    },
+    /// The workload does not provide one of the model's inputs.
+    #[error("the workload does not provide {model}'s input {input}; its inputs: {has}")]
+    NotProvided {
+        /// The model file.
+        model: String,
+        /// The missing input, described.
+        input: String,
+        /// The model's inputs, described.
+        has: String,
+    },
+    /// A model tensor's element type is one qdl does not carry.
+    #[error("{model}'s {what} {name} has element type {type_name}, which qdl does not carry")]
+    UncarriedType {
+        /// The model file.
+        model: String,
+        /// "input" or "output".
+        what: &'static str,
+        /// The tensor's name.
+        name: String,
+        /// The element type as ONNX Runtime names it.
+        type_name: String,
+    },
+    /// The element types differ.
+    #[error("{what} {name:?}: the workload says {workload}, {model} takes {takes}")]
+    DType {
+        /// "input" or "output".
+        what: &'static str,
+        /// The tensor's name.
+        name: String,
+        /// The workload's element type.
+        workload: &'static str,
+        /// The model file.
+        model: String,
+        /// The model's element type.
+        takes: &'static str,
+    },
+    /// The per-sample shapes differ.
+    #[error("{what} {name:?}: the workload says {workload}, {model} has {has} (the first dimension is the batch)")]
+    Shape {
+        /// "input" or "output".
+        what: &'static str,
+        /// The tensor's name.
+        name: String,
+        /// The workload's tensor, described.
+        workload: String,
+        /// The model file.
+        model: String,
+        /// The model's tensor, described.
+        has: String,
+    },
+}
+
 /// One input or output of a model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelTensor {
@@ -72,35 +151,32 @@ impl ModelInfo {
     /// Checks that `spec` describes this model: every model input (and no other) with its dtype
     /// and per-sample shape, and outputs that the model has. The error says what differs and
     /// lists what the model takes or gives.
-    pub fn check(&self, spec: &WorkloadSpec) -> Result<(), String> {
+    pub fn check(&self, spec: &WorkloadSpec) -> Result<(), ModelMismatch> {
         let list = |ts: &[ModelTensor]| ts.iter().map(ModelTensor::describe).collect::<Vec<_>>().join("; ");
+        let model = || self.file.clone();
         if spec.output_kind != OutputKind::Tensors {
-            return Err(format!(
-                "{} answers with its output tensors: describe the workload with output_kind = \"tensors\" and \
-                 `outputs` chosen among: {}",
-                self.file,
-                list(&self.outputs)
-            ));
+            return Err(ModelMismatch::OutputKind { model: model(), outputs: list(&self.outputs) });
         }
         for t in &spec.inputs {
             if !self.inputs.iter().any(|m| m.name == t.name) {
-                return Err(format!("{} has no input {:?}; its inputs: {}", self.file, t.name, list(&self.inputs)));
+                let has = list(&self.inputs);
+                return Err(ModelMismatch::Missing { model: model(), what: "input", name: t.name.clone(), has });
             }
         }
         for m in &self.inputs {
             let Some(t) = spec.inputs.iter().find(|t| t.name == m.name) else {
-                return Err(format!(
-                    "the workload does not provide {}'s input {}; its inputs: {}",
-                    self.file,
-                    m.describe(),
-                    list(&self.inputs)
-                ));
+                return Err(ModelMismatch::NotProvided {
+                    model: model(),
+                    input: m.describe(),
+                    has: list(&self.inputs),
+                });
             };
             matches(m, t, "input", &self.file)?;
         }
         for t in &spec.outputs {
             let Some(m) = self.outputs.iter().find(|m| m.name == t.name) else {
-                return Err(format!("{} has no output {:?}; its outputs: {}", self.file, t.name, list(&self.outputs)));
+                let has = list(&self.outputs);
+                return Err(ModelMismatch::Missing { model: model(), what: "output", name: t.name.clone(), has });
             };
             matches(m, t, "output", &self.file)?;
         }
@@ -108,27 +184,34 @@ impl ModelInfo {
     }
 }
 
-fn matches(m: &ModelTensor, t: &TensorSpec, what: &str, file: &str) -> Result<(), String> {
+fn matches(m: &ModelTensor, t: &TensorSpec, what: &'static str, file: &str) -> Result<(), ModelMismatch> {
     let Some(dtype) = m.dtype else {
-        return Err(format!("{file}'s {what} {} has element type {}, which qdl does not carry", m.name, m.type_name));
+        return Err(ModelMismatch::UncarriedType {
+            model: file.into(),
+            what,
+            name: m.name.clone(),
+            type_name: m.type_name.clone(),
+        });
     };
     if dtype != t.dtype {
-        return Err(format!(
-            "{what} {:?}: the workload says {}, {file} takes {}",
-            t.name,
-            dtype_name(t.dtype),
-            dtype_name(dtype)
-        ));
+        return Err(ModelMismatch::DType {
+            what,
+            name: t.name.clone(),
+            workload: dtype_name(t.dtype),
+            model: file.into(),
+            takes: dtype_name(dtype),
+        });
     }
     let shape_ok =
         m.dims.len() == t.shape.len() + 1 && m.dims[1..].iter().zip(&t.shape).all(|(&d, &s)| d < 0 || d == s as i64);
     if !shape_ok {
-        return Err(format!(
-            "{what} {:?}: the workload says {}, {file} has {} (the first dimension is the batch)",
-            t.name,
-            spec_describe(t),
-            m.describe()
-        ));
+        return Err(ModelMismatch::Shape {
+            what,
+            name: t.name.clone(),
+            workload: spec_describe(t),
+            model: file.into(),
+            has: m.describe(),
+        });
     }
     Ok(())
 }
@@ -172,33 +255,33 @@ mod tests {
         let m = minilm();
         let mut s = spec();
         s.inputs[0].dtype = DType::I32;
-        let e = m.check(&s).unwrap_err();
+        let e = m.check(&s).unwrap_err().to_string();
         assert!(e.contains("\"attention_mask\"") && e.contains("i32") && e.contains("i64"), "{e}");
 
         let mut s = spec();
         s.inputs.pop();
-        let e = m.check(&s).unwrap_err();
+        let e = m.check(&s).unwrap_err().to_string();
         assert!(e.contains("does not provide") && e.contains("input_ids"), "{e}");
 
         let mut s = spec();
         s.inputs[1].name = "token_type_ids".into();
-        let e = m.check(&s).unwrap_err();
+        let e = m.check(&s).unwrap_err().to_string();
         assert!(e.contains("no input \"token_type_ids\"") && e.contains("attention_mask i64 [?, ?]"), "{e}");
 
         let mut s = spec();
         s.outputs[0].shape = vec![768];
-        let e = m.check(&s).unwrap_err();
+        let e = m.check(&s).unwrap_err().to_string();
         assert!(e.contains("[batch, 768]") && e.contains("461 f32 [?, 384]"), "{e}");
 
         let mut s = spec();
         s.outputs[0].name = "pooled".into();
-        assert!(m.check(&s).unwrap_err().contains("no output \"pooled\""));
+        assert!(m.check(&s).unwrap_err().to_string().contains("no output \"pooled\""));
 
         let mut s = spec();
         s.inputs[0].shape = vec![2, 64];
-        assert!(m.check(&s).unwrap_err().contains("first dimension is the batch"));
+        assert!(m.check(&s).unwrap_err().to_string().contains("first dimension is the batch"));
 
-        let e = m.check(&WorkloadSpec::bert()).unwrap_err();
+        let e = m.check(&WorkloadSpec::bert()).unwrap_err().to_string();
         assert!(e.contains("output_kind = \"tensors\"") && e.contains("461 f32"), "{e}");
     }
 
@@ -209,6 +292,6 @@ mod tests {
         assert_eq!(m.fixed_batch(), Some(1));
         m.outputs[0].dtype = None;
         m.outputs[0].type_name = "Float64".into();
-        assert!(m.check(&spec()).unwrap_err().contains("Float64, which qdl does not carry"));
+        assert!(m.check(&spec()).unwrap_err().to_string().contains("Float64, which qdl does not carry"));
     }
 }
