@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{CommandFactory, FromArgMatches, Parser};
-use qdl_shared::config::{AcceleratorConfig, BackendKind, ExecutionProviderName, LogFormat, TransportKind};
+use qdl_shared::config::{AcceleratorConfig, BackendKind, ExecutionProviderName};
 
 /// Serves inference to qdl frontends across the network.
 #[derive(Parser, Debug)]
@@ -41,16 +41,9 @@ struct Cli {
     /// Worker threads, one per device (overrides workers.count).
     #[arg(long)]
     workers: Option<u32>,
-    /// Data transport (overrides transport.kind). With rdma the node serves RDMA sessions as well
-    /// as TCP ones.
-    #[arg(long, value_parser = ["tcp", "rdma"])]
-    transport: Option<String>,
-    /// RDMA device, e.g. mlx5_0 or rxe0 (overrides transport.rdma.device; default: the first).
-    #[arg(long)]
-    rdma_device: Option<String>,
-    /// Log format (overrides log.format).
-    #[arg(long, value_parser = ["text", "json"])]
-    log_format: Option<String>,
+    /// `--transport`, `--rdma-device`, `--log-format`.
+    #[command(flatten)]
+    common: qdl_shared::config::cli::CommonFlags,
 }
 
 /// The flags whose defaults come from the config's defaults, shown in `--help` as clap shows
@@ -144,15 +137,7 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
     if let Some(v) = cli.workers {
         config.workers.count = v;
     }
-    if let Some(v) = cli.transport {
-        config.transport.kind = if v == "rdma" { TransportKind::Rdma } else { TransportKind::Tcp };
-    }
-    if let Some(v) = cli.rdma_device {
-        config.transport.rdma.device = v;
-    }
-    if let Some(v) = cli.log_format {
-        config.log.format = if v == "json" { LogFormat::Json } else { LogFormat::Text };
-    }
+    cli.common.apply(&mut config.transport, &mut config.log);
     config.validate()?;
     qdl_shared::telemetry::init_logging(&config.log)?;
     let metrics = qdl_shared::telemetry::install_metrics(&config.accelerator.metrics_listen)?;

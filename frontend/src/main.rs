@@ -181,15 +181,9 @@ struct RunArgs {
     /// reported and the status is 0).
     #[arg(long)]
     require_valid: bool,
-    /// Data transport to the accelerators (overrides transport.kind).
-    #[arg(long, value_parser = ["tcp", "rdma"])]
-    transport: Option<String>,
-    /// RDMA device, e.g. mlx5_0 or rxe0 (overrides transport.rdma.device; default: the first).
-    #[arg(long)]
-    rdma_device: Option<String>,
-    /// Log format (overrides log.format).
-    #[arg(long, value_parser = ["text", "json"])]
-    log_format: Option<String>,
+    /// `--transport`, `--rdma-device`, `--log-format`.
+    #[command(flatten)]
+    common: qdl_shared::config::cli::CommonFlags,
 }
 
 /// The lab's exit statuses, shown after `lab --help`.
@@ -311,15 +305,7 @@ fn frontend_config(a: &RunArgs) -> anyhow::Result<FrontendConfig> {
     if let Some(v) = &a.metrics_listen {
         c.frontend.metrics_listen = v.clone();
     }
-    if let Some(v) = &a.transport {
-        c.transport.kind = parse_enum(v)?;
-    }
-    if let Some(v) = &a.rdma_device {
-        c.transport.rdma.device = v.clone();
-    }
-    if let Some(v) = &a.log_format {
-        c.log.format = parse_enum(v)?;
-    }
+    a.common.apply(&mut c.transport, &mut c.log);
     c.validate()?;
     Ok(c)
 }

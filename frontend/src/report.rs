@@ -2,7 +2,7 @@
 //! LoadGen's `mlperf_log_detail.txt` into a [`LoadgenResult`].
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use qdl_shared::config::{ModeName, ScenarioName};
 use qdl_shared::workload::WorkloadSpec;
@@ -225,12 +225,36 @@ pub struct RunReport {
     pub timeline: Vec<crate::timeline::TimelinePoint>,
 }
 
+/// Errors reading a `report.json` ([`RunReport::read`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a report this version understands.
+    #[error("{} is not a qdl report: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+}
+
 impl RunReport {
     /// Reads `dir/report.json`.
-    pub fn read(dir: &Path) -> Result<RunReport, String> {
+    pub fn read(dir: &Path) -> Result<RunReport, ReportError> {
         let path = dir.join(REPORT_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("{} is not a qdl report: {e}", path.display()))
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(source) => return Err(ReportError::Read { path, source }),
+        };
+        serde_json::from_str(&text).map_err(|source| ReportError::Parse { path, source })
     }
 
     /// Writes `dir/report.json`.

@@ -13,7 +13,8 @@
 //! - [`transport`]: the data transport traits and the TCP transport.
 //! - [`workload`]: tensor descriptors of the workloads and the reference output function;
 //!   [`npy`]: reading (and writing) NumPy files of samples and reference outputs.
-//! - [`config`]: both nodes' configuration, validated field by field.
+//! - [`config`]: both nodes' configuration (common sections, one module per node, the shared
+//!   flags), validated field by field.
 //! - [`metrics`]: metric names and descriptions; [`telemetry`]: log and metrics set-up.
 //! - [`exit`]: both binaries' exit statuses.
 //! - [`time`]: the nanosecond clock the sans-IO cores take as `now`; [`signals`]: SIGTERM/SIGINT;

@@ -159,17 +159,17 @@ impl WorkloadSpec {
     }
 
     /// Checks internal consistency (used for specs that arrive over the network or from config).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), WorkloadError> {
         if self.name.is_empty() || self.name.len() > 64 {
-            return Err("workload name must be 1 to 64 characters".into());
+            return Err(WorkloadError::Name);
         }
         if self.inputs.is_empty() || self.inputs.len() > 16 {
-            return Err("a workload needs 1 to 16 input tensors".into());
+            return Err(WorkloadError::InputCount);
         }
         check_tensors("input", &self.inputs)?;
         let total = self.inputs.iter().try_fold(0u64, |acc, t| acc.checked_add(t.bytes() as u64));
         if total.is_none_or(|b| b == 0 || b > u32::MAX as u64) {
-            return Err("input size must be between 1 byte and 4 GiB".into());
+            return Err(WorkloadError::InputSize);
         }
         let want = match self.output_kind {
             OutputKind::ClassId => Some(4),
@@ -177,49 +177,111 @@ impl WorkloadSpec {
             OutputKind::Digest => None,
             OutputKind::Tensors => {
                 if self.outputs.is_empty() || self.outputs.len() > 16 {
-                    return Err("a tensors workload needs 1 to 16 output tensors in `outputs`".into());
+                    return Err(WorkloadError::OutputCount);
                 }
                 check_tensors("output", &self.outputs)?;
                 let sum = self.outputs.iter().try_fold(0u64, |acc, t| acc.checked_add(t.bytes() as u64));
                 match sum {
                     Some(b) if b <= u32::MAX as u64 => Some(b as u32),
-                    _ => return Err("output size must be at most 4 GiB".into()),
+                    _ => return Err(WorkloadError::OutputSize),
                 }
             }
         };
         if self.output_kind != OutputKind::Tensors && !self.outputs.is_empty() {
-            return Err(format!("`outputs` is only for output_kind = \"tensors\", not {:?}", self.output_kind));
+            return Err(WorkloadError::OutputsWithoutTensors(self.output_kind));
         }
         if let Some(w) = want
             && self.output_bytes != w
         {
-            return Err(format!("{:?} outputs are {w} bytes, not {}", self.output_kind, self.output_bytes));
+            return Err(WorkloadError::OutputBytes {
+                kind: self.output_kind,
+                expected: w,
+                declared: self.output_bytes,
+            });
         }
         if self.output_bytes == 0 {
-            return Err("output_bytes must be at least 1".into());
+            return Err(WorkloadError::NoOutputBytes);
         }
         Ok(())
     }
 }
 
 /// Checks a list of tensors: names unique and non-empty, 1 to 8 non-zero dimensions, at most 4 GiB.
-fn check_tensors(what: &str, tensors: &[TensorSpec]) -> Result<(), String> {
+fn check_tensors(side: &'static str, tensors: &[TensorSpec]) -> Result<(), WorkloadError> {
     for (i, t) in tensors.iter().enumerate() {
         if t.name.is_empty() || t.name.len() > 256 {
-            return Err(format!("{what} tensor {i} needs a name of 1 to 256 characters"));
+            return Err(WorkloadError::TensorName { side, index: i });
         }
         if tensors[..i].iter().any(|o| o.name == t.name) {
-            return Err(format!("{what} tensor {:?} is declared twice", t.name));
+            return Err(WorkloadError::DuplicateTensor { side, name: t.name.clone() });
         }
         if t.shape.is_empty() || t.shape.len() > 8 || t.shape.contains(&0) {
-            return Err(format!("tensor {:?} needs 1 to 8 non-zero dimensions", t.name));
+            return Err(WorkloadError::TensorShape(t.name.clone()));
         }
         let bytes = t.shape.iter().try_fold(t.dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64));
         if bytes.is_none_or(|b| b > u32::MAX as u64) {
-            return Err(format!("tensor {:?} is larger than 4 GiB", t.name));
+            return Err(WorkloadError::TensorSize(t.name.clone()));
         }
     }
     Ok(())
+}
+
+/// Why a [`WorkloadSpec`] is inconsistent ([`WorkloadSpec::validate`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkloadError {
+    /// The name is empty or longer than 64 characters.
+    #[error("workload name must be 1 to 64 characters")]
+    Name,
+    /// No input tensor, or more than 16.
+    #[error("a workload needs 1 to 16 input tensors")]
+    InputCount,
+    /// The inputs add up to 0 bytes or more than 4 GiB.
+    #[error("input size must be between 1 byte and 4 GiB")]
+    InputSize,
+    /// A tensors workload without output tensors, or with more than 16.
+    #[error("a tensors workload needs 1 to 16 output tensors in `outputs`")]
+    OutputCount,
+    /// The output tensors add up to more than 4 GiB.
+    #[error("output size must be at most 4 GiB")]
+    OutputSize,
+    /// `outputs` given for an output kind that is not `tensors`.
+    #[error("`outputs` is only for output_kind = \"tensors\", not {0:?}")]
+    OutputsWithoutTensors(OutputKind),
+    /// `output_bytes` differs from the size the output kind has.
+    #[error("{kind:?} outputs are {expected} bytes, not {declared}")]
+    OutputBytes {
+        /// The output kind.
+        kind: OutputKind,
+        /// Its size, bytes.
+        expected: u32,
+        /// The declared `output_bytes`.
+        declared: u32,
+    },
+    /// `output_bytes` is 0.
+    #[error("output_bytes must be at least 1")]
+    NoOutputBytes,
+    /// A tensor's name is empty or longer than 256 characters.
+    #[error("{side} tensor {index} needs a name of 1 to 256 characters")]
+    TensorName {
+        /// "input" or "output".
+        side: &'static str,
+        /// Its position in the list.
+        index: usize,
+    },
+    /// Two tensors on one side have the same name.
+    #[error("{side} tensor {name:?} is declared twice")]
+    DuplicateTensor {
+        /// "input" or "output".
+        side: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// A tensor has no dimension, more than 8, or one of size 0.
+    #[error("tensor {0:?} needs 1 to 8 non-zero dimensions")]
+    TensorShape(String),
+    /// A tensor is larger than 4 GiB.
+    #[error("tensor {0:?} is larger than 4 GiB")]
+    TensorSize(String),
 }
 
 /// Writes the reference output of one sample's `input` into `out` (`output_bytes` long).
@@ -305,19 +367,22 @@ mod tests {
     fn validate_rejects_inconsistent_specs() {
         let mut w = WorkloadSpec::resnet50();
         w.output_bytes = 8;
-        assert!(w.validate().unwrap_err().contains("4 bytes"));
+        assert_eq!(
+            w.validate(),
+            Err(WorkloadError::OutputBytes { kind: OutputKind::ClassId, expected: 4, declared: 8 })
+        );
         let mut w = WorkloadSpec::bert();
         w.inputs[0].shape = vec![0];
-        assert!(w.validate().is_err());
+        assert_eq!(w.validate(), Err(WorkloadError::TensorShape(w.inputs[0].name.clone())));
         let mut w = WorkloadSpec::bert();
         w.inputs[0].shape = vec![u32::MAX, u32::MAX];
-        assert!(w.validate().is_err());
+        assert_eq!(w.validate(), Err(WorkloadError::TensorSize(w.inputs[0].name.clone())));
         let mut w = WorkloadSpec::bert();
         w.inputs[1].name = "input_ids".into();
-        assert!(w.validate().unwrap_err().contains("twice"));
+        assert_eq!(w.validate(), Err(WorkloadError::DuplicateTensor { side: "input", name: "input_ids".into() }));
         let mut w = WorkloadSpec::resnet50();
         w.outputs = vec![TensorSpec { name: "x".into(), dtype: DType::F32, shape: vec![1] }];
-        assert!(w.validate().unwrap_err().contains("only for"));
+        assert_eq!(w.validate(), Err(WorkloadError::OutputsWithoutTensors(OutputKind::ClassId)));
     }
 
     #[test]
@@ -337,9 +402,12 @@ mod tests {
         spec.validate().unwrap();
         let mut wrong = spec.clone();
         wrong.output_bytes = 20;
-        assert!(wrong.validate().unwrap_err().contains("24"), "{:?}", wrong.validate());
+        assert_eq!(
+            wrong.validate(),
+            Err(WorkloadError::OutputBytes { kind: OutputKind::Tensors, expected: 24, declared: 20 })
+        );
         let mut none = spec;
         none.outputs.clear();
-        assert!(none.validate().unwrap_err().contains("output tensors"));
+        assert_eq!(none.validate(), Err(WorkloadError::OutputCount));
     }
 }

@@ -16,7 +16,7 @@ use qdl_shared::transport::rdma::{RdmaMetrics, RdmaTarget};
 use qdl_shared::wire::attach::{Attach, SessionToken};
 use qdl_shared::wire::message::{DataTransport, ErrorCode, NodeStats, RdmaEndpoint, RunState, SessionRequest};
 
-use super::Shared;
+use super::Node;
 use super::gate::Ended;
 use super::refusals::Reason;
 use super::registry::{Close, Registry};
@@ -33,7 +33,7 @@ pub struct ControlActor {
     link: ControlLink,
     peer: String,
     frontend: String,
-    node: Arc<Shared>,
+    node: Arc<Node>,
     registry: Arc<Registry>,
     pool: Arc<WorkerPool>,
     session: Option<(u64, SessionToken)>,
@@ -48,7 +48,7 @@ impl ControlActor {
     /// A control actor for an accepted connection whose preamble was already read.
     pub(super) fn new(
         link: ControlLink,
-        node: Arc<Shared>,
+        node: Arc<Node>,
         permit: super::gate::ConnPermit,
         pending: super::gate::PendingPermit,
     ) -> ControlActor {
@@ -93,7 +93,7 @@ impl ControlActor {
                     grant.spec.output_bytes,
                     &endpoint,
                     RdmaMetrics::registered("accelerator"),
-                    super::transport_metrics(),
+                    qdl_shared::transport::TransportMetrics::for_accelerator(),
                 )
                 .map_err(|e| e.to_string())
             });

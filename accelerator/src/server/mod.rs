@@ -28,10 +28,8 @@ use std::time::Duration;
 
 use actix::{Actor, Arbiter, WeakAddr};
 use qdl_shared::config::AcceleratorConfig;
-use qdl_shared::config::TransportKind;
 use qdl_shared::control::Endpoint;
 use qdl_shared::control_link::ControlLink;
-use qdl_shared::metrics::accelerator as m;
 use qdl_shared::slots::SlotArena;
 use qdl_shared::time::Nanos;
 use qdl_shared::transport::rdma::{RdmaDevice, RdmaError};
@@ -93,7 +91,10 @@ pub struct Ready {
     pub provider: String,
 }
 
-struct Shared {
+/// What every connection of this accelerator reaches: its config, the session registry, the
+/// worker pool, the I/O arbiters, the live control actors, the RDMA device, the secret, the TLS
+/// acceptor and the admission gate.
+struct Node {
     config: AcceleratorConfig,
     registry: Arc<Registry>,
     pool: Arc<WorkerPool>,
@@ -123,14 +124,7 @@ pub fn run(config: AcceleratorConfig, on_ready: impl FnOnce(&Ready)) -> Result<(
     if secret.is_none() {
         tracing::warn!("the control channel is NOT authenticated ([auth] required = false, no secret)");
     }
-    let rdma = match config.transport.kind {
-        TransportKind::Rdma => {
-            let dev = RdmaDevice::open(&config.transport.rdma)?;
-            tracing::info!(device = %dev.describe(), "RDMA transport ready");
-            Some(dev)
-        }
-        TransportKind::Tcp => None,
-    };
+    let rdma = RdmaDevice::open_configured(&config.transport)?;
     let pool = Arc::new(WorkerPool::start(&config.workers, config.batcher, &config.backend)?);
     for note in pool.notes() {
         tracing::info!("{note}");
@@ -141,7 +135,7 @@ pub fn run(config: AcceleratorConfig, on_ready: impl FnOnce(&Ready)) -> Result<(
     let registry = Registry::new(config.limits);
     let system = actix::System::new();
     let io: Vec<Arbiter> = (0..config.accelerator.io_threads).map(|_| Arbiter::new()).collect();
-    let shared = Arc::new(Shared {
+    let node = Arc::new(Node {
         registry: registry.clone(),
         pool: pool.clone(),
         arbiters: io.iter().map(|a| a.handle()).collect(),
@@ -154,14 +148,14 @@ pub fn run(config: AcceleratorConfig, on_ready: impl FnOnce(&Ready)) -> Result<(
         refusal_replies: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSAL_REPLIES)),
         config,
     });
-    let result = system.block_on(serve(shared.clone(), on_ready));
+    let result = system.block_on(serve(node.clone(), on_ready));
     for a in &io {
         a.stop();
     }
     for a in io {
         let _ = a.join();
     }
-    drop(shared);
+    drop(node);
     match Arc::try_unwrap(pool) {
         Ok(pool) => pool.shutdown(),
         Err(_) => tracing::debug!("workers still referenced at exit; leaving them to the process exit"),
@@ -169,25 +163,25 @@ pub fn run(config: AcceleratorConfig, on_ready: impl FnOnce(&Ready)) -> Result<(
     result
 }
 
-async fn serve(shared: Arc<Shared>, on_ready: impl FnOnce(&Ready)) -> Result<(), NodeError> {
-    let addr = shared.config.accelerator.listen.clone();
+async fn serve(node: Arc<Node>, on_ready: impl FnOnce(&Ready)) -> Result<(), NodeError> {
+    let addr = node.config.accelerator.listen.clone();
     let listener = TcpListener::bind(&addr).await.map_err(|source| NodeError::Bind { addr: addr.clone(), source })?;
     let local = listener.local_addr().map_err(|source| NodeError::Bind { addr, source })?;
-    qdl_shared::metrics::describe_accelerator(&shared.config.accelerator.name);
+    qdl_shared::metrics::describe_accelerator(&node.config.accelerator.name);
     let mut signals = qdl_shared::signals::Signals::new();
     on_ready(&Ready {
-        name: shared.config.accelerator.name.clone(),
+        name: node.config.accelerator.name.clone(),
         listen: local,
-        workers: shared.pool.len(),
-        backend: shared.pool.backend(),
-        provider: shared.pool.providers().join(","),
-        transport: match &shared.rdma {
+        workers: node.pool.len(),
+        backend: node.pool.backend(),
+        provider: node.pool.providers().join(","),
+        transport: match &node.rdma {
             Some(d) => format!("tcp+rdma({})", d.name()),
             None => "tcp".into(),
         },
     });
     let sweep = {
-        let gate = shared.gate.clone();
+        let gate = node.gate.clone();
         actix::spawn(async move {
             let mut tick = tokio::time::interval(gate::SWEEP_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -198,17 +192,17 @@ async fn serve(shared: Arc<Shared>, on_ready: impl FnOnce(&Ready)) -> Result<(),
         })
     };
     // After READY=1: systemd's watchdog counts from the end of the start-up.
-    watchdog::start(&shared.arbiters);
+    watchdog::start(&node.arbiters);
     #[cfg(debug_assertions)]
     watchdog::debug_wedge_hook();
     let accept = {
-        let shared = shared.clone();
+        let node = node.clone();
         actix::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((stream, peer)) => {
-                        let shared = shared.clone();
-                        actix::spawn(async move { accept(stream, peer, shared).await });
+                        let node = node.clone();
+                        actix::spawn(async move { accept(stream, peer, node).await });
                     }
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");
@@ -226,19 +220,19 @@ async fn serve(shared: Arc<Shared>, on_ready: impl FnOnce(&Ready)) -> Result<(),
         tracing::warn!("second signal: exiting now");
         std::process::exit(qdl_shared::exit::for_signal(second));
     });
-    shared.registry.begin_shutdown();
+    node.registry.begin_shutdown();
     accept.abort();
     sweep.abort();
-    let controls = std::mem::take(&mut *shared.controls.lock().unwrap_or_else(|p| p.into_inner()));
+    let controls = std::mem::take(&mut *node.controls.lock().unwrap_or_else(|p| p.into_inner()));
     for c in controls.into_iter().filter_map(|w| w.upgrade()) {
         c.do_send(Shutdown);
     }
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    while shared.registry.sessions() > 0 || shared.registry.live_connections() > 0 {
+    while node.registry.sessions() > 0 || node.registry.live_connections() > 0 {
         if tokio::time::Instant::now() >= deadline {
             tracing::warn!(
-                sessions = shared.registry.sessions(),
-                connections = shared.registry.live_connections(),
+                sessions = node.registry.sessions(),
+                connections = node.registry.live_connections(),
                 "drain timed out; stopping anyway"
             );
             break;
@@ -249,38 +243,30 @@ async fn serve(shared: Arc<Shared>, on_ready: impl FnOnce(&Ready)) -> Result<(),
     Ok(())
 }
 
-fn transport_metrics() -> TransportMetrics {
-    TransportMetrics {
-        frames_per_write: metrics::histogram!(m::FRAMES_PER_WRITE),
-        frames_per_read: metrics::histogram!(m::FRAMES_PER_READ),
-        send_delay: metrics::Histogram::noop(),
-    }
-}
-
 /// Most refused connections answered at once: each waits up to the preamble deadline for a qdl
 /// preamble to answer with the reason; beyond this many, refused connections are closed at once.
 const MAX_REFUSAL_REPLIES: usize = 64;
 
 /// Handles one accepted connection up to the point where an actor owns it.
-async fn accept(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let (permit, pending) = match shared.gate.admit(peer.ip()) {
+async fn accept(stream: TcpStream, peer: SocketAddr, node: Arc<Node>) {
+    let (permit, pending) = match node.gate.admit(peer.ip()) {
         Ok(p) => p,
-        Err(why) => return refuse(stream, peer, why, &shared).await,
+        Err(why) => return refuse(stream, peer, why, &node).await,
     };
     if let Err(e) = tune(&stream) {
         tracing::debug!(%peer, "{e}");
     }
-    handshake(stream, peer, shared, permit, pending).await;
+    handshake(stream, peer, node, permit, pending).await;
 }
 
 /// Closes a refused connection; a qdl peer (one that sends a valid preamble within the preamble
 /// deadline) is first told why, in its own terms: a control `Error` or a data `LimitReached`.
-async fn refuse(mut stream: TcpStream, peer: SocketAddr, why: gate::Refusal, shared: &Shared) {
+async fn refuse(mut stream: TcpStream, peer: SocketAddr, why: gate::Refusal, node: &Node) {
     let message = why.describe(peer.ip());
-    shared.gate.refused(why.reason(), peer, || format!("refusing connection: {message}"));
-    let Ok(_slot) = shared.refusal_replies.clone().try_acquire_owned() else { return };
+    node.gate.refused(why.reason(), peer, || format!("refusing connection: {message}"));
+    let Ok(_slot) = node.refusal_replies.clone().try_acquire_owned() else { return };
     let mut pre = [0u8; PREAMBLE_LEN];
-    let wait = Duration::from_millis(shared.config.limits.preamble_timeout_ms);
+    let wait = Duration::from_millis(node.config.limits.preamble_timeout_ms);
     if !matches!(tokio::time::timeout(wait, read_exact_or_closed(&mut stream, &mut pre)).await, Ok(Ok(()))) {
         return;
     }
@@ -343,7 +329,7 @@ async fn or_ended<T>(pending: &mut gate::PendingPermit, work: impl std::future::
 async fn handshake(
     mut stream: TcpStream,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    node: Arc<Node>,
     permit: gate::ConnPermit,
     mut pending: gate::PendingPermit,
 ) {
@@ -356,13 +342,13 @@ async fn handshake(
         }
         // Not (yet) a qdl peer: closed without a word.
         Step::Ended(why) => {
-            return shared.gate.refused(why.reason(), peer, || format!("closing connection: {}", why.describe()));
+            return node.gate.refused(why.reason(), peer, || format!("closing connection: {}", why.describe()));
         }
     }
     let preamble = match Preamble::parse(&pre) {
         Ok(p) => p,
         Err(e) => {
-            shared.gate.refused(refusals::Reason::BadPreamble, peer, || format!("refusing connection: {e}"));
+            node.gate.refused(refusals::Reason::BadPreamble, peer, || format!("refusing connection: {e}"));
             // Our preamble tells a peer of another version which version we speak.
             let _ = stream.write_all(&Preamble::ours(Role::Control).encode()).await;
             return;
@@ -370,8 +356,8 @@ async fn handshake(
     };
     pending.preamble_read();
     match preamble.role {
-        Role::Control => control(stream, peer, shared, permit, pending, preamble.tls).await,
-        Role::Data => attach_data(stream, peer, shared, permit, pending).await,
+        Role::Control => control(stream, peer, node, permit, pending, preamble.tls).await,
+        Role::Data => attach_data(stream, peer, node, permit, pending).await,
     }
 }
 
@@ -380,44 +366,44 @@ async fn handshake(
 async fn control(
     mut stream: TcpStream,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    node: Arc<Node>,
     permit: gate::ConnPermit,
     mut pending: gate::PendingPermit,
     tls: bool,
 ) {
-    let a = &shared.config.accelerator;
-    let hb = shared.config.heartbeat.to_heartbeat();
-    let deadline = Nanos::from_millis(shared.config.limits.handshake_timeout_ms);
-    let link = match (&shared.tls, tls) {
+    let a = &node.config.accelerator;
+    let hb = node.config.heartbeat.to_heartbeat();
+    let deadline = Nanos::from_millis(node.config.limits.handshake_timeout_ms);
+    let link = match (&node.tls, tls) {
         (None, false) => {
             let endpoint = Endpoint::server_after_preamble(
                 &a.name,
-                shared.registry.limits(),
+                node.registry.limits(),
                 hb,
                 Nanos::now(),
                 qdl_shared::auth::nonce(),
             )
             .with_handshake_timeout(deadline)
-            .with_secret(shared.secret.clone());
+            .with_secret(node.secret.clone());
             ControlLink::new(stream, endpoint)
         }
         (Some(acceptor), true) => {
             let tls = match or_ended(&mut pending, acceptor.accept(stream)).await {
                 Step::Done(Ok(tls)) => tls,
                 Step::Done(Err(e)) => {
-                    return shared.gate.refused(refusals::Reason::Tls, peer, || format!("TLS handshake failed: {e}"));
+                    return node.gate.refused(refusals::Reason::Tls, peer, || format!("TLS handshake failed: {e}"));
                 }
                 Step::Ended(why) => {
-                    return shared
+                    return node
                         .gate
                         .refused(why.reason(), peer, || format!("closing connection in TLS: {}", why.describe()));
                 }
             };
             // Inside TLS the frontend sends its preamble again: the endpoint reads it.
             let endpoint =
-                Endpoint::server(&a.name, shared.registry.limits(), hb, Nanos::now(), qdl_shared::auth::nonce())
+                Endpoint::server(&a.name, node.registry.limits(), hb, Nanos::now(), qdl_shared::auth::nonce())
                     .with_handshake_timeout(deadline)
-                    .with_secret(shared.secret.clone());
+                    .with_secret(node.secret.clone());
             ControlLink::over(Box::new(tls), Some(peer), endpoint)
         }
         (ours, _) => {
@@ -428,16 +414,16 @@ async fn control(
                 "this accelerator does not use TLS on the control channel: set [tls] enabled = false on the frontend \
                  (or enable it on the accelerator)"
             };
-            shared.gate.refused(refusals::Reason::Tls, peer, || format!("refusing control connection: {msg}"));
+            node.gate.refused(refusals::Reason::Tls, peer, || format!("refusing control connection: {msg}"));
             let reply = control_error(qdl_shared::wire::message::ErrorCode::Unsupported, msg);
             let _ = tokio::time::timeout(Duration::from_secs(1), say_and_close(&mut stream, &reply)).await;
             return;
         }
     };
     // The pending place is given back once the frontend has authenticated.
-    let actor = ControlActor::new(link, shared.clone(), permit, pending);
+    let actor = ControlActor::new(link, node.clone(), permit, pending);
     let addr = actor.start();
-    let mut controls = shared.controls.lock().unwrap_or_else(|p| p.into_inner());
+    let mut controls = node.controls.lock().unwrap_or_else(|p| p.into_inner());
     controls.retain(|w| w.upgrade().is_some());
     controls.push(addr.downgrade());
 }
@@ -445,7 +431,7 @@ async fn control(
 async fn attach_data(
     mut stream: TcpStream,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    node: Arc<Node>,
     permit: gate::ConnPermit,
     mut pending: gate::PendingPermit,
 ) {
@@ -458,7 +444,7 @@ async fn attach_data(
             return;
         }
         Step::Ended(why) => {
-            shared.gate.refused(why.reason(), peer, || format!("closing data connection: {}", why.describe()));
+            node.gate.refused(why.reason(), peer, || format!("closing data connection: {}", why.describe()));
             reply.extend_from_slice(&AttachStatus::LimitReached.encode());
             let _ = tokio::time::timeout(Duration::from_secs(1), say_and_close(&mut stream, &reply)).await;
             return;
@@ -467,15 +453,15 @@ async fn attach_data(
     let attach = match Attach::parse(&block) {
         Ok(a) => a,
         Err(e) => {
-            return shared.gate.refused(refusals::Reason::Attach, peer, || format!("refusing data connection: {e}"));
+            return node.gate.refused(refusals::Reason::Attach, peer, || format!("refusing data connection: {e}"));
         }
     };
     // Nothing is allocated for the connection before its token and index check out.
-    let grant = match shared.registry.attach(&attach) {
+    let grant = match node.registry.attach(&attach) {
         Ok(g) => g,
         Err(status) => {
             let index = attach.connection;
-            shared.gate.refused(refusals::Reason::Attach, peer, || {
+            node.gate.refused(refusals::Reason::Attach, peer, || {
                 format!("refusing data connection {index}: {}", status.describe())
             });
             reply.extend_from_slice(&status.encode());
@@ -488,28 +474,28 @@ async fn attach_data(
         Ok(a) => a,
         Err(e) => {
             tracing::error!(%peer, "cannot allocate slots for a data connection: {e}");
-            shared.registry.detach(&attach.token, attach.connection);
+            node.registry.detach(&attach.token, attach.connection);
             return;
         }
     };
     reply.extend_from_slice(&AttachStatus::Accepted.encode());
     if let Err(e) = stream.write_all(&reply).await {
         tracing::warn!(%peer, "data connection lost during attach: {e}");
-        shared.registry.detach(&attach.token, attach.connection);
+        node.registry.detach(&attach.token, attach.connection);
         return;
     }
     let std_stream = match stream.into_std() {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(%peer, "cannot hand the data connection to an I/O thread: {e}");
-            shared.registry.detach(&attach.token, attach.connection);
+            node.registry.detach(&attach.token, attach.connection);
             return;
         }
     };
     drop(pending);
     let label = format!("s{}/c{}", grant.session, attach.connection);
-    let metrics = transport_metrics();
-    start_connection(&shared, label, attach.token, attach.connection, grant, Some(permit), move || {
+    let metrics = TransportMetrics::for_accelerator();
+    start_connection(&node, label, attach.token, attach.connection, grant, Some(permit), move || {
         let stream = TcpStream::from_std(std_stream).expect("I/O arbiters run a tokio runtime with I/O enabled");
         Box::new(TcpTarget::new(stream, arena, sample_bytes as u32, metrics))
     });
@@ -518,7 +504,7 @@ async fn attach_data(
 /// Starts the `ConnectionActor` of an attached data connection on an I/O arbiter (round-robin);
 /// the transport is built there, inside the arbiter's runtime.
 fn start_connection(
-    shared: &Arc<Shared>,
+    node: &Arc<Node>,
     label: String,
     token: SessionToken,
     index: u32,
@@ -526,8 +512,8 @@ fn start_connection(
     permit: Option<gate::ConnPermit>,
     transport: impl FnOnce() -> Box<dyn TargetTransport> + Send + 'static,
 ) {
-    let arbiter = &shared.arbiters[shared.next_arbiter.fetch_add(1, Ordering::Relaxed) % shared.arbiters.len()];
-    let parts_shared = shared.clone();
+    let arbiter = &node.arbiters[node.next_arbiter.fetch_add(1, Ordering::Relaxed) % node.arbiters.len()];
+    let parts_shared = node.clone();
     ConnectionActor::start_in_arbiter(arbiter, move |_ctx| {
         ConnectionActor::new(ConnectionParts {
             label,

@@ -174,7 +174,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Checks DIR; see the module docs. `reference` overrides the run's reference directory.
 pub fn check(dir: &Path, reference: Option<&Path>, tol: Tolerance) -> anyhow::Result<Verdict> {
-    let report = RunReport::read(dir).map_err(anyhow::Error::msg)?;
+    let report = RunReport::read(dir).map_err(anyhow::Error::from)?;
     let path = dir.join("mlperf_log_accuracy.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let entries: Vec<Entry> =

@@ -227,5 +227,5 @@ pub fn run_test(
     if !status.success() {
         bail!("the test failed ({status}); see {}", out.join("frontend.log").display());
     }
-    RunReport::read(out).map_err(anyhow::Error::msg)
+    RunReport::read(out).map_err(anyhow::Error::from)
 }

@@ -22,7 +22,6 @@ use qdl_frontend::settings::{Layers, Overrides, Resolved, advice};
 use qdl_frontend::sut::{Clients, QdlQsl, QdlSut, SutName, duplicate_names, network_sut_name, snapshot};
 use qdl_frontend::timeline::{LatencyBuckets, Timeline, TimelinePoint};
 use qdl_loadgen::{LogSettings, Scenario, TestMode, TestSettings};
-use qdl_shared::config::TransportKind;
 use qdl_shared::config::{AcceleratorConfig, FrontendConfig, ModeName, ScenarioName};
 use qdl_shared::transport::rdma::{InitiatorSetup, RdmaDevice, RdmaMetrics};
 use qdl_shared::transport::tcp::{TcpInitiator, connect_data};
@@ -212,14 +211,7 @@ async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Sh
         }
         .into());
     }
-    let rdma = match cfg.transport.kind {
-        TransportKind::Rdma => {
-            let dev = RdmaDevice::open(&cfg.transport.rdma)?;
-            tracing::info!(device = %dev.describe(), "RDMA transport ready");
-            Some(dev)
-        }
-        TransportKind::Tcp => None,
-    };
+    let rdma = RdmaDevice::open_configured(&cfg.transport)?;
     let request = SessionRequest {
         workload: spec.clone(),
         connections: f.connections_per_accelerator,
@@ -344,7 +336,7 @@ async fn attach_accelerator(
             .map_err(|_| anyhow::anyhow!("accelerator {}: no answer to RDMA connection {c} in time", est.name))?
             .context("the accelerator's control actor stopped")??;
             let init = setup
-                .connect(&peer, transport_metrics(&name))
+                .connect(&peer, TransportMetrics::for_frontend(&name))
                 .with_context(|| format!("RDMA connection {c} to accelerator {}", est.name))?;
             out.add(shared, &est.name, Some(given), c, g.slots_per_connection, out_bytes, move || Box::new(init));
             continue;
@@ -356,7 +348,7 @@ async fn attach_accelerator(
         let std_stream = stream.into_std().context("detaching the data connection")?;
         out.add(shared, &est.name, Some(given), c, g.slots_per_connection, out_bytes, move || {
             let stream = TcpStream::from_std(std_stream).expect("I/O arbiters run a tokio runtime with I/O enabled");
-            Box::new(TcpInitiator::new(stream, out_bytes, transport_metrics(&name)))
+            Box::new(TcpInitiator::new(stream, out_bytes, TransportMetrics::for_frontend(&name)))
         });
     }
     out.accelerators.push(AcceleratorReport {
@@ -524,16 +516,6 @@ fn connect_local(
         });
     }
     Ok(out)
-}
-
-fn transport_metrics(accelerator: &str) -> TransportMetrics {
-    use qdl_shared::metrics::frontend as m;
-    let a = accelerator.to_string();
-    TransportMetrics {
-        frames_per_write: metrics::histogram!(m::FRAMES_PER_WRITE, "accelerator" => a.clone()),
-        frames_per_read: metrics::histogram!(m::FRAMES_PER_READ, "accelerator" => a),
-        send_delay: metrics::histogram!(m::STAGE, "stage" => "send"),
-    }
 }
 
 /// Publishes the scenario's latency bound (Server only: LoadGen's target latency at its target

@@ -133,7 +133,7 @@ impl WorkloadConfig {
             Some(spec) => {
                 let mut s = spec.clone().complete();
                 s.name = self.name.clone();
-                s.validate().map_err(|r| invalid("workload.spec", r))?;
+                s.validate().map_err(|r| invalid("workload.spec", r.to_string()))?;
                 Ok(s)
             }
             None => WorkloadSpec::builtin(&self.name).ok_or_else(|| {

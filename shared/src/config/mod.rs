@@ -9,6 +9,7 @@
 //! - [`common`]: the sections both nodes have (`[heartbeat]`, `[auth]`, `[tls]`, `[log]`,
 //!   `[transport]`).
 //! - [`frontend`]: the frontend's file (`[frontend]`, `[workload]`, `[loadgen]`, `[local]`).
+//! - [`cli`]: the flags both nodes have ([`cli::CommonFlags`]) and how they override a config.
 //! - [`accelerator`]: the accelerator's file (`[accelerator]`, `[limits]`, `[batcher]`,
 //!   `[workers]`, `[backend]`).
 
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub mod accelerator;
+pub mod cli;
 pub mod common;
 pub mod frontend;
 

@@ -91,6 +91,32 @@ impl Default for TransportMetrics {
     }
 }
 
+impl TransportMetrics {
+    /// The frontend's histograms for its connections to `accelerator` (the `accelerator` label of
+    /// [`crate::metrics::frontend::FRAMES_PER_WRITE`] and `FRAMES_PER_READ`; `send_delay` is the
+    /// "send" stage of [`crate::metrics::frontend::STAGE`]).
+    pub fn for_frontend(accelerator: &str) -> TransportMetrics {
+        use crate::metrics::frontend as m;
+        let a = accelerator.to_string();
+        TransportMetrics {
+            frames_per_write: metrics::histogram!(m::FRAMES_PER_WRITE, "accelerator" => a.clone()),
+            frames_per_read: metrics::histogram!(m::FRAMES_PER_READ, "accelerator" => a),
+            send_delay: metrics::histogram!(m::STAGE, "stage" => "send"),
+        }
+    }
+
+    /// The accelerator's histograms ([`crate::metrics::accelerator::FRAMES_PER_WRITE`] and
+    /// `FRAMES_PER_READ`); it sends no requests, so `send_delay` records nothing.
+    pub fn for_accelerator() -> TransportMetrics {
+        use crate::metrics::accelerator as m;
+        TransportMetrics {
+            frames_per_write: metrics::histogram!(m::FRAMES_PER_WRITE),
+            frames_per_read: metrics::histogram!(m::FRAMES_PER_READ),
+            send_delay: metrics::Histogram::noop(),
+        }
+    }
+}
+
 /// Memory a request payload is sent from, kept alive until the frame is written.
 pub trait PayloadSource: Send + Sync + 'static {
     /// The whole buffer.

@@ -11,7 +11,7 @@ use sideway::ibverbs::memory_region::MemoryRegion;
 use sideway::ibverbs::protection_domain::ProtectionDomain;
 
 use super::RdmaError;
-use crate::config::RdmaConfig;
+use crate::config::{RdmaConfig, TransportConfig, TransportKind};
 use crate::transport::PayloadSource;
 
 /// IBV_LINK_LAYER_ETHERNET.
@@ -45,8 +45,9 @@ impl std::fmt::Debug for RdmaDevice {
 }
 
 /// Whether libibverbs could be loaded (the RDMA library is loaded at run time, so the project
-/// builds and runs without it until RDMA is selected).
-pub fn libibverbs_loaded() -> Result<(), String> {
+/// builds and runs without it until RDMA is selected); if not, [`RdmaError::Unavailable`] with the
+/// loader's reason.
+pub fn libibverbs_loaded() -> Result<(), RdmaError> {
     // SAFETY: dlopen with a constant, NUL-terminated name; RTLD_NOLOAD only looks the library up
     // (it was opened, if it exists, when this process started) and the handle is closed at once.
     unsafe {
@@ -62,7 +63,7 @@ pub fn libibverbs_loaded() -> Result<(), String> {
             } else {
                 CStr::from_ptr(err).to_string_lossy().into_owned()
             };
-            return Err(why);
+            return Err(RdmaError::Unavailable(why));
         }
         libc::dlclose(h);
     }
@@ -89,9 +90,23 @@ pub(crate) fn mtu_enum(bytes: u32) -> u32 {
 }
 
 impl RdmaDevice {
+    /// The device a node's `[transport]` asks for: with `kind = "rdma"` the configured device and
+    /// port, opened (see [`RdmaDevice::open`]) and logged once ("RDMA transport ready"); with
+    /// `kind = "tcp"` none.
+    pub fn open_configured(transport: &TransportConfig) -> Result<Option<Arc<RdmaDevice>>, RdmaError> {
+        match transport.kind {
+            TransportKind::Rdma => {
+                let device = RdmaDevice::open(&transport.rdma)?;
+                tracing::info!(device = %device.describe(), "RDMA transport ready");
+                Ok(Some(device))
+            }
+            TransportKind::Tcp => Ok(None),
+        }
+    }
+
     /// Opens the configured device and port. Every failure is a clear error that says what to do.
     pub fn open(config: &RdmaConfig) -> Result<Arc<RdmaDevice>, RdmaError> {
-        libibverbs_loaded().map_err(RdmaError::Unavailable)?;
+        libibverbs_loaded()?;
         let list = DeviceList::new().map_err(|e| RdmaError::Unavailable(format!("cannot list RDMA devices: {e}")))?;
         let names: Vec<String> = list.iter().map(|d| d.name()).collect();
         if names.is_empty() {
@@ -112,7 +127,7 @@ impl RdmaDevice {
             return Err(port_err(format!("the port is not active (state {}); is the link up?", pa.state)));
         }
         let ethernet = pa.link_layer == LINK_LAYER_ETHERNET;
-        let (gid_index, gid) = pick_gid(&ctx, config, pa.gid_tbl_len).map_err(port_err)?;
+        let (gid_index, gid) = pick_gid(&ctx, config, pa.gid_tbl_len, &name)?;
         let active = mtu_bytes(pa.active_mtu);
         let mtu = if config.mtu == 0 { active } else { config.mtu.min(active) };
         let pd = ctx.alloc_pd().map_err(|e| RdmaError::verbs("allocating a protection domain", e))?;
@@ -215,12 +230,22 @@ impl SourceRegion {
     }
 }
 
-fn pick_gid(ctx: &Arc<DeviceContext>, config: &RdmaConfig, table_len: i32) -> Result<(u8, [u8; 16]), String> {
+/// The GID to use on `device`'s configured port (see [`RdmaConfig::gid_index`]); a failure is the
+/// port's error.
+fn pick_gid(
+    ctx: &Arc<DeviceContext>,
+    config: &RdmaConfig,
+    table_len: i32,
+    device: &str,
+) -> Result<(u8, [u8; 16]), RdmaError> {
+    let port_err = |reason: String| RdmaError::Port { device: device.to_string(), port: config.port, reason };
     if config.gid_index >= 0 {
         let i = config.gid_index as u32;
-        let gid = ctx.query_gid(config.port, i).map_err(|e| format!("GID index {i}: {e}"))?;
+        let gid = ctx.query_gid(config.port, i).map_err(|e| port_err(format!("GID index {i}: {e}")))?;
         if gid.raw == [0; 16] {
-            return Err(format!("GID index {i} is empty (`show_gids` or `ibv_devinfo -v` list the valid ones)"));
+            return Err(port_err(format!(
+                "GID index {i} is empty (`show_gids` or `ibv_devinfo -v` list the valid ones)"
+            )));
         }
         return Ok((i as u8, gid.raw));
     }
@@ -236,7 +261,8 @@ fn pick_gid(ctx: &Arc<DeviceContext>, config: &RdmaConfig, table_len: i32) -> Re
         }
         first.get_or_insert((i as u8, gid.raw));
     }
-    first.ok_or_else(|| "the port has no valid GID (on RoCE: does its network device have an address?)".to_string())
+    first
+        .ok_or_else(|| port_err("the port has no valid GID (on RoCE: does its network device have an address?)".into()))
 }
 
 #[cfg(test)]
