@@ -373,11 +373,11 @@ impl WorkerPool {
 }
 
 /// Distinct `workload` label values per worker; later workloads are counted as [`OTHER_WORKLOAD`].
-pub const MAX_WORKLOAD_LABELS: usize = 8;
+pub(crate) const MAX_WORKLOAD_LABELS: usize = 8;
 /// Longest workload name used as a label value; longer ones are counted as [`OTHER_WORKLOAD`].
-pub const MAX_WORKLOAD_LABEL_LEN: usize = 64;
+pub(crate) const MAX_WORKLOAD_LABEL_LEN: usize = 64;
 /// The `workload` label value of workloads beyond the bounds.
-pub const OTHER_WORKLOAD: &str = "other";
+pub(crate) const OTHER_WORKLOAD: &str = "other";
 
 /// A worker's handles for one workload (label `workload`).
 struct WorkloadMetrics {
