@@ -19,7 +19,7 @@ use qdl_shared::wire::message::{Limits, NodeStats, RdmaEndpoint, RunState, Sessi
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use crate::connection::FailureHandler;
+use crate::supervisor::{FailureSink, RunFailure};
 
 /// Errors talking to an accelerator's control connection.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -149,7 +149,7 @@ pub struct AcceleratorClient {
     states: Waiters<()>,
     stats: Waiters<NodeStats>,
     rdma: Waiters<RdmaEndpoint>,
-    on_failure: FailureHandler,
+    failures: FailureSink,
     closing: bool,
     nudge: Nudge,
 }
@@ -163,19 +163,34 @@ pub struct ClientTls {
     pub server_name: Option<String>,
 }
 
+/// How the frontend opens a control session: the same for every accelerator of a run, and kept
+/// for those that rejoin.
+#[derive(Clone)]
+pub struct SessionParams {
+    /// The frontend's node name (said in Hello).
+    pub node: String,
+    /// The session asked for (workload, connections, slots, transport).
+    pub request: SessionRequest,
+    /// Heartbeat interval and how many may be missed.
+    pub heartbeat: Heartbeat,
+    /// The shared secret that authenticates the handshake, if any.
+    pub secret: qdl_shared::auth::Secret,
+    /// TLS for the control channel, if enabled.
+    pub tls: Option<ClientTls>,
+    /// How long connecting and each step of the handshake may take.
+    pub timeout: Duration,
+}
+
 impl AcceleratorClient {
-    /// Connects to `addr`, says hello and asks for `request`; resolves once the session is granted.
-    #[allow(clippy::too_many_arguments)]
+    /// Connects to `addr`, says hello and asks for `params.request`; resolves once the session
+    /// is granted. A session lost later (without [`Close`]) is reported to `failures` as
+    /// [`RunFailure::AcceleratorLost`].
     pub async fn connect(
         addr: &str,
-        node: &str,
-        request: SessionRequest,
-        heartbeat: Heartbeat,
-        secret: qdl_shared::auth::Secret,
-        tls: Option<ClientTls>,
-        timeout: Duration,
-        on_failure: FailureHandler,
+        params: &SessionParams,
+        failures: FailureSink,
     ) -> Result<(Addr<AcceleratorClient>, Established), ClientError> {
+        let SessionParams { node, request, heartbeat, secret, tls, timeout } = params.clone();
         let connect_err = |reason: String| ClientError::Connect { addr: addr.to_string(), reason };
         let sock = tokio::net::lookup_host(addr)
             .await
@@ -188,7 +203,7 @@ impl AcceleratorClient {
             .map_err(|e| connect_err(e.to_string()))?;
         qdl_shared::transport::tcp::tune(&stream).map_err(|e| connect_err(e.to_string()))?;
         let endpoint =
-            Endpoint::client(node, request, heartbeat, Nanos::now(), qdl_shared::auth::nonce()).with_secret(secret);
+            Endpoint::client(&node, request, heartbeat, Nanos::now(), qdl_shared::auth::nonce()).with_secret(secret);
         let link = match tls {
             None => ControlLink::new(stream, endpoint),
             Some(tls) => {
@@ -225,7 +240,7 @@ impl AcceleratorClient {
             states: Waiters::new(),
             stats: Waiters::new(),
             rdma: Waiters::new(),
-            on_failure,
+            failures,
             closing: false,
             nudge: Nudge::default(),
         }
@@ -277,7 +292,11 @@ impl AcceleratorClient {
         if let Some(tx) = self.established.take() {
             let _ = tx.send(Err(err.clone()));
         } else if !self.closing {
-            (self.on_failure)(format!("lost accelerator {} ({}): {err}", self.name, self.addr));
+            self.failures.report(RunFailure::AcceleratorLost {
+                given: self.addr.clone(),
+                name: self.name.clone(),
+                error: err.clone(),
+            });
         }
         self.names.fail_all(&err);
         self.states.fail_all(&err);

@@ -14,7 +14,8 @@
 //! A lost connection, a protocol violation, or its accelerator declared dead ([`Abandon`]) ends
 //! the connection; its samples (in flight and queued) are handed back to the QueryIssuer, which
 //! places them on the connections left. A sample is owned by exactly one connection at a time,
-//! so it completes exactly once. With no connection left the run ends with a clear error.
+//! so it completes exactly once. With no connection left the issuer tells the run's supervisor,
+//! which ends the run with a clear error.
 
 use std::sync::Arc;
 use std::task::Poll;
@@ -29,13 +30,10 @@ use qdl_shared::transport::{InitiatorTransport, Payload, PayloadSource, Transpor
 use qdl_shared::wire::data::{DataErrorCode, DataHeader};
 use serde::{Deserialize, Serialize};
 
-use crate::issuer::{CreditGate, Lane, Redispatcher, Submission};
+use crate::issuer::{Lane, QueryIssuer, Submission};
 use crate::lane_core::{LaneCore, Pending};
 use crate::qsl::SampleStore;
 use crate::timeline::LatencyBuckets;
-
-/// Reports a failure that ends the run.
-pub type FailureHandler = Arc<dyn Fn(String) + Send + Sync>;
 
 /// Stops the connection (the run is over).
 #[derive(Message)]
@@ -96,12 +94,9 @@ pub struct ConnectionParts {
     pub output_bytes: u32,
     /// The loaded samples.
     pub store: Arc<SampleStore>,
-    /// Where the issue thread waits for credits.
-    pub gate: Arc<CreditGate>,
-    /// Ends the run on an unrecoverable failure.
-    pub on_failure: FailureHandler,
-    /// Takes the samples of this connection if it is lost.
-    pub redispatch: Arc<Redispatcher>,
+    /// The issuer: its gate is notified as credits free up, and it takes this connection's
+    /// samples back if the connection is lost.
+    pub issuer: Arc<QueryIssuer>,
     /// Where end-to-end latencies go for the run's timeline.
     pub latencies: Arc<LatencyBuckets>,
 }
@@ -114,9 +109,7 @@ pub struct ConnectionActor {
     /// The protocol state: tracker, response ring, completions.
     core: LaneCore<ResponseId, Payload>,
     store: Arc<SampleStore>,
-    gate: Arc<CreditGate>,
-    on_failure: FailureHandler,
-    redispatch: Arc<Redispatcher>,
+    issuer: Arc<QueryIssuer>,
     late: Counter,
     latencies: Arc<LatencyBuckets>,
     completions: CompletionBuffer,
@@ -153,9 +146,7 @@ impl ConnectionActor {
             transport: p.transport,
             core: LaneCore::new(p.slots, p.output_bytes),
             store: p.store,
-            gate: p.gate,
-            on_failure: p.on_failure,
-            redispatch: p.redispatch,
+            issuer: p.issuer,
             late: metrics::counter!(m::LATE_RESPONSES),
             latencies: p.latencies,
             completions: CompletionBuffer::with_capacity(1024),
@@ -225,9 +216,7 @@ impl ConnectionActor {
             if late > 0 {
                 self.late.increment(late);
                 self.stats.late += late;
-                for _ in 0..late {
-                    self.redispatch.note_late();
-                }
+                self.issuer.note_late(late);
             }
             let n = match polled {
                 Poll::Ready(Ok(n)) => n,
@@ -261,7 +250,7 @@ impl ConnectionActor {
         }
         self.complete_call.record(started.elapsed().as_secs_f64());
         self.lane.release(n as u32);
-        self.gate.notify();
+        self.issuer.gate().notify();
         self.completed.increment(n as u64);
         self.stats.completed += n as u64;
         if errors > 0 {
@@ -337,16 +326,14 @@ impl ConnectionActor {
             subs.push(s);
         }
         self.lane.abandon(subs.len() as u32);
-        self.gate.notify();
+        self.issuer.gate().notify();
         if subs.is_empty() {
             tracing::info!(conn = %self.label, "data connection closed: {why}");
             return;
         }
-        let n = subs.len();
-        tracing::warn!(conn = %self.label, samples = n, "data connection lost ({why}); re-dispatching its samples");
-        if self.redispatch.send(&self.label, subs).is_err() {
-            (self.on_failure)(format!("data connection {} failed with {n} samples in flight: {why}", self.label));
-        }
+        tracing::warn!(conn = %self.label, samples = subs.len(), "data connection lost ({why}); re-dispatching its samples");
+        // With no lane left the issuer reports it to the supervisor, which ends the run.
+        self.issuer.redispatch(&self.label, subs);
     }
 }
 

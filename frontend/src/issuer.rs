@@ -21,6 +21,8 @@ use qdl_shared::config::Dispatch;
 use qdl_shared::metrics::frontend as m;
 use qdl_shared::time::Nanos;
 
+use crate::supervisor::{FailureSink, RunFailure};
+
 /// One sample handed to a connection.
 #[derive(Debug)]
 pub struct Submission {
@@ -201,12 +203,10 @@ impl CreditGate {
     }
 }
 
-/// What the issuer does when no lane is left at all.
-pub type NoLaneHandler = Box<dyn Fn(&str) + Send + Sync>;
-
 /// The QueryIssuer; see the module docs.
 pub struct QueryIssuer {
-    /// The lanes; an accelerator that rejoins adds its own (lost lanes stay, closed).
+    /// The lanes, added as connections open (an accelerator that rejoins adds its own; lost
+    /// lanes stay, closed).
     lanes: arc_swap::ArcSwap<Vec<Arc<Lane>>>,
     dispatcher: Dispatcher,
     next: AtomicUsize,
@@ -216,59 +216,18 @@ pub struct QueryIssuer {
     issued_total: AtomicU64,
     redispatched: Counter,
     redispatched_total: AtomicU64,
-    on_no_lane: NoLaneHandler,
-}
-
-/// Hands a lost connection's samples to the issuer, which is built after the connections.
-#[derive(Default)]
-pub struct Redispatcher {
-    issuer: std::sync::OnceLock<std::sync::Weak<QueryIssuer>>,
     late: AtomicU64,
-}
-
-impl Redispatcher {
-    /// The issuer to hand samples to.
-    pub fn bind(&self, issuer: &Arc<QueryIssuer>) {
-        let _ = self.issuer.set(Arc::downgrade(issuer));
-    }
-
-    /// A late answer to a re-dispatched sample was dropped.
-    pub fn note_late(&self) {
-        self.late.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Late answers dropped so far (all connections, those already stopped included).
-    pub fn late(&self) -> u64 {
-        self.late.load(Ordering::Relaxed)
-    }
-
-    /// The issuer, while the run is on.
-    pub fn issuer(&self) -> Option<Arc<QueryIssuer>> {
-        self.issuer.get().and_then(std::sync::Weak::upgrade)
-    }
-
-    /// Re-dispatches `subs`; gives them back when there is no issuer (the run is not on).
-    pub fn send(&self, from: &str, subs: Vec<Submission>) -> Result<(), Vec<Submission>> {
-        match self.issuer.get().and_then(std::sync::Weak::upgrade) {
-            Some(issuer) => {
-                issuer.redispatch(from, subs);
-                Ok(())
-            }
-            None => Err(subs),
-        }
-    }
+    failures: FailureSink,
+    /// "No accelerator left" was reported (it is said once).
+    stranded: AtomicBool,
 }
 
 impl QueryIssuer {
-    /// An issuer over `lanes`; `gate` is the one the connections notify.
-    pub fn new(
-        lanes: Vec<Arc<Lane>>,
-        dispatcher: Dispatcher,
-        gate: Arc<CreditGate>,
-        on_no_lane: NoLaneHandler,
-    ) -> QueryIssuer {
+    /// An issuer with no lanes yet (connections add theirs with [`QueryIssuer::add_lanes`]);
+    /// `gate` is the one the connections notify, `failures` where "no lane is left" goes.
+    pub fn new(dispatcher: Dispatcher, gate: Arc<CreditGate>, failures: FailureSink) -> QueryIssuer {
         QueryIssuer {
-            lanes: arc_swap::ArcSwap::from_pointee(lanes),
+            lanes: arc_swap::ArcSwap::from_pointee(Vec::new()),
             dispatcher,
             next: AtomicUsize::new(0),
             gate,
@@ -277,8 +236,30 @@ impl QueryIssuer {
             issued_total: AtomicU64::new(0),
             redispatched: metrics::counter!(m::REDISPATCHED),
             redispatched_total: AtomicU64::new(0),
-            on_no_lane,
+            late: AtomicU64::new(0),
+            failures,
+            stranded: AtomicBool::new(false),
         }
+    }
+
+    /// The arbitration policy.
+    pub fn dispatcher(&self) -> Dispatcher {
+        self.dispatcher
+    }
+
+    /// Where the issue thread waits for credits (connections notify it as they free some).
+    pub fn gate(&self) -> &Arc<CreditGate> {
+        &self.gate
+    }
+
+    /// A late answer to a re-dispatched sample was dropped.
+    pub fn note_late(&self, n: u64) {
+        self.late.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Late answers dropped so far (all connections, those already stopped included).
+    pub fn late(&self) -> u64 {
+        self.late.load(Ordering::Relaxed)
     }
 
     /// The lanes (a snapshot).
@@ -320,7 +301,7 @@ impl QueryIssuer {
     }
 
     /// Places one sample on a lane (waiting for a credit if every lane is full); false when no
-    /// lane is left (the no-lane handler has been told).
+    /// lane is left (the supervisor has been told).
     fn place(&self, s: Submission) -> bool {
         let mut lanes = self.lanes.load();
         let mut sample = Some(s);
@@ -350,7 +331,9 @@ impl QueryIssuer {
                 }
                 Some(_) => sample = Some(s),
                 None if lanes.iter().all(|l| !l.is_open()) => {
-                    (self.on_no_lane)("no accelerator connection is left");
+                    if !self.stranded.swap(true, Ordering::AcqRel) {
+                        self.failures.report(RunFailure::NoAcceleratorLeft);
+                    }
                     return false;
                 }
                 None => {
@@ -386,7 +369,7 @@ impl QueryIssuer {
             }
         });
         if let Err(e) = spawned {
-            (self.on_no_lane)(&format!("cannot start a re-dispatch thread: {e}"));
+            self.failures.report(RunFailure::RedispatchThread(e));
         }
     }
 

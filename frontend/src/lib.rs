@@ -9,6 +9,10 @@
 //!   ring, give-up and late answers).
 //! - [`connection`]: the `ConnectionActor` per data connection, the thin driver of its `LaneCore`.
 //! - [`client`]: the `AcceleratorClient` actor per accelerator control connection.
+//! - [`supervisor`]: the run's connections and control sessions (`Cluster`), the failures that
+//!   reach the supervisor as typed values (`RunFailure`), the survive-or-fail rule, and the
+//!   rejoin of a lost accelerator. Its module docs draw the supervision tree of one `run` and
+//!   the order in which its parts are built.
 //! - The local baseline (cargo feature `local`, on by default): `run --local` and `lab` run the
 //!   engine's workers in-process through `qdl_engine::local::LocalTransport`; without the
 //!   feature the frontend is network-only (no ONNX Runtime, no cudarc).
@@ -19,19 +23,6 @@
 //!   series and its SVG charts.
 //! - The binary (`src/main.rs`, `src/app/`): the `run`, `lab`, `bench` and `check-accuracy`
 //!   commands.
-//!
-//! # Supervision tree (one `run`)
-//! ```text
-//! main thread ── LoadGen StartTest (blocks) ── callbacks on LoadGen's threads:
-//!     IssueQuery → QueryIssuer (sync) ──lanes──▶ ConnectionActor pumps
-//!     Name       → QueryName to every AcceleratorClient (a network round trip)
-//! "qdl-io" thread: actix System
-//!   ├─ AcceleratorClient × accelerator   (control: session, heartbeats, run state)
-//!   └─ io arbiters × frontend.io_threads
-//!        └─ ConnectionActor × connection (tracker, transport; completes to LoadGen)
-//! ```
-//! A lost accelerator or a protocol violation ends the run with a clear error (its samples
-//! could not be completed otherwise).
 
 #![warn(missing_docs)]
 
@@ -45,5 +36,6 @@ pub mod plot;
 pub mod qsl;
 pub mod report;
 pub mod settings;
+pub mod supervisor;
 pub mod sut;
 pub mod timeline;

@@ -354,7 +354,11 @@ fn error_status(e: &anyhow::Error) -> i32 {
     let loadgen_config = e.chain().any(|c| {
         matches!(c.downcast_ref::<qdl_loadgen::LoadgenError>(), Some(qdl_loadgen::LoadgenError::Config { .. }))
     });
-    if loadgen_config || e.chain().any(exit::is_config_error) { exit::CONFIG } else { exit::RUNTIME }
+    let cluster_config = e.chain().any(|c| {
+        c.downcast_ref::<qdl_frontend::supervisor::ClusterError>()
+            .is_some_and(qdl_frontend::supervisor::ClusterError::is_config)
+    });
+    if loadgen_config || cluster_config || e.chain().any(exit::is_config_error) { exit::CONFIG } else { exit::RUNTIME }
 }
 
 fn main() {

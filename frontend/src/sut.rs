@@ -8,9 +8,9 @@ use qdl_loadgen::{IssuedSamples, QuerySampleLibrary, SystemUnderTest};
 use qdl_shared::wire::message::RunState;
 
 use crate::client::{AcceleratorClient, QueryName, SetRunState};
-use crate::connection::FailureHandler;
 use crate::issuer::QueryIssuer;
 use crate::qsl::SampleStore;
+use crate::supervisor::{FailureSink, RunFailure};
 
 /// How the SUT's name is obtained.
 pub enum SutName {
@@ -106,8 +106,8 @@ impl SystemUnderTest for QdlSut {
 pub struct QdlQsl {
     /// The samples.
     pub store: Arc<SampleStore>,
-    /// Ends the run if samples cannot be loaded.
-    pub on_failure: FailureHandler,
+    /// Where a sample that cannot be loaded is reported (it ends the run).
+    pub failures: FailureSink,
 }
 
 impl QuerySampleLibrary for QdlQsl {
@@ -126,7 +126,7 @@ impl QuerySampleLibrary for QdlQsl {
     fn load_samples_to_ram(&self, indices: &[usize]) {
         let started = std::time::Instant::now();
         if let Err(e) = self.store.load(indices) {
-            (self.on_failure)(format!("cannot load samples: {e}"));
+            self.failures.report(RunFailure::SampleLoad(e));
         }
         tracing::debug!(samples = indices.len(), ms = started.elapsed().as_millis() as u64, "samples loaded");
     }

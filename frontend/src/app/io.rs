@@ -48,6 +48,11 @@ impl Io {
         Ok(Io { system, arbiter, io, thread: Some(thread), watchdog })
     }
 
+    /// The system's own arbiter, where control sessions (and the rejoins) run.
+    pub fn control(&self) -> ArbiterHandle {
+        self.arbiter.clone()
+    }
+
     /// Runs `fut` on the system's arbiter and waits for its result.
     pub fn block_on<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> anyhow::Result<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -1,6 +1,8 @@
 //! The commands of the `qdl-frontend` binary.
 
 pub mod accuracy;
+#[cfg(feature = "local")]
+pub mod baseline;
 pub mod bench;
 pub mod cluster;
 pub mod io;
@@ -8,3 +10,4 @@ pub mod lab;
 pub mod progress;
 pub mod run;
 pub mod signals;
+pub mod summary;

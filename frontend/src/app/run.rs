@@ -5,37 +5,31 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr};
+use actix::Addr;
 use anyhow::{Context as _, anyhow, bail};
 use futures::future::join_all;
-#[cfg(feature = "local")]
-use qdl_engine::{local::LocalTransport, worker::WorkerPool};
-use qdl_frontend::client::{
-    AcceleratorClient, ClientError, ClientTls, Close as CloseClient, ConnectRdma, Established, QueryStats, SetRunState,
-};
-use qdl_frontend::connection::{Abandon, Close, ConnectionActor, ConnectionParts, FailureHandler, GetStats};
-use qdl_frontend::issuer::{CreditGate, Dispatcher, Lane, QueryIssuer, Redispatcher};
-use qdl_frontend::plot::{Series, bar_chart, line_chart};
+use qdl_frontend::client::{AcceleratorClient, Close as CloseClient, QueryStats, SetRunState};
+use qdl_frontend::connection::{Close, ConnectionStats, GetStats};
+use qdl_frontend::issuer::{CreditGate, Dispatcher, QueryIssuer};
 use qdl_frontend::qsl::{SampleSource, SampleStore};
 use qdl_frontend::report::{AcceleratorReport, FrontendReport, RunReport, parse_detail_log};
 use qdl_frontend::settings::{Layers, Overrides, Resolved, advice};
-use qdl_frontend::sut::{Clients, QdlQsl, QdlSut, SutName, duplicate_names, network_sut_name, snapshot};
+use qdl_frontend::supervisor::{self, Cluster, ClusterParts, RunFailure, SessionRecipe};
+use qdl_frontend::sut::{QdlQsl, QdlSut, SutName, network_sut_name, snapshot};
 use qdl_frontend::timeline::{LatencyBuckets, Timeline, TimelinePoint};
 use qdl_loadgen::{LogSettings, Scenario, TestMode, TestSettings};
 use qdl_shared::config::{AcceleratorConfig, FrontendConfig, ModeName, ScenarioName};
-use qdl_shared::transport::rdma::{InitiatorSetup, RdmaDevice, RdmaMetrics};
-use qdl_shared::transport::tcp::{TcpInitiator, connect_data};
-use qdl_shared::transport::{InitiatorTransport, TransportMetrics};
-use qdl_shared::wire::attach::Attach;
-use qdl_shared::wire::message::DataTransport;
-use qdl_shared::wire::message::{RunState, SessionRequest};
+use qdl_shared::wire::message::RunState;
 use qdl_shared::workload::WorkloadSpec;
-use tokio::net::TcpStream;
 
+#[cfg(feature = "local")]
+use super::baseline::{WorkerPool, connect_local};
 use super::io::Io;
-use super::progress::{Progress, ProgressMode, thousands};
+use super::progress::{Progress, ProgressMode};
+pub use super::summary::print_summary;
+use super::summary::write_plots;
 
-/// How long warm-up may take.
+/// How long warm-up (and each run-state change) may take.
 const WARMUP_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Everything `run` needs.
@@ -103,338 +97,6 @@ fn print_settings(r: &Resolved) {
     }
 }
 
-#[derive(Default)]
-struct Connections {
-    lanes: Vec<Arc<Lane>>,
-    actors: Vec<Addr<ConnectionActor>>,
-    clients: Vec<Addr<AcceleratorClient>>,
-    accelerators: Vec<AcceleratorReport>,
-    pool: Option<Arc<WorkerPool>>,
-}
-
-struct Shared {
-    store: Arc<SampleStore>,
-    latencies: Arc<LatencyBuckets>,
-    gate: Arc<CreditGate>,
-    failure: FailureHandler,
-    io: Vec<actix::ArbiterHandle>,
-    redispatch: Arc<Redispatcher>,
-    /// Each accelerator's data connections, by the address it was given as.
-    by_accelerator: std::sync::Mutex<std::collections::HashMap<String, Vec<Addr<ConnectionActor>>>>,
-    /// The control sessions in the order the accelerators were given; one that rejoins takes
-    /// its old place.
-    clients: Clients,
-    /// The addresses they were given as, in the same order.
-    given: std::sync::Mutex<Vec<String>>,
-    /// How to connect an accelerator that comes back (set once the first ones are connected).
-    join: std::sync::OnceLock<Arc<JoinContext>>,
-    /// The data connections of accelerators that rejoined.
-    rejoined: std::sync::Mutex<Vec<Addr<ConnectionActor>>>,
-    /// The test is over: lost accelerators are not waited for any more.
-    ended: std::sync::atomic::AtomicBool,
-}
-
-impl Shared {
-    /// What happens when the control session with the accelerator at `addr` is lost: once its
-    /// data connections exist they give their samples back for the other accelerators (the run
-    /// goes on); before that, the run fails.
-    fn accelerator_lost(self: &Arc<Self>, addr: String) -> FailureHandler {
-        let sh = self.clone();
-        Arc::new(move |msg: String| {
-            let conns = sh.by_accelerator.lock().unwrap_or_else(|p| p.into_inner()).get(&addr).cloned();
-            match conns {
-                Some(conns) if !conns.is_empty() => {
-                    tracing::error!("{msg}: re-dispatching its samples to the accelerators left");
-                    for c in conns {
-                        c.do_send(Abandon(msg.clone()));
-                    }
-                    if !sh.ended.load(std::sync::atomic::Ordering::Acquire) {
-                        rejoin(sh.clone(), addr.clone());
-                    }
-                }
-                _ => (sh.failure)(msg),
-            }
-        })
-    }
-}
-
-impl Connections {
-    /// Starts a `ConnectionActor` for a new lane on an I/O arbiter (round-robin); the transport
-    /// is built there, inside the arbiter's runtime.
-    #[allow(clippy::too_many_arguments)]
-    fn add(
-        &mut self,
-        shared: &Arc<Shared>,
-        accelerator: &str,
-        addr: Option<&str>,
-        connection: u32,
-        slots: u32,
-        output_bytes: u32,
-        transport: impl FnOnce() -> Box<dyn InitiatorTransport> + Send + 'static,
-    ) {
-        let lane = Lane::new(format!("{accelerator}/{connection}"), slots);
-        let (sh, l, acc) = (shared.clone(), lane.clone(), accelerator.to_string());
-        let arbiter = &shared.io[self.actors.len() % shared.io.len()];
-        let actor = ConnectionActor::start_in_arbiter(arbiter, move |_| {
-            ConnectionActor::new(ConnectionParts {
-                label: l.label().to_string(),
-                accelerator: acc,
-                connection,
-                lane: l,
-                transport: transport(),
-                slots,
-                output_bytes,
-                store: sh.store.clone(),
-                gate: sh.gate.clone(),
-                on_failure: sh.failure.clone(),
-                redispatch: sh.redispatch.clone(),
-                latencies: sh.latencies.clone(),
-            })
-        });
-        if let Some(addr) = addr {
-            let mut map = shared.by_accelerator.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(addr.to_string()).or_default().push(actor.clone());
-        }
-        self.actors.push(actor);
-        self.lanes.push(lane);
-    }
-}
-
-async fn connect_network(cfg: FrontendConfig, spec: WorkloadSpec, shared: Arc<Shared>) -> anyhow::Result<Connections> {
-    let f = &cfg.frontend;
-    if f.accelerators.is_empty() {
-        return Err(qdl_shared::config::ConfigError::Invalid {
-            field: "frontend.accelerators".into(),
-            reason: "no accelerator given: pass --accelerator HOST:PORT (or QDL_ACCELERATORS, or \
-                     frontend.accelerators in the config), or --local"
-                .into(),
-        }
-        .into());
-    }
-    let rdma = RdmaDevice::open_configured(&cfg.transport)?;
-    let request = SessionRequest {
-        workload: spec.clone(),
-        connections: f.connections_per_accelerator,
-        slots_per_connection: f.slots_per_connection,
-        transport: if rdma.is_some() { DataTransport::Rdma } else { DataTransport::Tcp },
-    };
-    let timeout = Duration::from_millis(f.connect_timeout_ms);
-    let hb = cfg.heartbeat.to_heartbeat();
-    let secret = cfg.auth.secret()?;
-    if secret.is_none() {
-        tracing::warn!("the control channel is NOT authenticated ([auth] required = false, no secret)");
-    }
-    let tls = if cfg.tls.enabled {
-        let ca = cfg.tls.ca_file.as_deref().context("tls.ca_file")?;
-        Some(ClientTls { config: qdl_shared::tls::client_config(ca)?, server_name: cfg.tls.server_name.clone() })
-    } else {
-        None
-    };
-    let sessions = join_all(f.accelerators.iter().map(|a| {
-        let lost = shared.accelerator_lost(a.clone());
-        AcceleratorClient::connect(a, &f.name, request.clone(), hb, secret.clone(), tls.clone(), timeout, lost)
-    }))
-    .await;
-    let mut clients: Vec<(Addr<AcceleratorClient>, Established)> = Vec::new();
-    let mut errors: Vec<ClientError> = Vec::new();
-    for s in sessions {
-        match s {
-            Ok(c) => clients.push(c),
-            Err(e) => errors.push(e),
-        }
-    }
-    if let Some(e) = errors.into_iter().next() {
-        for (c, _) in &clients {
-            c.do_send(CloseClient);
-        }
-        return Err(e.into());
-    }
-    let names: Vec<String> = clients.iter().map(|(_, e)| e.name.clone()).collect();
-    let dups = duplicate_names(&names);
-    if !dups.is_empty() {
-        for (c, _) in &clients {
-            c.do_send(CloseClient);
-        }
-        bail!("accelerator names must be unique (the SUT name lists them); duplicated: {}", dups.join(", "));
-    }
-    let mut out = Connections {
-        lanes: Vec::new(),
-        actors: Vec::new(),
-        clients: Vec::new(),
-        accelerators: Vec::new(),
-        pool: None,
-    };
-    let ctx = Arc::new(JoinContext { node: f.name.clone(), request, heartbeat: hb, secret, tls, timeout, rdma });
-    for ((client, est), given) in clients.into_iter().zip(&f.accelerators) {
-        attach_accelerator(&shared, &ctx, &mut out, given, client, &est).await?;
-    }
-    let _ = shared.join.set(ctx);
-    Ok(out)
-}
-
-/// What connecting an accelerator needs, kept for accelerators that rejoin during the run.
-struct JoinContext {
-    node: String,
-    request: SessionRequest,
-    heartbeat: qdl_shared::control::Heartbeat,
-    secret: qdl_shared::auth::Secret,
-    tls: Option<ClientTls>,
-    timeout: Duration,
-    rdma: Option<Arc<RdmaDevice>>,
-}
-
-/// Opens the data connections of an established session and starts their actors.
-async fn attach_accelerator(
-    shared: &Arc<Shared>,
-    ctx: &JoinContext,
-    out: &mut Connections,
-    given: &str,
-    client: Addr<AcceleratorClient>,
-    est: &Established,
-) -> anyhow::Result<()> {
-    let g = est.grant.clone();
-    if g.input_slot_bytes as usize != ctx.request.workload.input_bytes()
-        || g.output_slot_bytes != ctx.request.workload.output_bytes
-    {
-        bail!(
-            "accelerator {} granted slots of {}/{} bytes for a workload of {}/{} bytes",
-            est.name,
-            g.input_slot_bytes,
-            g.output_slot_bytes,
-            ctx.request.workload.input_bytes(),
-            ctx.request.workload.output_bytes
-        );
-    }
-    if g.slots_per_connection < ctx.request.slots_per_connection || g.connections < ctx.request.connections {
-        tracing::warn!(
-            accelerator = %est.name,
-            "granted {} connections × {} slots (asked {} × {})",
-            g.connections,
-            g.slots_per_connection,
-            ctx.request.connections,
-            ctx.request.slots_per_connection
-        );
-    }
-    // Exists at 0 from the first attach, so dashboards see it before the first rejoin.
-    let _ = metrics::counter!(qdl_shared::metrics::frontend::REJOINS, "accelerator" => est.name.clone());
-    for c in 0..g.connections {
-        let (name, out_bytes) = (est.name.clone(), g.output_slot_bytes);
-        if let Some(dev) = &ctx.rdma {
-            let setup = InitiatorSetup::new(
-                dev,
-                g.slots_per_connection,
-                g.input_slot_bytes,
-                out_bytes,
-                RdmaMetrics::registered("frontend"),
-            )
-            .with_context(|| format!("RDMA connection {c} to accelerator {}", est.name))?;
-            let peer = tokio::time::timeout(
-                ctx.timeout,
-                client.send(ConnectRdma { connection: c, endpoint: setup.endpoint() }),
-            )
-            .await
-            .map_err(|_| anyhow::anyhow!("accelerator {}: no answer to RDMA connection {c} in time", est.name))?
-            .context("the accelerator's control actor stopped")??;
-            let init = setup
-                .connect(&peer, TransportMetrics::for_frontend(&name))
-                .with_context(|| format!("RDMA connection {c} to accelerator {}", est.name))?;
-            out.add(shared, &est.name, Some(given), c, g.slots_per_connection, out_bytes, move || Box::new(init));
-            continue;
-        }
-        let attach = Attach { token: g.token, connection: c };
-        let stream = connect_data(est.addr, attach, ctx.timeout)
-            .await
-            .with_context(|| format!("data connection {c} to accelerator {} ({})", est.name, est.addr))?;
-        let std_stream = stream.into_std().context("detaching the data connection")?;
-        out.add(shared, &est.name, Some(given), c, g.slots_per_connection, out_bytes, move || {
-            let stream = TcpStream::from_std(std_stream).expect("I/O arbiters run a tokio runtime with I/O enabled");
-            Box::new(TcpInitiator::new(stream, out_bytes, TransportMetrics::for_frontend(&name)))
-        });
-    }
-    out.accelerators.push(AcceleratorReport {
-        address: est.addr.to_string(),
-        name: est.name.clone(),
-        connections: g.connections,
-        slots_per_connection: g.slots_per_connection,
-        backend: g.backend.clone(),
-        workers: g.workers,
-        max_batch: g.max_batch,
-        batch_sizes: Vec::new(),
-    });
-    out.clients.push(client);
-    Ok(())
-}
-
-/// Tries, once a second until the run ends, to bring back the accelerator at `addr`: a new
-/// session (authenticated as at the start), its data connections, and their lanes added to the
-/// issuer. LoadGen is told nothing: the SUT is the same, with its capacity back.
-fn rejoin(shared: Arc<Shared>, addr: String) {
-    let Some(ctx) = shared.join.get().cloned() else { return };
-    actix::spawn(async move {
-        let mut attempt = 0u32;
-        loop {
-            tokio::time::sleep(Duration::from_millis(if attempt == 0 { 200 } else { 1000 })).await;
-            attempt += 1;
-            if shared.ended.load(std::sync::atomic::Ordering::Acquire) {
-                return;
-            }
-            let lost = shared.accelerator_lost(addr.clone());
-            let connected = AcceleratorClient::connect(
-                &addr,
-                &ctx.node,
-                ctx.request.clone(),
-                ctx.heartbeat,
-                ctx.secret.clone(),
-                ctx.tls.clone(),
-                ctx.timeout,
-                lost,
-            )
-            .await;
-            let (client, est) = match connected {
-                Ok(c) => c,
-                Err(e) => {
-                    if attempt == 1 || attempt.is_multiple_of(10) {
-                        tracing::info!(accelerator = %addr, attempt, "not back yet: {e}");
-                    }
-                    continue;
-                }
-            };
-            let _ = client.send(SetRunState(RunState::Start)).await;
-            let mut out = Connections::default();
-            match attach_accelerator(&shared, &ctx, &mut out, &addr, client.clone(), &est).await {
-                Ok(()) => {
-                    let issuer = shared.redispatch.issuer();
-                    match issuer {
-                        Some(issuer) => issuer.add_lanes(&out.lanes),
-                        None => return,
-                    }
-                    shared.rejoined.lock().unwrap_or_else(|p| p.into_inner()).extend(out.actors.iter().cloned());
-                    let at = shared.given.lock().unwrap_or_else(|p| p.into_inner()).iter().position(|g| *g == addr);
-                    let mut clients = shared.clients.lock().unwrap_or_else(|p| p.into_inner());
-                    match at.filter(|&i| i < clients.len()) {
-                        Some(i) => clients[i] = client,
-                        None => clients.push(client),
-                    }
-                    drop(clients);
-                    metrics::counter!(qdl_shared::metrics::frontend::REJOINS, "accelerator" => est.name.clone())
-                        .increment(1);
-                    tracing::warn!(
-                        accelerator = %est.name,
-                        addr = %addr,
-                        connections = out.lanes.len(),
-                        "accelerator rejoined the run"
-                    );
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(accelerator = %addr, "rejoin failed: {e:#}");
-                    client.do_send(CloseClient);
-                }
-            }
-        }
-    });
-}
-
 /// What `--local` and `lab` answer in a build without the local baseline.
 pub const NO_LOCAL_BASELINE: &str = "this qdl-frontend was built without the local baseline (cargo feature `local`): run it over the network, or build it with the feature";
 
@@ -464,58 +126,9 @@ fn connect_local(
     _: &FrontendConfig,
     _: &AcceleratorConfig,
     _: &WorkloadSpec,
-    _: &Arc<Shared>,
-) -> anyhow::Result<Connections> {
+    _: &Cluster,
+) -> anyhow::Result<(Vec<AcceleratorReport>, Arc<WorkerPool>)> {
     bail!(NO_LOCAL_BASELINE)
-}
-
-#[cfg(feature = "local")]
-fn connect_local(
-    cfg: &FrontendConfig,
-    acc: &AcceleratorConfig,
-    spec: &WorkloadSpec,
-    shared: &Arc<Shared>,
-) -> anyhow::Result<Connections> {
-    let boxes = cfg.local.accelerators as usize;
-    let per_box = acc.workers.count as usize;
-    let workers = qdl_shared::config::WorkersConfig { count: (boxes * per_box) as u32, gpus: acc.workers.gpus.clone() };
-    let pool = Arc::new(WorkerPool::start(&workers, acc.batcher, &acc.backend).context("starting local workers")?);
-    for note in pool.notes() {
-        tracing::info!("{note}");
-    }
-    pool.check(spec)?;
-    let spec = Arc::new(spec.clone());
-    let slots = cfg.frontend.slots_per_connection.min(acc.limits.max_slots_per_connection);
-    let conns = cfg.frontend.connections_per_accelerator;
-    let mut out = Connections {
-        lanes: Vec::new(),
-        actors: Vec::new(),
-        clients: Vec::new(),
-        accelerators: Vec::new(),
-        pool: Some(pool.clone()),
-    };
-    for b in 0..boxes {
-        let name = format!("local-{b}");
-        for c in 0..conns as usize {
-            // Connections of one box share that box's workers, as they would on a real accelerator.
-            let worker = pool.sender(b * per_box + c % per_box);
-            let sp = spec.clone();
-            out.add(shared, &name, None, c as u32, slots, spec.output_bytes, move || {
-                Box::new(LocalTransport::new(worker, sp, slots))
-            });
-        }
-        out.accelerators.push(AcceleratorReport {
-            address: "in-process".into(),
-            name,
-            connections: conns,
-            slots_per_connection: slots,
-            backend: pool.backend().into(),
-            workers: per_box as u32,
-            max_batch: pool.max_batch() as u32,
-            batch_sizes: Vec::new(),
-        });
-    }
-    Ok(out)
 }
 
 /// Publishes the scenario's latency bound (Server only: LoadGen's target latency at its target
@@ -531,30 +144,23 @@ fn test_metrics(workload: &str, cfg: &FrontendConfig, s: &TestSettings) -> metri
     metrics::gauge!(m::TEST_RUNNING, "workload" => workload.to_string(), "scenario" => scenario, "mode" => mode)
 }
 
-/// The failure handler of a run: a run whose samples can no longer complete cannot be saved, so
-/// it says why and exits (status 3, [`qdl_shared::exit::RUN_FAILED`]) rather than leave LoadGen
-/// waiting forever.
-fn failure_handler(out: PathBuf) -> FailureHandler {
-    Arc::new(move |msg: String| {
-        if super::signals::interrupted() {
-            // The interruption closed the sessions; the signal handler reports and exits.
-            std::thread::park_timeout(Duration::from_secs(5));
-        }
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "\nqdl-frontend: run failed: {msg}\nLoadGen's logs in {} are incomplete.", out.display());
-        let _ = err.flush();
-        // SAFETY: _exit ends the process at once without running C++ static destructors, which
-        // could block on LoadGen's logger threads that are still running the test.
-        unsafe { libc::_exit(qdl_shared::exit::RUN_FAILED) };
-    })
+/// Ends a run that the supervisor cannot save (its samples can no longer all complete): says
+/// why and exits with [`qdl_shared::exit::RUN_FAILED`] (3) rather than leave LoadGen waiting.
+fn end_run(failure: RunFailure, out: &Path) {
+    if super::signals::interrupted() {
+        // The interruption closed the sessions; the signal handler reports and exits.
+        std::thread::park_timeout(Duration::from_secs(5));
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "\nqdl-frontend: run failed: {failure}\nLoadGen's logs in {} are incomplete.", out.display());
+    let _ = err.flush();
+    // SAFETY: _exit ends the process at once without running C++ static destructors, which
+    // could block on LoadGen's logger threads that are still running the test.
+    unsafe { libc::_exit(qdl_shared::exit::RUN_FAILED) };
 }
 
-/// Runs one test and returns its report (also written to the output directory).
-pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
-    if opts.local && !cfg!(feature = "local") {
-        bail!(NO_LOCAL_BASELINE);
-    }
-    let cfg = opts.config;
+/// The dataset's samples, described by the workload (a directory of .npy files, else generated).
+fn prepare_samples(cfg: &FrontendConfig) -> anyhow::Result<(WorkloadSpec, Arc<SampleStore>)> {
     let spec = cfg.workload.resolve_spec()?;
     let source = match &cfg.workload.dataset_dir {
         Some(dir) => SampleSource::npy(&spec, dir)?,
@@ -565,178 +171,138 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         _ => cfg.workload.total() as usize,
     };
     let performance = (cfg.workload.performance() as usize).min(total);
-    let store = Arc::new(SampleStore::new(source, total, performance)?);
-    let out_dir = cfg.loadgen.output_dir.clone();
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let failure = failure_handler(out_dir.clone());
-    let resolved = loadgen_settings(&cfg, opts.config_path.as_deref(), &opts.flags, &spec.name)?;
-    print_settings(&resolved);
-    let settings = resolved.settings.clone();
+    Ok((spec, Arc::new(SampleStore::new(source, total, performance)?)))
+}
 
-    let io = Io::start(cfg.frontend.io_threads as usize)?;
-    let shared = Arc::new(Shared {
-        store: store.clone(),
-        latencies: Arc::new(LatencyBuckets::default()),
-        gate: Arc::new(CreditGate::default()),
-        failure: failure.clone(),
-        io: io.io.clone(),
-        redispatch: Arc::new(Redispatcher::default()),
-        by_accelerator: Default::default(),
-        clients: Default::default(),
-        given: Default::default(),
-        join: Default::default(),
-        rejoined: Default::default(),
-        ended: Default::default(),
+/// What the run is connected to.
+struct Connected {
+    /// Each accelerator (or in-process box), in order.
+    accelerators: Vec<AcceleratorReport>,
+    /// The in-process workers of the local baseline.
+    pool: Option<Arc<WorkerPool>>,
+}
+
+/// Connects the cluster: the accelerators over the network, or the in-process workers.
+fn connect(opts: &RunOptions, spec: &WorkloadSpec, io: &Io, cluster: &Arc<Cluster>) -> anyhow::Result<Connected> {
+    if opts.local {
+        let (accelerators, pool) = connect_local(&opts.config, &opts.accelerator_config, spec, cluster)?;
+        return Ok(Connected { accelerators, pool: Some(pool) });
+    }
+    let c = cluster.clone();
+    let accelerators = io.block_on(async move { c.connect_network().await })??;
+    Ok(Connected { accelerators, pool: None })
+}
+
+/// Warms the accelerators (or the in-process workers) up, if the config asks for it.
+fn warm_up(cfg: &FrontendConfig, spec: &WorkloadSpec, io: &Io, cluster: &Cluster, c: &Connected) -> anyhow::Result<()> {
+    if !cfg.frontend.warmup {
+        return Ok(());
+    }
+    let started = Instant::now();
+    if let Some(pool) = &c.pool {
+        let (p, s) = (pool.clone(), Arc::new(spec.clone()));
+        io.block_on(async move { p.warmup(s).await })??;
+        pool.reset_stats();
+    } else {
+        set_run_state(io, &snapshot(&cluster.clients()), RunState::Warmup)?;
+    }
+    tracing::info!(ms = started.elapsed().as_millis() as u64, "accelerators warmed up");
+    Ok(())
+}
+
+/// On Ctrl-C or SIGTERM: the samples in flight are answered (10 s at most), then the sessions
+/// are closed in order, so the accelerators see a goodbye, not a lost frontend.
+fn on_signal_drain_and_close(cluster: &Arc<Cluster>) {
+    let cluster = cluster.clone();
+    super::signals::install("run", move || {
+        let issuer = cluster.issuer();
+        let target = issuer.issued();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while issuer.completed() < target && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        eprintln!(
+            "qdl-frontend: {} of the {target} samples issued before the signal answered",
+            issuer.completed().min(target)
+        );
+        let clients = snapshot(&cluster.clients());
+        for c in &clients {
+            c.do_send(CloseClient);
+        }
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while clients.iter().any(|c| c.connected()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        eprintln!("qdl-frontend: LoadGen's logs in this run's output directory are incomplete");
     });
-    let conns = if opts.local {
-        connect_local(&cfg, &opts.accelerator_config, &spec, &shared)?
-    } else {
-        let (c, s, sh) = (cfg.clone(), spec.clone(), shared.clone());
-        match io.block_on(connect_network(c, s, sh))? {
-            Ok(c) => c,
-            Err(e) => {
-                io.stop();
-                return Err(e);
-            }
-        }
-    };
-    *shared.clients.lock().unwrap_or_else(|p| p.into_inner()) = conns.clients.clone();
-    *shared.given.lock().unwrap_or_else(|p| p.into_inner()) = cfg.frontend.accelerators.clone();
-    let where_ = if opts.local { "in-process" } else { "over the network" };
-    tracing::info!(
-        workload = %spec.name,
-        scenario = cfg.loadgen.scenario.as_str(),
-        mode = cfg.loadgen.mode.as_str(),
-        connections = conns.lanes.len(),
-        "connected {where_}"
-    );
+}
 
-    // Warm-up, then the test.
-    if cfg.frontend.warmup {
-        let started = Instant::now();
-        if let Some(pool) = &conns.pool {
-            let (p, s) = (pool.clone(), Arc::new(spec.clone()));
-            io.block_on(async move { p.warmup(s).await })??;
-            pool.reset_stats();
-        } else {
-            set_run_state(&io, &conns.clients, RunState::Warmup)?;
-        }
-        tracing::info!(ms = started.elapsed().as_millis() as u64, "accelerators warmed up");
-    }
-    {
-        // On Ctrl-C / SIGTERM: say goodbye to the accelerators so their sessions end in order.
-        let clients = conns.clients.clone();
-        let sh = shared.clone();
-        super::signals::install("run", move || {
-            // Drain: the samples in flight when the signal came are answered (10 s at most).
-            if let Some(issuer) = sh.redispatch.issuer() {
-                let target = issuer.issued();
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while issuer.completed() < target && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                eprintln!(
-                    "qdl-frontend: {} of the {target} samples issued before the signal answered",
-                    issuer.completed().min(target)
-                );
-            }
-            for c in &clients {
-                c.do_send(CloseClient);
-            }
-            let deadline = Instant::now() + Duration::from_millis(500);
-            while clients.iter().any(|c| c.connected()) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            eprintln!("qdl-frontend: LoadGen's logs in this run's output directory are incomplete");
-        });
-    }
-    let dispatcher = Dispatcher::for_config(cfg.frontend.dispatch, cfg.loadgen.scenario == ScenarioName::Offline);
-    let no_lane = failure.clone();
-    let issuer = Arc::new(QueryIssuer::new(
-        conns.lanes.clone(),
-        dispatcher,
-        shared.gate.clone(),
-        Box::new(move |m: &str| no_lane(m.to_string())),
-    ));
-    shared.redispatch.bind(&issuer);
-    let sut_name = if opts.local {
-        SutName::Local(format!(
-            "qdl Local SUT ({} x {} in-process)",
-            conns.accelerators.len(),
-            conns.accelerators[0].backend
-        ))
-    } else {
-        SutName::Network(shared.clients.clone())
-    };
-    let sut = QdlSut { issuer: issuer.clone(), name: sut_name };
-    let qsl = QdlQsl { store: store.clone(), on_failure: failure.clone() };
-    let mut log = LogSettings::new(&out_dir);
-    log.enable_trace = cfg.loadgen.trace;
-    if !opts.local {
-        set_run_state(&io, &conns.clients, RunState::Start)?;
-    }
-    let label = format!(
-        "{} {} {} {}",
-        spec.name,
-        cfg.loadgen.scenario.as_str(),
-        cfg.loadgen.mode.as_str(),
-        if opts.local { "local" } else { "network" }
-    );
+/// What LoadGen's test left behind.
+struct Tested {
+    wall: Duration,
+    timeline: Vec<TimelinePoint>,
+}
+
+/// Runs LoadGen's test over `sut` and `qsl` with progress, the timeline and the `test_running`
+/// gauge; returns once LoadGen does.
+fn start_loadgen(
+    sut: &QdlSut,
+    qsl: &QdlQsl,
+    cfg: &FrontendConfig,
+    progress: ProgressMode,
+    cluster: &Cluster,
+    settings: &TestSettings,
+    log: &LogSettings,
+) -> anyhow::Result<Tested> {
+    let workload = &qsl.store.source().spec().name;
+    let (scenario, mode) = (cfg.loadgen.scenario.as_str(), cfg.loadgen.mode.as_str());
+    let kind = if matches!(sut.name, SutName::Local(_)) { "local" } else { "network" };
+    let label = format!("{workload} {scenario} {mode} {kind}");
+    let running = test_metrics(workload, cfg, settings);
     let progress = {
-        let i = issuer.clone();
-        Progress::start(opts.progress, label, move || (i.issued(), i.completed()))
+        let i = sut.issuer.clone();
+        Progress::start(progress, label, move || (i.issued(), i.completed()))
     };
     let timeline = {
-        let i = issuer.clone();
-        Timeline::start(Duration::from_millis(500), shared.latencies.clone(), move || i.completed())
+        let i = sut.issuer.clone();
+        Timeline::start(Duration::from_millis(500), cluster.latencies().clone(), move || i.completed())
     };
-    let status = format!(
-        "READY=1\nSTATUS=running {} {} {}",
-        spec.name,
-        cfg.loadgen.scenario.as_str(),
-        cfg.loadgen.mode.as_str()
-    );
-    if let Err(e) = qdl_shared::sdnotify::notify(&status) {
-        tracing::warn!("{e}");
-    }
-    let running = test_metrics(&spec.name, &cfg, &settings);
     let started = Instant::now();
     running.set(1.0);
-    let tested = qdl_loadgen::start_test(&sut, &qsl, &settings, &log);
+    let tested = qdl_loadgen::start_test(sut, qsl, settings, log);
     running.set(0.0);
-    // Lost accelerators are not waited for any more.
-    shared.ended.store(true, std::sync::atomic::Ordering::Release);
+    // Lost accelerators are not asked back any more.
+    cluster.end_test();
     tested?;
     let wall = started.elapsed();
-    let clients = snapshot(&shared.clients);
     let timeline = timeline.finish();
     drop(progress);
-    let mut accelerators = conns.accelerators.clone();
-    if let Some(pool) = &conns.pool {
-        let per_box = opts.accelerator_config.workers.count as usize;
-        for (b, a) in accelerators.iter_mut().enumerate() {
+    Ok(Tested { wall, timeline })
+}
+
+/// After the test: each accelerator's batch sizes, the run's end said to the accelerators, every
+/// connection's counters, then goodbyes and the actor system stopped.
+fn wind_down(io: Io, cluster: &Cluster, c: &mut Connected, per_box: usize) -> anyhow::Result<Vec<ConnectionStats>> {
+    let clients = snapshot(&cluster.clients());
+    if let Some(pool) = &c.pool {
+        for (b, a) in c.accelerators.iter_mut().enumerate() {
             a.batch_sizes = pool.batch_sizes_of(b * per_box..(b + 1) * per_box);
         }
     } else {
-        let clients = clients.clone();
-        let stats = io.block_on(async move { join_all(clients.iter().map(|c| c.send(QueryStats))).await })?;
-        for (a, s) in accelerators.iter_mut().zip(stats) {
+        let asked = clients.clone();
+        let stats = io.block_on(async move { join_all(asked.iter().map(|c| c.send(QueryStats))).await })?;
+        for (a, s) in c.accelerators.iter_mut().zip(stats) {
             match s {
                 Ok(Ok(s)) => a.batch_sizes = s.batch_sizes,
                 Ok(Err(e)) => tracing::warn!("no statistics from {}: {e}", a.name),
                 Err(e) => tracing::warn!("no statistics from {}: {e}", a.name),
             }
         }
+        if let Err(e) = set_run_state(&io, &clients, RunState::Done) {
+            tracing::warn!("{e}");
+        }
     }
-
-    // Wind down: final stats, goodbyes, stop.
-    if !opts.local
-        && let Err(e) = set_run_state(&io, &clients, RunState::Done)
-    {
-        tracing::warn!("{e}");
-    }
-    let mut actors = conns.actors.clone();
-    actors.extend(shared.rejoined.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+    let actors = cluster.connections();
     let asked = actors.clone();
     let stats = io.block_on(async move { join_all(asked.iter().map(|a| a.send(GetStats))).await })?;
     let stats: Vec<_> = stats.into_iter().filter_map(Result::ok).collect();
@@ -746,36 +312,89 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     for c in &clients {
         c.do_send(CloseClient);
     }
-    let sut_name = match &sut.name {
-        SutName::Local(n) => n.clone(),
-        SutName::Network(_) => network_sut_name(&conns.accelerators.iter().map(|a| a.name.clone()).collect::<Vec<_>>()),
-    };
     // Each client stops once its Goodbye is written; wait for that (briefly) before stopping.
     let deadline = Instant::now() + Duration::from_secs(1);
     while clients.iter().any(|c| c.connected()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     io.stop();
-    if let Some(pool) = conns.pool
+    if let Some(pool) = c.pool.take()
         && let Ok(pool) = Arc::try_unwrap(pool)
     {
         pool.shutdown();
     }
+    Ok(stats)
+}
 
-    let loadgen = parse_detail_log(&out_dir.join("mlperf_log_detail.txt")).context("reading LoadGen's detail log")?;
-    let frontend = FrontendReport {
-        wall_seconds: wall.as_secs_f64(),
-        samples_issued: issuer.issued(),
-        samples_completed: issuer.completed(),
-        sample_errors: stats.iter().map(|s| s.errors).sum(),
-        bytes_sent: stats.iter().map(|s| s.bytes_sent).sum(),
-        bytes_received: stats.iter().map(|s| s.bytes_received).sum(),
-        write_calls: stats.iter().map(|s| s.write_calls).sum(),
-        dispatch: format!("{dispatcher:?}"),
-        redispatched: issuer.redispatched(),
-        late_responses: shared.redispatch.late(),
-        connections: stats,
+/// Runs one test and returns its report (also written to the output directory).
+pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
+    if opts.local && !cfg!(feature = "local") {
+        bail!(NO_LOCAL_BASELINE);
+    }
+    let cfg = &opts.config;
+    let (spec, store) = prepare_samples(cfg)?;
+    let out_dir = cfg.loadgen.output_dir.clone();
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let resolved = loadgen_settings(cfg, opts.config_path.as_deref(), &opts.flags, &spec.name)?;
+    print_settings(&resolved);
+    let recipe = if opts.local { None } else { Some(Arc::new(SessionRecipe::from_config(cfg, &spec)?)) };
+
+    // Built in order, each from the ones before (see qdl_frontend::supervisor).
+    let io = Io::start(cfg.frontend.io_threads as usize)?;
+    let (failures, inbox) = supervisor::failure::channel();
+    let dispatcher = Dispatcher::for_config(cfg.frontend.dispatch, cfg.loadgen.scenario == ScenarioName::Offline);
+    let issuer = Arc::new(QueryIssuer::new(dispatcher, Arc::new(CreditGate::default()), failures.clone()));
+    let parts = ClusterParts {
+        issuer: issuer.clone(),
+        store: store.clone(),
+        latencies: Arc::new(LatencyBuckets::default()),
+        io: io.io.clone(),
+        control: io.control(),
+        failures: failures.clone(),
+        recipe,
     };
+    let cluster = Cluster::new(parts);
+    let out = out_dir.clone();
+    supervisor::supervise(&cluster, inbox, move |f| end_run(f, &out)).context("starting the supervisor")?;
+    let mut conns = match connect(&opts, &spec, &io, &cluster) {
+        Ok(c) => c,
+        Err(e) => {
+            io.stop();
+            return Err(e);
+        }
+    };
+    let where_ = if opts.local { "in-process" } else { "over the network" };
+    let (scenario, mode) = (cfg.loadgen.scenario.as_str(), cfg.loadgen.mode.as_str());
+    let connections = issuer.lanes().len();
+    tracing::info!(workload = %spec.name, scenario, mode, connections, "connected {where_}");
+    warm_up(cfg, &spec, &io, &cluster, &conns)?;
+    on_signal_drain_and_close(&cluster);
+
+    let name = match opts.local {
+        true => SutName::Local(format!(
+            "qdl Local SUT ({} x {} in-process)",
+            conns.accelerators.len(),
+            conns.accelerators[0].backend
+        )),
+        false => SutName::Network(cluster.clients()),
+    };
+    let sut = QdlSut { issuer: issuer.clone(), name };
+    let qsl = QdlQsl { store: store.clone(), failures };
+    let mut log = LogSettings::new(&out_dir);
+    log.enable_trace = cfg.loadgen.trace;
+    if !opts.local {
+        set_run_state(&io, &snapshot(&cluster.clients()), RunState::Start)?;
+    }
+    if let Err(e) = qdl_shared::sdnotify::notify(&format!("READY=1\nSTATUS=running {} {scenario} {mode}", spec.name)) {
+        tracing::warn!("{e}");
+    }
+    let tested = start_loadgen(&sut, &qsl, cfg, opts.progress, &cluster, &resolved.settings, &log)?;
+    let stats = wind_down(io, &cluster, &mut conns, opts.accelerator_config.workers.count as usize)?;
+    let sut_name = match &sut.name {
+        SutName::Local(n) => n.clone(),
+        SutName::Network(_) => network_sut_name(&conns.accelerators.iter().map(|a| a.name.clone()).collect::<Vec<_>>()),
+    };
+    let frontend = frontend_report(&issuer, &tested, stats);
     let report = RunReport {
         qdl_version: env!("CARGO_PKG_VERSION").into(),
         loadgen_version: qdl_loadgen::version(),
@@ -790,43 +409,33 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         mode: cfg.loadgen.mode,
         loadgen_settings: resolved.differences(),
         shortened: resolved.shortened(),
-        advice: advice(&loadgen, &resolved),
-        accelerators,
-        loadgen,
+        loadgen: parse_detail_log(&out_dir.join("mlperf_log_detail.txt")).context("reading LoadGen's detail log")?,
+        advice: Vec::new(),
+        accelerators: conns.accelerators,
         frontend,
-        timeline,
+        timeline: tested.timeline,
     };
+    let report = RunReport { advice: advice(&report.loadgen, &resolved), ..report };
     report.write(&out_dir).context("writing report.json")?;
     write_plots(&report, &out_dir).context("writing the plots")?;
     Ok(report)
 }
 
-/// The plot files written beside LoadGen's logs.
-pub const PLOTS: [&str; 3] = ["throughput.svg", "latency.svg", "batch-sizes.svg"];
-
-fn write_plots(r: &RunReport, dir: &std::path::Path) -> std::io::Result<()> {
-    let kind = if r.network { "network" } else { "local" };
-    let title = |what: &str| format!("{what}: {} {} ({kind})", r.workload.name, r.scenario.as_str());
-    let rate =
-        Series { name: "completed".into(), points: r.timeline.iter().map(|p| (p.t_s, p.completed_per_s)).collect() };
-    std::fs::write(dir.join(PLOTS[0]), line_chart(&title("Throughput"), "seconds", "samples/s", &[rate]))?;
-    let pct = |name: &str, f: fn(&TimelinePoint) -> Option<f64>| Series {
-        name: name.into(),
-        points: r.timeline.iter().filter_map(|p| f(p).map(|v| (p.t_s, v))).collect(),
-    };
-    let lat = [pct("p50", |p| p.p50_ms), pct("p90", |p| p.p90_ms), pct("p99", |p| p.p99_ms)];
-    std::fs::write(dir.join(PLOTS[1]), line_chart(&title("Latency"), "seconds", "ms (issue to response)", &lat))?;
-    let mut sizes: std::collections::BTreeMap<u32, u64> = Default::default();
-    for a in &r.accelerators {
-        for (b, n) in &a.batch_sizes {
-            *sizes.entry(*b).or_default() += n;
-        }
+/// The frontend's part of report.json.
+fn frontend_report(issuer: &QueryIssuer, tested: &Tested, stats: Vec<ConnectionStats>) -> FrontendReport {
+    FrontendReport {
+        wall_seconds: tested.wall.as_secs_f64(),
+        samples_issued: issuer.issued(),
+        samples_completed: issuer.completed(),
+        sample_errors: stats.iter().map(|s| s.errors).sum(),
+        bytes_sent: stats.iter().map(|s| s.bytes_sent).sum(),
+        bytes_received: stats.iter().map(|s| s.bytes_received).sum(),
+        write_calls: stats.iter().map(|s| s.write_calls).sum(),
+        dispatch: format!("{:?}", issuer.dispatcher()),
+        redispatched: issuer.redispatched(),
+        late_responses: issuer.late(),
+        connections: stats,
     }
-    // Every size from 1 to the largest formed, so gaps show as gaps.
-    let largest = sizes.keys().next_back().copied().unwrap_or(0);
-    let bars: Vec<(String, f64)> =
-        (1..=largest).map(|b| (b.to_string(), sizes.get(&b).copied().unwrap_or(0) as f64)).collect();
-    std::fs::write(dir.join(PLOTS[2]), bar_chart(&title("Batch sizes formed"), "batch size", "batches", &bars))
 }
 
 fn set_run_state(io: &Io, clients: &[Addr<AcceleratorClient>], state: RunState) -> anyhow::Result<()> {
@@ -841,80 +450,6 @@ fn set_run_state(io: &Io, clients: &[Addr<AcceleratorClient>], state: RunState) 
         r.map_err(|e| anyhow!("{e}"))?.map_err(|e| anyhow!("{e}"))?;
     }
     Ok(())
-}
-
-fn human_bytes(b: f64) -> String {
-    let units = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = b;
-    let mut u = 0;
-    while v >= 1000.0 && u + 1 < units.len() {
-        v /= 1000.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", units[u])
-}
-
-fn ms(ns: Option<f64>) -> String {
-    ns.map(|v| format!("{:.2} ms", v / 1e6)).unwrap_or_else(|| "-".into())
-}
-
-/// Prints the run's summary table.
-pub fn print_summary(r: &RunReport, out_dir: &std::path::Path) {
-    let l = &r.loadgen;
-    let f = &r.frontend;
-    let where_ = if r.network {
-        format!("over the network ({} accelerators)", r.accelerators.len())
-    } else {
-        "in-process (local baseline)".into()
-    };
-    println!("qdl run: {} {} {} {where_}", r.workload.name, r.scenario.as_str(), r.mode.as_str());
-    let row = |k: &str, v: String| println!("  {k:<22} {v}");
-    row("SUT", r.sut_name.clone());
-    if r.mode == ModeName::Performance {
-        let mut verdict = l.validity.clone().unwrap_or_else(|| "-".into());
-        if !l.invalid_reasons.is_empty() {
-            verdict = format!("{verdict} ({})", l.invalid_reasons.join("; "));
-        }
-        row("result", verdict);
-        row("samples/s", l.throughput().map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into()));
-        if let Some(s) = l.scheduled_samples_per_second {
-            row("scheduled samples/s", format!("{s:.1}"));
-        }
-        row(
-            "latency p50/p99/max",
-            format!(
-                "{} / {} / {}",
-                ms(l.latency_ns.get("50.00").copied()),
-                ms(l.p99_ns()),
-                ms(l.latency_ns.get("max").copied())
-            ),
-        );
-    }
-    row("samples", format!("{} completed, {} failed", thousands(f.samples_completed), thousands(f.sample_errors)));
-    if r.network {
-        let secs = f.wall_seconds.max(1e-9);
-        row(
-            "bytes sent / received",
-            format!(
-                "{} ({}/s) / {}",
-                human_bytes(f.bytes_sent as f64),
-                human_bytes(f.bytes_sent as f64 / secs),
-                human_bytes(f.bytes_received as f64)
-            ),
-        );
-        row("writes per sample", format!("{:.3}", f.write_calls as f64 / f.samples_completed.max(1) as f64));
-    }
-    for a in &r.advice {
-        row("fix", a.clone());
-    }
-    for e in &l.errors {
-        row("LoadGen error", e.clone());
-    }
-    if !r.shortened.is_empty() {
-        row("NOT A SUBMISSION", format!("settings shorten the official run: {}", r.shortened.join("; ")));
-    }
-    row("logs", out_dir.display().to_string());
-    row("plots", PLOTS.join(", "));
 }
 
 #[cfg(test)]
