@@ -506,9 +506,13 @@ impl Endpoint {
         if self.phase == Phase::Done {
             return;
         }
-        if !self.phase.authenticated() && now >= self.handshake_deadline {
-            let err = ControlError::HandshakeTimeout { ms: self.handshake_timeout.0 / 1_000_000 };
-            self.fail(err, true);
+        // Before the peer is authenticated only the handshake deadline runs: no heartbeat is
+        // sent (the peer would refuse it as out of place) and silence is not yet a death.
+        if !self.phase.authenticated() {
+            if now >= self.handshake_deadline {
+                let err = ControlError::HandshakeTimeout { ms: self.handshake_timeout.0 / 1_000_000 };
+                self.fail(err, true);
+            }
             return;
         }
         let dead_after = Nanos(self.heartbeat.interval.0 * self.heartbeat.misses as u64);
@@ -523,10 +527,8 @@ impl Endpoint {
             return;
         }
         if now >= self.next_heartbeat {
-            if self.phase != Phase::AwaitPreamble {
-                self.heartbeat_seq += 1;
-                self.send(&Message::Heartbeat { seq: self.heartbeat_seq, sent_ns: now.0 });
-            }
+            self.heartbeat_seq += 1;
+            self.send(&Message::Heartbeat { seq: self.heartbeat_seq, sent_ns: now.0 });
             self.next_heartbeat = now + self.heartbeat.interval;
         }
     }
@@ -536,9 +538,11 @@ impl Endpoint {
         if self.phase == Phase::Done {
             return None;
         }
+        if !self.phase.authenticated() {
+            return Some(self.handshake_deadline);
+        }
         let dead = self.last_rx + Nanos(self.heartbeat.interval.0 * self.heartbeat.misses as u64);
-        let next = dead.min(self.next_heartbeat);
-        Some(if self.phase.authenticated() { next } else { next.min(self.handshake_deadline) })
+        Some(dead.min(self.next_heartbeat))
     }
 
     /// Bytes to send, if any.
@@ -1035,6 +1039,40 @@ mod tests {
             matches!(&ev[1], Event::Failed(ControlError::Peer { code: ErrorCode::LimitExceeded, message }) if message == "64 slots at most"),
             "{ev:?}"
         );
+    }
+
+    #[test]
+    fn a_handshake_slower_than_a_heartbeat_interval_still_succeeds() {
+        // Each hop takes 80 ms; heartbeats are every 50 ms. Found by the frontend's harness:
+        // heartbeats sent during the handshake were refused by a peer still awaiting Auth.
+        let hb = Heartbeat { interval: Nanos::from_millis(50), misses: 3 };
+        let mut c = Endpoint::client("fe", request(), hb, Nanos::ZERO, CLIENT_NONCE);
+        let mut s = Endpoint::server("acc", limits(), hb, Nanos::ZERO, SERVER_NONCE);
+        let mut t = Nanos::ZERO;
+        for _ in 0..12 {
+            t = t + Nanos::from_millis(80);
+            for e in [&mut c, &mut s] {
+                if e.poll_timeout().is_some_and(|x| x <= t) {
+                    e.handle_timeout(t);
+                }
+            }
+            while let Some(bytes) = c.poll_transmit() {
+                s.handle_input(&bytes, t);
+            }
+            while let Some(bytes) = s.poll_transmit() {
+                c.handle_input(&bytes, t);
+            }
+            while let Some(ev) = s.poll_event() {
+                assert!(!matches!(ev, Event::Failed(_)), "server: {ev:?}");
+                if let Event::ConfigureRequested(_) = ev {
+                    s.grant(grant()).unwrap();
+                }
+            }
+            while let Some(ev) = c.poll_event() {
+                assert!(!matches!(ev, Event::Failed(_)), "client: {ev:?}");
+            }
+        }
+        assert!(c.is_established() && s.is_established());
     }
 
     #[test]
