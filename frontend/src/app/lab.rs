@@ -174,6 +174,151 @@ impl Display {
     }
 }
 
+/// The accelerator config the lab runs: `--accelerator-config`, else the lab's own, with the
+/// model of `--model` put in. Written into `out` so the accelerators and the in-process baseline
+/// read the same file; returns its path and text.
+fn accelerator_config(opts: &LabOptions, out: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let (acc_path, acc_text) = match &opts.accelerator_config {
+        Some(p) => (p.clone(), std::fs::read_to_string(p)?),
+        None => {
+            let p = out.join("accelerator.toml");
+            std::fs::write(&p, LAB_ACCELERATOR_TOML)?;
+            (p, LAB_ACCELERATOR_TOML.to_string())
+        }
+    };
+    let Some(model) = &opts.model else { return Ok((acc_path, acc_text)) };
+    let mut cfg = AcceleratorConfig::load_unchecked(&acc_path)?;
+    cfg.backend.kind = qdl_shared::config::BackendKind::Onnx;
+    cfg.backend.onnx.model = Some(std::path::absolute(model).with_context(|| format!("locating {}", model.display()))?);
+    cfg.validate()?;
+    let text = format!(
+        "# The lab's accelerators, running {} (written by qdl-frontend lab --model).\n{}",
+        model.display(),
+        toml::to_string(&cfg).context("writing the accelerator config")?
+    );
+    let path = out.join("accelerator-onnx.toml");
+    std::fs::write(&path, &text)?;
+    Ok((path, text))
+}
+
+/// The tests of one lab: what every test needs, and the count for progress.
+struct Tests<'a> {
+    opts: &'a LabOptions,
+    out: &'a Path,
+    acc_path: &'a Path,
+    accelerators: &'a [String],
+    fe_metrics: String,
+    display: Display,
+    n: usize,
+    total: usize,
+}
+
+impl Tests<'_> {
+    /// `--config` when the lab was given a frontend config.
+    fn base_args(&self) -> Vec<String> {
+        match &self.opts.frontend_config {
+            Some(p) => vec!["--config".into(), p.display().to_string()],
+            None => Vec::new(),
+        }
+    }
+
+    /// The in-process arguments (the same accelerator config, as many boxes).
+    fn local_args(&self) -> [String; 5] {
+        [
+            "--local".into(),
+            "--accelerator-config".into(),
+            self.acc_path.display().to_string(),
+            "--local-accelerators".into(),
+            self.opts.accelerators.to_string(),
+        ]
+    }
+
+    /// A real model's rate is not known beforehand: a short in-process Offline run measures it,
+    /// so the Offline tests are sized to last their minimum duration.
+    fn calibrate(&self, w: &str, capacity: f64) -> f64 {
+        let mut a = self.base_args();
+        a.extend(
+            ["--workload", w, "--scenario", "offline", "--min-duration-ms", "1000", "--expected-qps"].map(String::from),
+        );
+        a.push(format!("{capacity:.0}"));
+        a.extend(self.local_args());
+        let label = format!("[calibrate] {w} offline local");
+        let dir = self.out.join(format!("{w}-calibrate"));
+        match self.display.run(&label, 2.0, |p| run_test(&a, &dir, &self.fe_metrics, p)) {
+            Ok(r) => r.loadgen.throughput().unwrap_or(capacity),
+            Err(e) => {
+                eprintln!("lab: calibration failed ({e:#}); sizing for {capacity:.0} samples/s");
+                capacity
+            }
+        }
+    }
+
+    /// One row: workload `w` in scenario `sc`, in-process then over the network. A Server row
+    /// targets 70 % of the local Offline rate measured before it (`local_offline`).
+    fn row(&mut self, w: &str, sc: &str, capacity: f64, local_offline: &mut Option<f64>) -> LabRow {
+        let mut row = LabRow {
+            workload: w.to_string(),
+            scenario: sc.to_string(),
+            network_samples_per_second: None,
+            local_samples_per_second: None,
+            ratio: None,
+            network_p99_ms: None,
+            local_p99_ms: None,
+            network_valid: None,
+            local_valid: None,
+            target_qps: None,
+            errors: Vec::new(),
+        };
+        let mut args = self.base_args();
+        args.extend(["--workload", w, "--scenario", sc, "--min-duration-ms"].map(String::from));
+        args.extend([self.opts.duration_ms.to_string(), "--slots".into(), slots_for(w).into()]);
+        args.extend(["--connections".into(), "2".into()]);
+        if sc == "offline" {
+            args.extend(["--expected-qps".into(), format!("{:.0}", capacity * 1.1)]);
+        } else {
+            // Server at 70% of what the box sustains offline: VALID on both paths.
+            let target = 0.7 * local_offline.unwrap_or(capacity * 0.9);
+            row.target_qps = Some(target);
+            args.extend(["--target-qps".into(), format!("{target:.0}"), "--min-query-count".into(), "100".into()]);
+        }
+        for local in [true, false] {
+            self.n += 1;
+            let kind = if local { "local" } else { "network" };
+            let label = format!("[{}/{}] {w} {sc} {kind}", self.n, self.total);
+            let dir = self.out.join(format!("{w}-{sc}-{kind}"));
+            let mut a = args.clone();
+            if local {
+                a.extend(self.local_args());
+            } else {
+                for addr in self.accelerators {
+                    a.extend(["--accelerator".into(), addr.clone()]);
+                }
+            }
+            let planned = self.opts.duration_ms as f64 / 1000.0 + 1.0;
+            let r = match self.display.run(&label, planned, |p| run_test(&a, &dir, &self.fe_metrics, p)) {
+                Ok(r) => r,
+                Err(e) => {
+                    row.errors.push(format!("{kind}: {e:#}"));
+                    continue;
+                }
+            };
+            let (t, p99, valid) = (r.loadgen.throughput(), r.loadgen.p99_ns().map(|v| v / 1e6), r.loadgen.is_valid());
+            if local {
+                (row.local_samples_per_second, row.local_p99_ms, row.local_valid) = (t, p99, Some(valid));
+                if sc == "offline" {
+                    *local_offline = t;
+                }
+            } else {
+                (row.network_samples_per_second, row.network_p99_ms, row.network_valid) = (t, p99, Some(valid));
+            }
+        }
+        if let (Some(net), Some(loc)) = (row.network_samples_per_second, row.local_samples_per_second) {
+            row.ratio = Some(net / loc);
+        }
+        row
+    }
+}
+
 /// Runs the lab; returns the report (also written to `output_dir/lab-report.json`).
 pub fn lab(opts: LabOptions) -> anyhow::Result<LabReport> {
     // The lab compares each network run with the local baseline.
@@ -183,30 +328,7 @@ pub fn lab(opts: LabOptions) -> anyhow::Result<LabReport> {
     let started = Instant::now();
     let out = &opts.output_dir;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let (mut acc_path, mut acc_text) = match &opts.accelerator_config {
-        Some(p) => (p.clone(), std::fs::read_to_string(p)?),
-        None => {
-            let p = out.join("accelerator.toml");
-            std::fs::write(&p, LAB_ACCELERATOR_TOML)?;
-            (p, LAB_ACCELERATOR_TOML.to_string())
-        }
-    };
-    if let Some(model) = &opts.model {
-        // The same accelerator config, running the model: written out in full so the
-        // accelerators and the in-process baseline read the same file.
-        let mut cfg = AcceleratorConfig::load_unchecked(&acc_path)?;
-        cfg.backend.kind = qdl_shared::config::BackendKind::Onnx;
-        cfg.backend.onnx.model =
-            Some(std::path::absolute(model).with_context(|| format!("locating {}", model.display()))?);
-        cfg.validate()?;
-        acc_text = format!(
-            "# The lab's accelerators, running {} (written by qdl-frontend lab --model).\n{}",
-            model.display(),
-            toml::to_string(&cfg).context("writing the accelerator config")?
-        );
-        acc_path = out.join("accelerator-onnx.toml");
-        std::fs::write(&acc_path, &acc_text)?;
-    }
+    let (acc_path, acc_text) = accelerator_config(&opts, out)?;
     let acc_cfg = AcceleratorConfig::load(&acc_path)?;
     let metrics: Vec<String> = (0..opts.accelerators).map(|i| preferred_metrics(9102 + i as u16)).collect();
     let accs = Accelerators::start(opts.accelerators, &acc_path, "lab-acc", &metrics, out)?;
@@ -223,126 +345,25 @@ pub fn lab(opts: LabOptions) -> anyhow::Result<LabReport> {
          SUBMISSION",
         opts.duration_ms
     );
-    let display = Display { terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()) };
-    let total = opts.workloads.len() * opts.scenarios.len() * 2;
-    let mut n = 0;
+    let mut tests = Tests {
+        opts: &opts,
+        out,
+        acc_path: &acc_path,
+        accelerators: &accs.addrs,
+        fe_metrics,
+        display: Display { terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()) },
+        n: 0,
+        total: opts.workloads.len() * opts.scenarios.len() * 2,
+    };
     let mut rows = Vec::new();
     for w in &opts.workloads {
         let mut capacity = modelled_capacity(&acc_cfg, w, opts.accelerators);
         if acc_cfg.backend.kind == qdl_shared::config::BackendKind::Onnx {
-            // A real model's rate is not known beforehand: a short in-process Offline run
-            // measures it, so the Offline tests are sized to last their minimum duration.
-            let mut a: Vec<String> = match &opts.frontend_config {
-                Some(p) => vec!["--config".into(), p.display().to_string()],
-                None => Vec::new(),
-            };
-            a.extend(
-                [
-                    "--workload",
-                    w,
-                    "--scenario",
-                    "offline",
-                    "--min-duration-ms",
-                    "1000",
-                    "--expected-qps",
-                    &format!("{capacity:.0}"),
-                    "--local",
-                    "--accelerator-config",
-                    &acc_path.display().to_string(),
-                    "--local-accelerators",
-                    &opts.accelerators.to_string(),
-                ]
-                .map(String::from),
-            );
-            let label = format!("[calibrate] {w} offline local");
-            match display.run(&label, 2.0, |p| run_test(&a, &out.join(format!("{w}-calibrate")), &fe_metrics, p)) {
-                Ok(r) => capacity = r.loadgen.throughput().unwrap_or(capacity),
-                Err(e) => eprintln!("lab: calibration failed ({e:#}); sizing for {capacity:.0} samples/s"),
-            }
+            capacity = tests.calibrate(w, capacity);
         }
         let mut local_offline: Option<f64> = None;
         for sc in &opts.scenarios {
-            let mut row = LabRow {
-                workload: w.clone(),
-                scenario: sc.clone(),
-                network_samples_per_second: None,
-                local_samples_per_second: None,
-                ratio: None,
-                network_p99_ms: None,
-                local_p99_ms: None,
-                network_valid: None,
-                local_valid: None,
-                target_qps: None,
-                errors: Vec::new(),
-            };
-            let mut args: Vec<String> = match &opts.frontend_config {
-                Some(p) => vec!["--config".into(), p.display().to_string()],
-                None => Vec::new(),
-            };
-            args.extend([
-                "--workload".into(),
-                w.clone(),
-                "--scenario".into(),
-                sc.clone(),
-                "--min-duration-ms".into(),
-                opts.duration_ms.to_string(),
-                "--slots".into(),
-                slots_for(w).into(),
-                "--connections".into(),
-                "2".into(),
-            ]);
-            if sc == "offline" {
-                args.extend(["--expected-qps".into(), format!("{:.0}", capacity * 1.1)]);
-            } else {
-                // Server at 70% of what the box sustains offline: VALID on both paths.
-                let target = 0.7 * local_offline.unwrap_or(capacity * 0.9);
-                row.target_qps = Some(target);
-                args.extend(["--target-qps".into(), format!("{target:.0}"), "--min-query-count".into(), "100".into()]);
-            }
-            for local in [true, false] {
-                n += 1;
-                let kind = if local { "local" } else { "network" };
-                let label = format!("[{n}/{total}] {w} {sc} {kind}");
-                let dir = out.join(format!("{w}-{sc}-{kind}"));
-                let mut a = args.clone();
-                if local {
-                    a.extend([
-                        "--local".into(),
-                        "--accelerator-config".into(),
-                        acc_path.display().to_string(),
-                        "--local-accelerators".into(),
-                        opts.accelerators.to_string(),
-                    ]);
-                } else {
-                    for addr in &accs.addrs {
-                        a.extend(["--accelerator".into(), addr.clone()]);
-                    }
-                }
-                let planned = opts.duration_ms as f64 / 1000.0 + 1.0;
-                match display.run(&label, planned, |p| run_test(&a, &dir, &fe_metrics, p)) {
-                    Ok(r) => {
-                        let t = r.loadgen.throughput();
-                        let p99 = r.loadgen.p99_ns().map(|v| v / 1e6);
-                        if local {
-                            row.local_samples_per_second = t;
-                            row.local_p99_ms = p99;
-                            row.local_valid = Some(r.loadgen.is_valid());
-                            if sc == "offline" {
-                                local_offline = t;
-                            }
-                        } else {
-                            row.network_samples_per_second = t;
-                            row.network_p99_ms = p99;
-                            row.network_valid = Some(r.loadgen.is_valid());
-                        }
-                    }
-                    Err(e) => row.errors.push(format!("{kind}: {e:#}")),
-                }
-            }
-            if let (Some(net), Some(loc)) = (row.network_samples_per_second, row.local_samples_per_second) {
-                row.ratio = Some(net / loc);
-            }
-            rows.push(row);
+            rows.push(tests.row(w, sc, capacity, &mut local_offline));
         }
     }
     let addrs = accs.addrs.clone();
