@@ -194,9 +194,7 @@ impl ConnectionActor {
             let late_before = core.late();
             let mut on_response = |h: &DataHeader, payload: &[u8]| {
                 // A protocol violation ends the connection: the transport reports it as its error.
-                let Some(a) =
-                    core.handle_response(h, payload, now).map_err(|e| TransportError::Protocol(e.to_string()))?
-                else {
+                let Some(a) = core.handle_response(h, payload, now).map_err(TransportError::from)? else {
                     // Its sample was handed to another connection: this answer is not LoadGen's.
                     return Ok(());
                 };

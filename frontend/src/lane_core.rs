@@ -58,6 +58,16 @@ pub enum LaneError {
     },
 }
 
+impl From<LaneError> for qdl_shared::transport::TransportError {
+    /// A lane error ends the connection as a transport error of the same kind (typed, not text).
+    fn from(e: LaneError) -> Self {
+        match e {
+            LaneError::Tracker(t) => Self::Tracker(t),
+            LaneError::Oversized { got, max } => Self::OversizedResponse { got, max },
+        }
+    }
+}
+
 /// A sample waiting for its answer: its token, QSL index and when LoadGen issued it.
 #[derive(Debug)]
 pub struct Pending<T> {

@@ -38,6 +38,18 @@ pub enum TransportError {
     /// The peer sent a request into a slot it may not use.
     #[error("protocol violation: {0}")]
     Slot(#[from] SlotError),
+    /// The peer's response does not match what is in flight (stray, duplicate, wrong sample):
+    /// the connection's tracker refused it.
+    #[error("protocol violation: {0}")]
+    Tracker(#[from] crate::tracker::TrackerError),
+    /// The peer's response is larger than an output slot.
+    #[error("protocol violation: a response of {got} bytes; outputs are {max} bytes")]
+    OversizedResponse {
+        /// The response's payload size.
+        got: usize,
+        /// The output slot size.
+        max: usize,
+    },
     /// The peer broke the protocol in another way (wrong frame kind or size, stray response).
     #[error("protocol violation: {0}")]
     Protocol(String),
