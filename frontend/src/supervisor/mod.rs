@@ -116,6 +116,8 @@ pub struct Cluster {
     /// The data connections.
     connections: Mutex<Members>,
     started: AtomicUsize,
+    /// The accelerators a rejoin task is bringing back (one task each).
+    rejoining: Mutex<std::collections::HashSet<String>>,
     /// The test is over: lost accelerators are not asked back.
     test_over: AtomicBool,
 }
@@ -135,6 +137,7 @@ impl Cluster {
             clients: Clients::default(),
             connections: Mutex::default(),
             started: AtomicUsize::new(0),
+            rejoining: Mutex::default(),
             test_over: AtomicBool::new(false),
         })
     }

@@ -310,8 +310,16 @@ impl Cluster {
 /// Tries, once a second until the test ends, to bring back the accelerator given as `given`: a
 /// new session (authenticated as at the start), its data connections, and their lanes added to
 /// the issuer. LoadGen is told nothing: the SUT is the same, with its capacity back.
+/// One task per accelerator: a session lost while its rejoin attaches leaves the running task to
+/// retry.
 pub(super) fn rejoin(cluster: Arc<Cluster>, given: String) {
     let Some(recipe) = cluster.recipe.clone() else { return };
+    if !cluster.rejoining.lock().unwrap_or_else(|p| p.into_inner()).insert(given.clone()) {
+        return;
+    }
+    let done = |cluster: &Cluster, given: &str| {
+        cluster.rejoining.lock().unwrap_or_else(|p| p.into_inner()).remove(given);
+    };
     let control = cluster.control.clone();
     control.spawn(async move {
         let mut attempt = 0u32;
@@ -319,7 +327,7 @@ pub(super) fn rejoin(cluster: Arc<Cluster>, given: String) {
             tokio::time::sleep(Duration::from_millis(if attempt == 0 { 200 } else { 1000 })).await;
             attempt += 1;
             if cluster.is_over() {
-                return;
+                return done(&cluster, &given);
             }
             let (client, est) = match AcceleratorClient::connect(&given, &recipe.params, cluster.failures.clone()).await
             {
@@ -343,7 +351,7 @@ pub(super) fn rejoin(cluster: Arc<Cluster>, given: String) {
                         connections = report.connections,
                         "accelerator rejoined the run"
                     );
-                    return;
+                    return done(&cluster, &given);
                 }
                 Err(e) => {
                     tracing::warn!(accelerator = %given, "rejoin failed: {e}");
