@@ -2,13 +2,16 @@
 //
 // LoadGen's bundled bindings/c_api.h is C++ and marked "not tested"; this shim is the only C ABI the
 // Rust binding (src/ffi.rs) uses. Rules it keeps:
-// - No C++ exception crosses the boundary: every entry point that can throw catches and reports.
+// - No C++ exception crosses the boundary: every entry point that can throw catches and reports,
+//   or, where nobody can take a report (completions of in-flight samples), aborts with a message.
 // - Plain structs with fixed-width fields mirror TestSettings / LogSettings field by field; the
 //   defaults come from a value-initialised mlperf::TestSettings, so they never drift from LoadGen's.
 // - Callbacks carry an opaque `ctx` pointer owned by the Rust side for the duration of StartTest.
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -119,6 +122,11 @@ void copy_error(const char* what, char* err, size_t cap) {
   if (err == nullptr || cap == 0) return;
   std::strncpy(err, what, cap - 1);
   err[cap - 1] = '\0';
+}
+
+[[noreturn]] void die_in(const char* where, const char* what) {
+  std::fprintf(stderr, "qdl-loadgen: C++ exception in LoadGen %s: %s; aborting\n", where, what);
+  std::abort();
 }
 
 mlperf::TestSettings to_cpp(const qdl_test_settings& s) {
@@ -349,8 +357,29 @@ int32_t qdl_lg_start_test(void* sut, void* qsl, const qdl_test_settings* setting
   }
 }
 
+// QuerySamplesComplete and FirstTokenComplete can only throw std::bad_alloc (LoadGen copies
+// response bytes and queues a log record). The samples are in flight and there is no one to report
+// a failure to, so instead of letting the exception cross into Rust the shim aborts with a message.
 void qdl_lg_query_samples_complete(qdl_query_sample_response* responses, size_t count) {
-  mlperf::QuerySamplesComplete(reinterpret_cast<mlperf::QuerySampleResponse*>(responses), count);
+  try {
+    mlperf::QuerySamplesComplete(reinterpret_cast<mlperf::QuerySampleResponse*>(responses), count);
+  } catch (const std::exception& e) {
+    die_in("QuerySamplesComplete", e.what());
+  } catch (...) {
+    die_in("QuerySamplesComplete", "unknown C++ exception");
+  }
+}
+
+// Reports the first token of samples that are still in flight. LoadGen records the time, keeps a
+// copy of the bytes when it logs the response (accuracy mode or sampled), and ignores n_tokens.
+void qdl_lg_first_token_complete(qdl_query_sample_response* responses, size_t count) {
+  try {
+    mlperf::FirstTokenComplete(reinterpret_cast<mlperf::QuerySampleResponse*>(responses), count);
+  } catch (const std::exception& e) {
+    die_in("FirstTokenComplete", e.what());
+  } catch (...) {
+    die_in("FirstTokenComplete", "unknown C++ exception");
+  }
 }
 
 void qdl_lg_abort_test(void) { mlperf::AbortTest(); }

@@ -108,5 +108,6 @@ unsafe extern "C" {
         err_cap: usize,
     ) -> i32;
     pub(crate) fn qdl_lg_query_samples_complete(responses: *mut c_void, count: usize);
+    pub(crate) fn qdl_lg_first_token_complete(responses: *mut c_void, count: usize);
     pub(crate) fn qdl_lg_abort_test();
 }

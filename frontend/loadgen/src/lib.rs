@@ -4,9 +4,28 @@
 //! - `build.rs` fetches the hash-pinned `mlcommons-loadgen` sdist (or uses `QDL_LOADGEN_SRC`) and
 //!   compiles LoadGen's C++ plus qdl's own extern "C" shim (`shim/qdl_loadgen_shim.cc`).
 //! - `ffi` (private): the shim's raw declarations.
-//! - This file: [`TestSettings`], [`LogSettings`], the [`SystemUnderTest`] and
-//!   [`QuerySampleLibrary`] traits whose callbacks LoadGen calls, [`start_test`], and
-//!   [`Completions`] (the safe face of `QuerySamplesComplete`).
+//! - This file: [`TestSettings`] (with [`TestSettings::llm_bounds`] for the LLM token bounds),
+//!   [`LogSettings`], the [`SystemUnderTest`] and [`QuerySampleLibrary`] traits whose callbacks
+//!   LoadGen calls, [`start_test`], [`Completions`] (the safe face of `QuerySamplesComplete`,
+//!   with [`Completions::push_tokens`] for token counts), and [`first_token_complete`] /
+//!   [`FirstTokenBuffer`] / [`FirstTokens`] (the safe face of `FirstTokenComplete`).
+//!
+//! # LLM benchmarks (token latencies)
+//! With [`TestSettings::use_token_latencies`] (mlperf.conf sets it for the LLM models) LoadGen
+//! judges a Server run by time to first token (TTFT) and time per output token (TPOT) at
+//! `server_target_latency_percentile`, against [`TestSettings::server_ttft_latency`] and
+//! [`TestSettings::server_tpot_latency`], instead of by the sample latency. The SUT then:
+//! 1. reports each sample's first token while the sample is in flight, with
+//!    [`first_token_complete`] or a [`FirstTokens`] batch (required in every scenario but
+//!    Offline; LoadGen logs an error for a completion without one). This borrows the
+//!    [`ResponseId`], so it can only happen before the completion, which consumes it;
+//! 2. completes the sample with [`Completions::push_tokens`], `n_tokens` being the number of
+//!    output tokens (at least 2: LoadGen computes TPOT as (latency − TTFT) / (n_tokens − 1) and logs
+//!    an error for 0, 1 or a negative count).
+//!
+//! LoadGen has no Interactive scenario: MLPerf's "Interactive" is the Server scenario run with the
+//! `<model>-interactive` keys of mlperf.conf (tighter TTFT/TPOT bounds), i.e.
+//! `apply_mlperf_conf("llama3_1-8b-interactive", Scenario::Server)`.
 //!
 //! # Ownership and thread-safety (as LoadGen's headers state them)
 //! - [`start_test`] blocks the calling thread for the whole test. The SUT and QSL are borrowed for
@@ -15,12 +34,19 @@
 //!   [`start_test`]. Both traits therefore require `Sync`.
 //! - Every [`ResponseId`] LoadGen hands out is a pointer into LoadGen's own bookkeeping. It is a
 //!   move-only token here: it can only be obtained from an issued [`QuerySample`] and is consumed
-//!   by [`Completions::push`], so safe code can neither forge an id nor complete one twice.
-//! - `QuerySamplesComplete` is thread-safe and may be called from any thread, but a thread that
-//!   calls it must outlive [`start_test`]: LoadGen's logger keeps per-thread buffers and a thread
-//!   that exits early crashes it (mlcommons/inference #1337).
+//!   by [`Completions::push`] / [`Completions::push_tokens`], so safe code can neither forge an id
+//!   nor complete one twice. A first token ([`first_token_complete`], [`FirstTokens`]) only
+//!   borrows the id: an id that can still be borrowed has not been completed, so its sample is in
+//!   flight and LoadGen (which waits for every issued sample) still holds its bookkeeping.
+//! - `QuerySamplesComplete` and `FirstTokenComplete` are thread-safe and may be called from any
+//!   thread, but a thread that calls them must outlive [`start_test`]: LoadGen's logger keeps
+//!   per-thread buffers and a thread that exits early crashes it (mlcommons/inference #1337).
 //! - Only one test may run at a time in a process, and `TestSettings::FromConfig` applies the
 //!   compiled-in mlperf.conf only on its first call in a process: run one test per process.
+//! - LoadGen queues the record of a first token and of a completion in a per-thread buffer that its
+//!   logging thread reads one thread at a time. Report a sample's first token and its completion
+//!   from the same thread: from two threads the completion's record can be read first, and LoadGen
+//!   then logs "Attempted to record token latency after sample was completed" for that sample.
 
 #![warn(missing_docs)]
 
@@ -30,6 +56,7 @@ use std::ffi::{CStr, CString, c_char, c_void};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// Errors of the LoadGen binding.
 #[derive(Debug, thiserror::Error)]
@@ -278,11 +305,18 @@ settings! {
     performance_sample_count_override: u64 => Same,
     /// Limits accuracy mode to this many samples (0 = all).
     accuracy_sample_count_override: u64 => Same,
-    /// LLM token latencies.
+    /// LLM benchmarks: measure TTFT and TPOT (and count the `n_tokens` of each completion); in
+    /// Server they replace the sample latency as the run's constraint. mlperf.conf sets it for the
+    /// LLM models (llama2-70b, llama3_1-8b, llama3_1-405b, mixtral-8x7b, deepseek-r1, gpt-oss-120b,
+    /// and their `-interactive` variants). See the crate docs for what the SUT must then do.
     use_token_latencies: bool => Flag,
-    /// LLM time to first token bound, ns.
+    /// With `use_token_latencies`, the Server time-to-first-token bound, ns (LoadGen's default
+    /// 100 ms). mlperf.conf gives it in ms as `<model>.Server.ttft_latency` and FromConfig reads it
+    /// from the Server section whatever the scenario (llama3_1-8b 2000 ms, -interactive 500 ms).
     server_ttft_latency: u64 => Same,
-    /// LLM time per output token bound, ns.
+    /// With `use_token_latencies`, the Server time-per-output-token bound, ns (LoadGen's default
+    /// 100 ms). mlperf.conf gives it in ms as `<model>.Server.tpot_latency` (llama3_1-8b 100 ms,
+    /// -interactive 30 ms).
     server_tpot_latency: u64 => Same,
     /// Infer token latencies from sample latencies.
     infer_token_latencies: bool => Flag,
@@ -300,12 +334,27 @@ impl Default for TestSettings {
     }
 }
 
+/// The LLM token-latency bounds of a Server run (see [`TestSettings::llm_bounds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LlmBounds {
+    /// Time to first token bound (`server_ttft_latency`).
+    pub ttft: Duration,
+    /// Time per output token bound (`server_tpot_latency`).
+    pub tpot: Duration,
+}
+
 /// Guards LoadGen's process-wide FromConfig state (it counts calls in a static).
 static FROM_CONFIG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl TestSettings {
     /// Applies the mlperf.conf compiled into LoadGen for `model` (e.g. "resnet50", "bert") and
-    /// `scenario`. Sets the official seeds, latency bounds and sample counts.
+    /// `scenario`. Sets the official seeds, latency bounds and sample counts. It does not count as
+    /// a conf file for the once-per-process rule of [`TestSettings::apply_user_conf`].
+    ///
+    /// For an LLM it also sets `use_token_latencies` and the TTFT/TPOT bounds (read via
+    /// [`TestSettings::llm_bounds`]) with `server_target_latency_ns` 0. MLPerf's Interactive
+    /// category is `model` + "-interactive" in [`Scenario::Server`], e.g.
+    /// `apply_mlperf_conf("llama3_1-8b-interactive", Scenario::Server)`.
     pub fn apply_mlperf_conf(&mut self, model: &str, scenario: Scenario) -> Result<(), LoadgenError> {
         self.apply_config(None, model, scenario, 0)
     }
@@ -314,6 +363,15 @@ impl TestSettings {
     /// a later call in the same process does not (LoadGen logs "Multiple conf files are used").
     pub fn apply_user_conf(&mut self, path: &Path, model: &str, scenario: Scenario) -> Result<(), LoadgenError> {
         self.apply_config(Some(path), model, scenario, 1)
+    }
+
+    /// The TTFT/TPOT bounds LoadGen judges a Server run by, or `None` when
+    /// `use_token_latencies` is off (LoadGen then ignores them).
+    pub fn llm_bounds(&self) -> Option<LlmBounds> {
+        self.use_token_latencies.then(|| LlmBounds {
+            ttft: Duration::from_nanos(self.server_ttft_latency),
+            tpot: Duration::from_nanos(self.server_tpot_latency),
+        })
     }
 
     fn apply_config(
@@ -488,7 +546,9 @@ impl CompletionBuffer {
 
     /// Starts a batch whose response data borrow `'d`.
     pub fn batch<'d>(&mut self) -> Completions<'_, 'd> {
-        debug_assert!(self.raw.is_empty());
+        // Only a leaked (`mem::forget`) batch leaves entries behind, and their data borrows have
+        // ended: never hand those to LoadGen. (Their samples stay uncompleted; LoadGen waits.)
+        self.raw.clear();
         Completions { buf: &mut self.raw, _data: PhantomData }
     }
 }
@@ -502,9 +562,22 @@ pub struct Completions<'b, 'd> {
 }
 
 impl<'d> Completions<'_, 'd> {
-    /// Adds a completed sample with its response bytes.
+    /// Adds a completed sample with its response bytes (and no token count: `n_tokens` 0, which
+    /// LoadGen reports as an error when `use_token_latencies` is set; use [`Self::push_tokens`]).
     pub fn push(&mut self, id: ResponseId, data: &'d [u8]) {
-        self.buf.push(RawResponse { id, data: data.as_ptr() as usize, size: data.len(), n_tokens: 0 });
+        self.push_tokens(id, data, 0);
+    }
+
+    /// Adds a completed sample with its response bytes and its output token count.
+    ///
+    /// With `use_token_latencies` LoadGen expects `n_tokens` = the number of output tokens in
+    /// `data`, at least 2 (it computes TPOT as (latency − TTFT) / (n_tokens − 1) and logs an error
+    /// for 0, 1 or a negative count), and, in every scenario but Offline, the sample's first token
+    /// reported before via [`first_token_complete`] or [`FirstTokens`]. Offline only sums the
+    /// counts (tokens per second). Without `use_token_latencies` LoadGen only logs the count with
+    /// accuracy records.
+    pub fn push_tokens(&mut self, id: ResponseId, data: &'d [u8], n_tokens: i64) {
+        self.buf.push(RawResponse { id, data: data.as_ptr() as usize, size: data.len(), n_tokens });
     }
 
     /// How many completions the batch holds.
@@ -538,6 +611,122 @@ impl<'d> Completions<'_, 'd> {
 impl Drop for Completions<'_, '_> {
     fn drop(&mut self) {
         self.flush();
+    }
+}
+
+/// `mlperf::QuerySampleResponse` for a sample that stays in flight: the id is a copy of a borrowed
+/// [`ResponseId`]'s value.
+#[repr(C)]
+struct RawToken {
+    id: usize,
+    data: usize,
+    size: usize,
+    n_tokens: i64,
+}
+
+impl RawToken {
+    fn new(id: &ResponseId, data: &[u8]) -> Self {
+        // LoadGen ignores n_tokens in FirstTokenComplete.
+        RawToken { id: id.0, data: data.as_ptr() as usize, size: data.len(), n_tokens: 0 }
+    }
+}
+
+/// # Safety
+/// Every entry must come from [`RawToken::new`] with a [`ResponseId`] that is still borrowed (so
+/// not yet completed) and data bytes still borrowed, for the whole call.
+unsafe fn report_first_tokens(tokens: &mut [RawToken]) {
+    if tokens.is_empty() {
+        return;
+    }
+    // SAFETY: `RawToken` is layout-identical to `mlperf::QuerySampleResponse` (repr(C), same field
+    // types as `RawResponse`, which the shim static_asserts). The caller guarantees each id is
+    // live: LoadGen issued it (only the binding constructs a ResponseId) and has not been told it
+    // completed, because completing consumes the ResponseId, which is borrowed across this call.
+    // A sample LoadGen has not seen completed keeps StartTest waiting, so the bookkeeping the id
+    // points at is alive. The data bytes are borrowed across the call and LoadGen copies the ones
+    // it keeps before returning.
+    unsafe { ffi::qdl_lg_first_token_complete(tokens.as_mut_ptr() as *mut c_void, tokens.len()) }
+}
+
+/// Reports the first token of one sample that is still in flight (`mlperf::FirstTokenComplete`):
+/// LoadGen takes the time now as its time to first token, and copies `data` (the first token's
+/// bytes) when it logs the response (accuracy mode, or the sampled performance responses).
+///
+/// The id is only borrowed: the sample is completed later, once, through [`Completions`], which
+/// the borrow makes impossible before this call returns. Call it at most once per sample (LoadGen
+/// logs a second call as an error) and from the thread that will complete the sample (see the
+/// crate docs). Required before the completion when `use_token_latencies` is set, except in
+/// Offline; without `use_token_latencies` LoadGen ignores it but for the accuracy log.
+pub fn first_token_complete(id: &ResponseId, data: &[u8]) {
+    let mut raw = [RawToken::new(id, data)];
+    // SAFETY: `id` and `data` are borrowed for the whole call.
+    unsafe { report_first_tokens(&mut raw) }
+}
+
+/// A reusable buffer of first tokens, handed to `FirstTokenComplete` in one call.
+#[derive(Default)]
+pub struct FirstTokenBuffer {
+    raw: Vec<RawToken>,
+}
+
+impl FirstTokenBuffer {
+    /// A buffer with room for `capacity` first tokens before it reallocates.
+    pub fn with_capacity(capacity: usize) -> Self {
+        FirstTokenBuffer { raw: Vec::with_capacity(capacity) }
+    }
+
+    /// Starts a batch that borrows its ids for `'i` and their first tokens' bytes for `'d`.
+    pub fn batch<'i, 'd>(&mut self) -> FirstTokens<'_, 'i, 'd> {
+        // A leaked batch's entries may name samples completed since: never hand them to LoadGen.
+        self.raw.clear();
+        FirstTokens { buf: &mut self.raw, _borrows: PhantomData }
+    }
+}
+
+/// One batch of first tokens (see [`first_token_complete`]). It borrows every [`ResponseId`] and
+/// data slice it holds until it is finished (or dropped), which calls `FirstTokenComplete` once
+/// for all of them; so none of its samples can be completed before their first token is reported:
+///
+/// ```compile_fail
+/// # use qdl_loadgen::{CompletionBuffer, FirstTokenBuffer, QuerySample};
+/// fn answer(first: &mut FirstTokenBuffer, done: &mut CompletionBuffer, sample: QuerySample) {
+///     let mut tokens = first.batch();
+///     tokens.push(&sample.id, b"tok1");
+///     done.batch().push_tokens(sample.id, b"tok1tok2", 2); // error: `sample.id` is still borrowed
+///     tokens.finish();
+/// }
+/// ```
+pub struct FirstTokens<'b, 'i, 'd> {
+    buf: &'b mut Vec<RawToken>,
+    _borrows: PhantomData<(&'i ResponseId, &'d [u8])>,
+}
+
+impl<'i, 'd> FirstTokens<'_, 'i, 'd> {
+    /// Adds the first token of a sample still in flight.
+    pub fn push(&mut self, id: &'i ResponseId, data: &'d [u8]) {
+        self.buf.push(RawToken::new(id, data));
+    }
+
+    /// How many first tokens the batch holds.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Hands the batch to LoadGen (also done on drop).
+    pub fn finish(self) {}
+}
+
+impl Drop for FirstTokens<'_, '_, '_> {
+    fn drop(&mut self) {
+        // SAFETY: every entry was pushed with an id borrowed for `'i` and bytes borrowed for `'d`,
+        // both of which outlive `self`.
+        unsafe { report_first_tokens(self.buf) };
+        self.buf.clear();
     }
 }
 
@@ -746,5 +935,77 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(TestSettings::from_raw(&s.to_raw()), s);
+    }
+
+    const MS: u64 = 1_000_000;
+
+    /// `apply_mlperf_conf` for `model`/`scenario` on LoadGen's defaults.
+    fn conf(model: &str, scenario: Scenario) -> TestSettings {
+        let mut s = TestSettings { scenario, ..Default::default() };
+        s.apply_mlperf_conf(model, scenario).unwrap();
+        s
+    }
+
+    /// What mlperf.conf 6.0.17 says for an LLM Server run (its times are ms; LoadGen stores ns).
+    fn assert_llm_server(s: &TestSettings, ttft_ms: u64, tpot_ms: u64, sample_count: u64) {
+        assert!(s.use_token_latencies);
+        assert_eq!(s.server_ttft_latency, ttft_ms * MS);
+        assert_eq!(s.server_tpot_latency, tpot_ms * MS);
+        assert_eq!(
+            s.llm_bounds(),
+            Some(LlmBounds { ttft: Duration::from_millis(ttft_ms), tpot: Duration::from_millis(tpot_ms) })
+        );
+        assert_eq!(s.server_target_latency_ns, 0, "only TTFT and TPOT are judged");
+        assert!((s.server_target_latency_percentile - 0.99).abs() < 1e-12);
+        assert_eq!(s.performance_sample_count_override, sample_count);
+        assert!(s.sample_concatenate_permutation);
+        assert_eq!(s.min_duration_ms, 600_000);
+        assert!(!s.infer_token_latencies);
+    }
+
+    #[test]
+    fn mlperf_conf_llama3_1_8b_server_and_interactive() {
+        assert_llm_server(&conf("llama3_1-8b", Scenario::Server), 2000, 100, 13368);
+        assert_llm_server(&conf("llama3_1-8b-interactive", Scenario::Server), 500, 30, 13368);
+    }
+
+    #[test]
+    fn mlperf_conf_llama2_70b_server_and_interactive() {
+        assert_llm_server(&conf("llama2-70b", Scenario::Server), 2000, 200, 24576);
+        assert_llm_server(&conf("llama2-70b-interactive", Scenario::Server), 450, 40, 24576);
+    }
+
+    #[test]
+    fn mlperf_conf_llama3_1_8b_offline() {
+        let s = conf("llama3_1-8b", Scenario::Offline);
+        assert!(s.use_token_latencies);
+        assert_eq!(s.performance_sample_count_override, 13368);
+        assert_eq!(s.min_query_count, 13368);
+        assert_eq!(s.min_duration_ms, 600_000);
+        // FromConfig reads the bounds from the Server section whatever the scenario; Offline does
+        // not judge them.
+        assert_eq!(s.server_ttft_latency, 2000 * MS);
+        assert_eq!(s.server_tpot_latency, 100 * MS);
+    }
+
+    #[test]
+    fn non_llm_models_have_no_token_bounds() {
+        let s = conf("resnet50", Scenario::Server);
+        assert!(!s.use_token_latencies);
+        assert_eq!(s.llm_bounds(), None);
+        assert_eq!(s.server_target_latency_ns, 15 * MS);
+        // LoadGen's defaults are left alone.
+        assert_eq!(s.server_ttft_latency, 100 * MS);
+        assert_eq!(s.server_tpot_latency, 100 * MS);
+    }
+
+    #[test]
+    fn token_responses_mirror_query_sample_response() {
+        // The shim static_asserts RawResponse's C twin against mlperf::QuerySampleResponse;
+        // RawToken must match RawResponse.
+        assert_eq!(std::mem::size_of::<RawToken>(), std::mem::size_of::<RawResponse>());
+        assert_eq!(std::mem::offset_of!(RawToken, data), std::mem::offset_of!(RawResponse, data));
+        assert_eq!(std::mem::offset_of!(RawToken, size), std::mem::offset_of!(RawResponse, size));
+        assert_eq!(std::mem::offset_of!(RawToken, n_tokens), std::mem::offset_of!(RawResponse, n_tokens));
     }
 }
