@@ -9,14 +9,35 @@
 //!   `L = 32 + r % 353`, a question length `Q = 8 + r % (L/2)`; ids are `101` (CLS) at 0, `102`
 //!   (SEP) at `Q` and `L-1`, `1000 + r % 29522` elsewhere below `L`, 0 after; the mask is 1
 //!   below `L`; segment ids are 1 for `Q < t < L`;
-//! - other int32/int64 tensors: `r % 1000`; float tensors: `(r >> 40) / 2^24 × 2 − 1`.
+//! - other int32/int64 tensors: `r % 1000`; float tensors: `(r >> 40) / 2^24 × 2 − 1`;
+//! - generative workloads (one int32 `input_ids`, a [`Generation`]): first a true length `L`,
+//!   [`LengthDistribution::draw`] of the workload's [`Generation::input_lengths`] fed with the
+//!   generator's next `skew` outputs; then the ids: position 0 is the BOS when the workload has one
+//!   (no draw), every other id takes one draw `r` and is `100 + r % (vocab − 100 − k)` stepped past
+//!   EOS and BOS (`k` of them at or above 100; ascending, `id += 1` for each one `<= id`): uniform
+//!   over `[100, vocab)` without EOS and BOS. The sample is those `L` ids, `4·L` bytes.
+//!
+//! # Pre-tokenized prompts (generative workloads)
+//! A dataset directory holds `input_ids.npy`, int32 or int64 `[N, W]` (each row a prompt, its ids
+//! first, padding after), and `input_lens.npy`, int32 or int64 `[N]` (each prompt's true length),
+//! as MLPerf's LLM datasets are distributed (token ids plus lengths). Ids become int32
+//! little-endian and must lie in `0..vocab_size`; a length of 0 (or less), one above the row width
+//! or one above `max_input_tokens` is refused, naming the sample (MLPerf truncates prompts when
+//! it prepares a dataset, so a longer one means the wrong dataset or workload).
+//!
+//! # The loaded buffer
+//! A [`LoadedSet`] holds the loaded samples back to back. Fixed-size workloads' samples are all
+//! [`WorkloadSpec::input_bytes`]; generative workloads' are packed at their true lengths with an
+//! offsets table ([`LoadedSet::range`]), so a request carries exactly the prompt.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use qdl_shared::transport::PayloadSource;
-use qdl_shared::workload::{BERT_SEQ_LEN, DType, WorkloadSpec};
+#[cfg(doc)]
+use qdl_shared::workload::LengthDistribution;
+use qdl_shared::workload::{BERT_SEQ_LEN, DType, Generation, INPUT_IDS, WorkloadSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::npy::{NpyError, NpyFile};
@@ -42,6 +63,90 @@ pub enum QslError {
         index: usize,
         /// The library's size.
         total: usize,
+    },
+    /// A token file holds neither int32 nor int64 elements.
+    #[error("{path}: dtype {descr}, where token ids and lengths are int32 (<i4) or int64 (<i8)")]
+    TokenDType {
+        /// The file.
+        path: PathBuf,
+        /// Its numpy `descr`.
+        descr: String,
+    },
+    /// A token file has the wrong number of dimensions.
+    #[error("{path}: shape {shape:?}, where {expected} was expected")]
+    TokenShape {
+        /// The file.
+        path: PathBuf,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// The expected shape, in words.
+        expected: &'static str,
+    },
+    /// `input_ids.npy` and `input_lens.npy` hold different numbers of samples.
+    #[error("dataset {dir}: input_ids.npy holds {ids} samples, input_lens.npy {lens}")]
+    SampleCounts {
+        /// The directory.
+        dir: PathBuf,
+        /// Rows of `input_ids.npy`.
+        ids: usize,
+        /// Entries of `input_lens.npy`.
+        lens: usize,
+    },
+    /// A prompt's length is 0 or negative.
+    #[error("{path}: sample {index} has length {len}; a prompt needs at least one token")]
+    EmptySample {
+        /// The lengths file.
+        path: PathBuf,
+        /// The sample.
+        index: usize,
+        /// Its length.
+        len: i64,
+    },
+    /// A prompt is longer than the workload's `max_input_tokens`.
+    #[error("{path}: sample {index} has {len} tokens; the workload takes at most {max}")]
+    SampleTooLong {
+        /// The lengths file.
+        path: PathBuf,
+        /// The sample.
+        index: usize,
+        /// Its length, tokens.
+        len: i64,
+        /// The workload's `max_input_tokens`.
+        max: u32,
+    },
+    /// A prompt's length exceeds the row width of `input_ids.npy`.
+    #[error("{path}: sample {index} has length {len}, but input_ids.npy rows hold {width} ids")]
+    LengthBeyondRow {
+        /// The lengths file.
+        path: PathBuf,
+        /// The sample.
+        index: usize,
+        /// Its length, tokens.
+        len: i64,
+        /// Ids per row of `input_ids.npy`.
+        width: usize,
+    },
+    /// A prompt holds an id outside the vocabulary.
+    #[error("{path}: sample {index} holds token {id} at position {position}, outside 0..{vocab}")]
+    TokenOutOfRange {
+        /// The ids file.
+        path: PathBuf,
+        /// The sample.
+        index: usize,
+        /// The id's position in the prompt.
+        position: usize,
+        /// The id.
+        id: i64,
+        /// The workload's `vocab_size`.
+        vocab: u32,
+    },
+    /// The buffer given for a sample is smaller than the workload's input size.
+    #[error("a sample needs a buffer of {need} bytes, not {have}")]
+    Buffer {
+        /// [`WorkloadSpec::input_bytes`].
+        need: usize,
+        /// The buffer's length.
+        have: usize,
     },
 }
 
@@ -83,6 +188,98 @@ enum Layout {
     Stacked(Vec<NpyFile>),
     /// One file per sample (single-input workloads), in file-name order.
     PerSample(Vec<PathBuf>),
+    /// Pre-tokenized prompts (generative workloads).
+    Tokens(TokenFile),
+}
+
+/// `input_ids.npy` and the lengths read from `input_lens.npy`.
+struct TokenFile {
+    ids: NpyFile,
+    path: PathBuf,
+    /// Bytes per id in the file: 4 (int32) or 8 (int64).
+    elem: usize,
+    /// Ids per row.
+    width: usize,
+    /// Each prompt's true length, tokens.
+    lens: Vec<u32>,
+}
+
+/// Bytes per element of a token file: int32 or int64, little-endian.
+fn token_elem(f: &NpyFile, path: &Path) -> Result<(DType, usize), QslError> {
+    match f.descr.as_str() {
+        "<i4" => Ok((DType::I32, 4)),
+        "<i8" => Ok((DType::I64, 8)),
+        d => Err(QslError::TokenDType { path: path.into(), descr: d.into() }),
+    }
+}
+
+/// Little-endian int32 or int64 element `i` of `buf`.
+fn element(buf: &[u8], elem: usize, i: usize) -> i64 {
+    let b = &buf[i * elem..(i + 1) * elem];
+    if elem == 4 {
+        i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64
+    } else {
+        i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+}
+
+impl TokenFile {
+    /// Opens `dir`'s `input_ids.npy` and `input_lens.npy` and checks every length.
+    fn open(g: &Generation, dir: &Path) -> Result<TokenFile, QslError> {
+        let path = dir.join("input_ids.npy");
+        let lens_path = dir.join("input_lens.npy");
+        let ids = NpyFile::open(&path)?;
+        let (dtype, elem) = token_elem(&ids, &path)?;
+        let (n, width) = match ids.shape[..] {
+            [n, w] if u32::try_from(w).is_ok() => (n, w),
+            _ => return Err(QslError::TokenShape { path, shape: ids.shape.clone(), expected: "[samples, ids]" }),
+        };
+        ids.expect(dtype, &[width as u32], true)?;
+        let lens_file = NpyFile::open(&lens_path)?;
+        let (ldtype, lelem) = token_elem(&lens_file, &lens_path)?;
+        if lens_file.shape.len() != 1 {
+            let shape = lens_file.shape.clone();
+            return Err(QslError::TokenShape { path: lens_path, shape, expected: "[samples]" });
+        }
+        let m = lens_file.expect(ldtype, &[], true)?;
+        if m != n {
+            return Err(QslError::SampleCounts { dir: dir.into(), ids: n, lens: m });
+        }
+        let mut raw = vec![0u8; m * lelem];
+        lens_file.read_at(0, &mut raw)?;
+        let mut lens = Vec::with_capacity(m);
+        for index in 0..m {
+            let len = element(&raw, lelem, index);
+            let path = lens_path.clone();
+            if len <= 0 {
+                return Err(QslError::EmptySample { path, index, len });
+            }
+            if len > width as i64 {
+                return Err(QslError::LengthBeyondRow { path, index, len, width });
+            }
+            if len > g.max_input_tokens as i64 {
+                return Err(QslError::SampleTooLong { path, index, len, max: g.max_input_tokens });
+            }
+            lens.push(len as u32);
+        }
+        Ok(TokenFile { ids, path, elem, width, lens })
+    }
+
+    /// Writes prompt `index` as int32 little-endian into `out` (which holds `max_input_tokens`
+    /// ids); returns its length in bytes.
+    fn read(&self, index: usize, vocab: u32, out: &mut [u8]) -> Result<usize, QslError> {
+        let len = self.lens[index] as usize;
+        let mut raw = vec![0u8; len * self.elem];
+        self.ids.read_at((index * self.width * self.elem) as u64, &mut raw)?;
+        for position in 0..len {
+            let id = element(&raw, self.elem, position);
+            if id < 0 || id >= vocab as i64 {
+                return Err(QslError::TokenOutOfRange { path: self.path.clone(), index, position, id, vocab });
+            }
+            out[position * 4..position * 4 + 4].copy_from_slice(&(id as i32).to_le_bytes());
+        }
+        Ok(len * 4)
+    }
 }
 
 /// Where samples come from; see the module docs.
@@ -105,9 +302,15 @@ impl SampleSource {
     }
 
     /// Samples read from `dir`: either `<tensor>.npy` per input tensor with a leading sample
-    /// axis, or (single-input workloads) one `.npy` file per sample. Every file is checked now.
+    /// axis, or (single-input workloads) one `.npy` file per sample; for generative workloads
+    /// pre-tokenized prompts (see the module docs). Every file is checked now.
     pub fn npy(spec: &WorkloadSpec, dir: &Path) -> Result<SampleSource, QslError> {
         let info = DatasetInfo::Npy { dir: dir.to_path_buf() };
+        if let Some(g) = &spec.generation {
+            let tokens = TokenFile::open(g, dir)?;
+            let available = Some(tokens.lens.len());
+            return Ok(SampleSource { spec: spec.clone(), layout: Layout::Tokens(tokens), info, available });
+        }
         let stacked: Vec<PathBuf> = spec.inputs.iter().map(|t| dir.join(format!("{}.npy", t.name))).collect();
         if stacked.iter().all(|p| p.is_file()) {
             let mut files = Vec::new();
@@ -173,18 +376,30 @@ impl SampleSource {
         &self.spec
     }
 
-    /// Writes sample `index` (its tensors concatenated) into `out`.
+    /// Writes sample `index` (its tensors concatenated) into `out`, which must hold
+    /// [`WorkloadSpec::input_bytes`]; for generative workloads the prompt at its true length, then
+    /// zeros to the end of `out` (see [`SampleSource::fill_sample`] for the length).
     pub fn fill(&self, index: usize, out: &mut [u8]) -> Result<(), QslError> {
+        let n = self.fill_sample(index, out)?;
+        out[n..].fill(0);
+        Ok(())
+    }
+
+    /// Writes sample `index` at its true length into the start of `out`, which must hold
+    /// [`WorkloadSpec::input_bytes`]; returns that length in bytes (the input size for
+    /// fixed-size workloads, 4 × the prompt's tokens for generative ones).
+    pub fn fill_sample(&self, index: usize, out: &mut [u8]) -> Result<usize, QslError> {
         if let Some(n) = self.available
             && index >= n
         {
             return Err(QslError::OutOfRange { index, total: n });
         }
+        let ib = self.spec.input_bytes();
+        if out.len() < ib {
+            return Err(QslError::Buffer { need: ib, have: out.len() });
+        }
         match &self.layout {
-            Layout::Generated { seed } => {
-                generate(&self.spec, *seed, index, out);
-                Ok(())
-            }
+            Layout::Generated { seed } => Ok(generate(&self.spec, *seed, index, out)),
             Layout::Stacked(files) => {
                 let mut at = 0;
                 for (t, f) in self.spec.inputs.iter().zip(files) {
@@ -192,19 +407,34 @@ impl SampleSource {
                     f.read_at((index * b) as u64, &mut out[at..at + b])?;
                     at += b;
                 }
-                Ok(())
+                Ok(at)
             }
             Layout::PerSample(paths) => {
                 let f = NpyFile::open(&paths[index])?;
-                Ok(f.read_at(0, out)?)
+                f.read_at(0, &mut out[..ib])?;
+                Ok(ib)
+            }
+            Layout::Tokens(t) => {
+                let vocab = self.spec.generation.as_ref().map_or(u32::MAX, |g| g.vocab_size);
+                t.read(index, vocab, out)
             }
         }
     }
 }
 
-/// Generates sample `index` of `seed` into `out`; see the module docs.
-pub fn generate(spec: &WorkloadSpec, seed: u64, index: usize, out: &mut [u8]) {
+/// Generated prompts' ids start here (below it most vocabularies keep special and byte tokens).
+pub const GENERATED_TOKEN_FLOOR: i32 = 100;
+
+/// Generates sample `index` of `seed` into `out` (which must hold [`WorkloadSpec::input_bytes`]);
+/// returns the sample's length in bytes: the input size, or for generative workloads `4·L`. See
+/// the module docs.
+pub fn generate(spec: &WorkloadSpec, seed: u64, index: usize, out: &mut [u8]) -> usize {
     let mut rng = SplitMix64(seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    if let Some(g) = &spec.generation
+        && matches!(&spec.inputs[..], [t] if t.name == INPUT_IDS && t.dtype == DType::I32)
+    {
+        return generate_tokens(g, &mut rng, out);
+    }
     let bert = spec.inputs.len() == 3
         && spec
             .inputs
@@ -212,7 +442,8 @@ pub fn generate(spec: &WorkloadSpec, seed: u64, index: usize, out: &mut [u8]) {
             .zip(["input_ids", "input_mask", "segment_ids"])
             .all(|(t, n)| t.name == n && t.dtype == DType::I32 && t.shape == [BERT_SEQ_LEN]);
     if bert {
-        return generate_bert(&mut rng, out);
+        generate_bert(&mut rng, out);
+        return spec.input_bytes();
     }
     let mut at = 0;
     for t in &spec.inputs {
@@ -238,6 +469,27 @@ pub fn generate(spec: &WorkloadSpec, seed: u64, index: usize, out: &mut [u8]) {
             }
         }
     }
+    at
+}
+
+/// A generated prompt (see the module docs); its length is capped to what `out` holds.
+fn generate_tokens(g: &Generation, rng: &mut SplitMix64, out: &mut [u8]) -> usize {
+    let fits = (out.len() / 4).min(g.max_input_tokens as usize) as u32;
+    let len = g.input_lengths().draw(|| rng.next()).min(fits) as usize;
+    let floor = GENERATED_TOKEN_FLOOR as i64;
+    let mut skip: Vec<i64> =
+        std::iter::once(g.eos_token).chain(g.bos_token).map(i64::from).filter(|&e| e >= floor).collect();
+    skip.sort_unstable();
+    skip.dedup();
+    let choices = (g.vocab_size as i64 - floor - skip.len() as i64).max(1) as u64;
+    for (t, dst) in out[..len * 4].chunks_exact_mut(4).enumerate() {
+        let id = match g.bos_token {
+            Some(bos) if t == 0 => bos as i64,
+            _ => skip.iter().fold(floor + (rng.next() % choices) as i64, |id, &e| if id >= e { id + 1 } else { id }),
+        };
+        dst.copy_from_slice(&(id as i32).to_le_bytes());
+    }
+    len * 4
 }
 
 fn unit(r: u64) -> f32 {
@@ -276,30 +528,55 @@ fn generate_bert(rng: &mut SplitMix64, out: &mut [u8]) {
 }
 
 /// One loaded set of samples in one long-lived, contiguous buffer.
+///
+/// Fixed-size samples sit at `position × sample_bytes`; generative workloads' prompts are packed
+/// back to back at their true lengths, located by an offsets table. A packed buffer ends with
+/// [`LoadedSet::sample_bytes`] minus the last prompt's length of zeros, so that
+/// `offset(i) + sample_bytes()` never runs past it.
 pub struct LoadedSet {
     data: Box<[u8]>,
-    /// QSL index → position in `data` (`u32::MAX`: not loaded).
+    /// QSL index → position in the set (`u32::MAX`: not loaded).
     positions: Vec<u32>,
     sample_bytes: usize,
+    /// Packed sets: where each position's sample starts, then where the last one ends; empty for
+    /// fixed-size sets.
+    starts: Vec<usize>,
 }
 
 impl LoadedSet {
+    /// Sample `index`'s byte offset in the buffer and its length (its true length for generative
+    /// workloads), if loaded: the exact bytes a request carries.
+    pub fn range(&self, index: usize) -> Option<(usize, usize)> {
+        let p = match self.positions.get(index) {
+            Some(&p) if p != u32::MAX => p as usize,
+            _ => return None,
+        };
+        if self.starts.is_empty() {
+            return Some((p * self.sample_bytes, self.sample_bytes));
+        }
+        let (start, end) = (*self.starts.get(p)?, *self.starts.get(p + 1)?);
+        Some((start, end - start))
+    }
+
     /// Byte offset of sample `index` in the buffer, if loaded.
     pub fn offset(&self, index: usize) -> Option<usize> {
-        match self.positions.get(index) {
-            Some(&p) if p != u32::MAX => Some(p as usize * self.sample_bytes),
-            _ => None,
-        }
+        self.range(index).map(|(o, _)| o)
     }
 
-    /// Sample `index`'s bytes, if loaded.
+    /// Sample `index`'s bytes (at its true length), if loaded.
     pub fn sample(&self, index: usize) -> Option<&[u8]> {
-        self.offset(index).map(|o| &self.data[o..o + self.sample_bytes])
+        self.range(index).and_then(|(o, len)| self.data.get(o..o + len))
     }
 
-    /// Bytes per sample.
+    /// Bytes per sample: for generative workloads the most a sample may have (the slot size,
+    /// [`WorkloadSpec::input_bytes`]); their true lengths are [`LoadedSet::range`]'s.
     pub fn sample_bytes(&self) -> usize {
         self.sample_bytes
+    }
+
+    /// Whether samples are packed at their true lengths (generative workloads).
+    pub fn is_packed(&self) -> bool {
+        !self.starts.is_empty()
     }
 }
 
@@ -353,18 +630,46 @@ impl SampleStore {
     /// Loads `indices` into a fresh buffer (replacing the previous set; senders still holding the
     /// old one keep it alive until they are done).
     pub fn load(&self, indices: &[usize]) -> Result<(), QslError> {
+        if let Some(&index) = indices.iter().find(|&&i| i >= self.total) {
+            return Err(QslError::OutOfRange { index, total: self.total });
+        }
+        let set =
+            if self.source.spec().is_generative() { self.load_packed(indices)? } else { self.load_fixed(indices)? };
+        self.current.store(Some(Arc::new(set)));
+        Ok(())
+    }
+
+    /// Fixed-size samples, one slot each.
+    fn load_fixed(&self, indices: &[usize]) -> Result<LoadedSet, QslError> {
         let sb = self.source.spec().input_bytes();
         let mut data = vec![0u8; indices.len() * sb].into_boxed_slice();
         let mut positions = vec![u32::MAX; self.total];
         for (pos, &index) in indices.iter().enumerate() {
-            if index >= self.total {
-                return Err(QslError::OutOfRange { index, total: self.total });
-            }
             self.source.fill(index, &mut data[pos * sb..(pos + 1) * sb])?;
             positions[index] = pos as u32;
         }
-        self.current.store(Some(Arc::new(LoadedSet { data, positions, sample_bytes: sb })));
-        Ok(())
+        Ok(LoadedSet { data, positions, sample_bytes: sb, starts: Vec::new() })
+    }
+
+    /// Prompts packed back to back at their true lengths.
+    fn load_packed(&self, indices: &[usize]) -> Result<LoadedSet, QslError> {
+        let sb = self.source.spec().input_bytes();
+        let mut scratch = vec![0u8; sb];
+        let mut data = Vec::new();
+        let mut starts = Vec::with_capacity(indices.len() + 1);
+        let mut positions = vec![u32::MAX; self.total];
+        let mut last = 0;
+        for (pos, &index) in indices.iter().enumerate() {
+            last = self.source.fill_sample(index, &mut scratch)?;
+            starts.push(data.len());
+            data.extend_from_slice(&scratch[..last]);
+            positions[index] = pos as u32;
+        }
+        starts.push(data.len());
+        // The tail that keeps `offset + sample_bytes` inside the buffer (see the type's docs).
+        let tail = if indices.is_empty() { 0 } else { sb.saturating_sub(last) };
+        data.resize(data.len() + tail, 0);
+        Ok(LoadedSet { data: data.into_boxed_slice(), positions, sample_bytes: sb, starts })
     }
 
     /// Drops the loaded set.
@@ -476,5 +781,187 @@ mod tests {
         // A BERT dataset without its tensor files is a clear error.
         let err = SampleSource::npy(&spec, img.path()).err().unwrap().to_string();
         assert!(err.contains("input_ids.npy"), "{err}");
+    }
+
+    fn ids(bytes: &[u8]) -> Vec<i32> {
+        bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+
+    fn le(values: &[i64], dtype: DType) -> Vec<u8> {
+        match dtype {
+            DType::I64 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            _ => values.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect(),
+        }
+    }
+
+    #[test]
+    fn generated_prompts_are_deterministic_varied_and_bounded() {
+        for spec in [WorkloadSpec::llama3_1_8b(), WorkloadSpec::llama2_70b(), WorkloadSpec::smollm2_135m()] {
+            let g = spec.generation.unwrap();
+            let d = g.input_lengths();
+            let src = SampleSource::generated(&spec, 5);
+            let (mut a, mut b) = (vec![0u8; spec.input_bytes()], vec![0u8; spec.input_bytes()]);
+            let mut lens = std::collections::BTreeSet::new();
+            for i in 0..300 {
+                let n = src.fill_sample(i, &mut a).unwrap();
+                assert_eq!(src.fill_sample(i, &mut b).unwrap(), n);
+                assert_eq!(a[..n], b[..n], "deterministic");
+                assert_eq!(n % 4, 0);
+                let t = ids(&a[..n]);
+                assert!((d.min as usize..=d.max as usize).contains(&t.len()), "{} tokens", t.len());
+                lens.insert(t.len());
+                assert_eq!(t[0], g.bos_token.unwrap());
+                assert!(t[1..].iter().all(|&id| {
+                    id >= GENERATED_TOKEN_FLOOR
+                        && (id as u32) < g.vocab_size
+                        && id != g.eos_token
+                        && Some(id) != g.bos_token
+                }));
+            }
+            assert!(lens.len() > 100, "{}: lengths vary ({} distinct)", spec.name, lens.len());
+            let mean = lens.iter().sum::<usize>() as f64 / lens.len() as f64;
+            assert!(mean > d.min as f64 && mean < d.max as f64);
+        }
+        // Pinned: sample 0 of seed 0 (check-accuracy regenerates prompts with this generator).
+        let spec = WorkloadSpec::smollm2_135m();
+        let mut out = vec![0u8; spec.input_bytes()];
+        let n = generate(&spec, 0, 0, &mut out);
+        let mut rng = SplitMix64(0x9E37_79B9_7F4A_7C15);
+        let (r1, r2) = (rng.next(), rng.next());
+        assert_eq!(n / 4, 8 + (r1 % 505).min(r2 % 505) as usize);
+        let r = rng.next() % (49_152 - 100);
+        assert_eq!(ids(&out[4..8])[0], 100 + r as i32, "BOS 1 and EOS 2 lie below the floor");
+    }
+
+    #[test]
+    fn generated_ids_step_past_eos_and_bos() {
+        let mut spec = WorkloadSpec::smollm2_135m();
+        let g = spec.generation.as_mut().unwrap();
+        (g.vocab_size, g.eos_token, g.bos_token) = (103, 100, Some(101));
+        let src = SampleSource::generated(&spec, 1);
+        let mut out = vec![0u8; spec.input_bytes()];
+        for i in 0..50 {
+            let n = src.fill_sample(i, &mut out).unwrap();
+            assert!(ids(&out[4..n]).iter().all(|&id| id == 102), "only 102 is left");
+        }
+    }
+
+    #[test]
+    fn packed_sets_hold_prompts_at_their_true_lengths() {
+        let spec = WorkloadSpec::smollm2_135m();
+        let store = SampleStore::new(SampleSource::generated(&spec, 9), 100, 10).unwrap();
+        store.load(&[3, 40, 7]).unwrap();
+        let set = store.current().unwrap();
+        assert!(set.is_packed());
+        assert_eq!(set.sample_bytes(), 2048);
+        let mut at = 0;
+        for i in [3, 40, 7] {
+            let mut want = vec![0u8; 2048];
+            let n = generate(&spec, 9, i, &mut want);
+            assert_eq!(set.range(i), Some((at, n)));
+            assert_eq!(set.offset(i), Some(at));
+            assert_eq!(set.sample(i).unwrap(), &want[..n]);
+            assert!(at + set.sample_bytes() <= set.bytes().len(), "a whole slot from any offset stays inside");
+            at += n;
+        }
+        assert_eq!(set.bytes().len(), at + 2048 - set.range(7).unwrap().1);
+        assert!(set.bytes()[at..].iter().all(|&b| b == 0));
+        assert_eq!(set.range(4), None);
+        assert_eq!(set.sample(100), None);
+        // Fixed-size workloads are unchanged.
+        let bert = WorkloadSpec::bert();
+        let store = SampleStore::new(SampleSource::generated(&bert, 9), 100, 10).unwrap();
+        store.load(&[5, 6]).unwrap();
+        let set = store.current().unwrap();
+        assert!(!set.is_packed());
+        assert_eq!(set.range(6), Some((4608, 4608)));
+        assert_eq!(set.bytes().len(), 2 * 4608);
+    }
+
+    #[test]
+    fn fill_pads_a_prompt_and_refuses_a_short_buffer() {
+        let spec = WorkloadSpec::smollm2_135m();
+        let src = SampleSource::generated(&spec, 2);
+        let mut out = vec![0xffu8; 2048];
+        src.fill(0, &mut out).unwrap();
+        let mut want = vec![0u8; 2048];
+        let n = generate(&spec, 2, 0, &mut want);
+        assert!(n < 2048);
+        assert_eq!(out, want, "the prompt, then zeros");
+        assert!(matches!(src.fill_sample(0, &mut [0u8; 100]), Err(QslError::Buffer { need: 2048, have: 100 })));
+    }
+
+    /// A dataset of `rows` (each `width` ids wide) and `lens`, with the given element types.
+    fn token_dir(rows: &[&[i64]], width: usize, lens: &[i64], ids_t: DType, lens_t: DType) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut flat = Vec::new();
+        for r in rows {
+            flat.extend_from_slice(r);
+            flat.resize(flat.len() + width - r.len(), 0);
+        }
+        crate::npy::write(&dir.path().join("input_ids.npy"), ids_t, &[rows.len(), width], &le(&flat, ids_t)).unwrap();
+        crate::npy::write(&dir.path().join("input_lens.npy"), lens_t, &[lens.len()], &le(lens, lens_t)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn token_datasets_round_trip() {
+        let spec = WorkloadSpec::smollm2_135m();
+        let rows: [&[i64]; 3] = [&[1, 500, 600], &[1, 49_151], &[1, 7, 8, 9, 10, 11]];
+        for (ids_t, lens_t) in [(DType::I64, DType::I32), (DType::I32, DType::I64)] {
+            let dir = token_dir(&rows, 8, &[3, 2, 6], ids_t, lens_t);
+            let src = SampleSource::npy(&spec, dir.path()).unwrap();
+            assert_eq!(src.available(), Some(3));
+            assert_eq!(src.info(), &DatasetInfo::Npy { dir: dir.path().into() });
+            let store = SampleStore::new(src, 3, 3).unwrap();
+            store.load(&[2, 0, 1]).unwrap();
+            let set = store.current().unwrap();
+            for (i, r) in rows.iter().enumerate() {
+                let want: Vec<i32> = r.iter().map(|&v| v as i32).collect();
+                assert_eq!(ids(set.sample(i).unwrap()), want);
+            }
+            assert_eq!(set.range(0), Some((24, 12)));
+            assert!(matches!(store.source().fill_sample(3, &mut [0u8; 2048]), Err(QslError::OutOfRange { .. })));
+        }
+    }
+
+    #[test]
+    fn bad_token_datasets_are_typed_errors() {
+        let spec = WorkloadSpec::smollm2_135m();
+        let open = |rows: &[&[i64]], width, lens: &[i64]| {
+            SampleSource::npy(&spec, token_dir(rows, width, lens, DType::I32, DType::I32).path()).err().unwrap()
+        };
+        let e = open(&[&[1, 5], &[1]], 4, &[2, 0]);
+        assert!(matches!(e, QslError::EmptySample { index: 1, len: 0, .. }), "{e}");
+        let e = open(&[&[1, 5]], 4, &[-3]);
+        assert!(matches!(e, QslError::EmptySample { index: 0, len: -3, .. }), "{e}");
+        let e = open(&[&[1, 5], &[1]], 4, &[2, 5]);
+        assert!(matches!(e, QslError::LengthBeyondRow { index: 1, len: 5, width: 4, .. }), "{e}");
+        let long = vec![1i64; 600];
+        let e = open(&[&[1], &long], 600, &[1, 513]);
+        assert!(matches!(e, QslError::SampleTooLong { index: 1, len: 513, max: 512, .. }), "{e}");
+        assert!(e.to_string().contains("sample 1"), "{e}");
+        let e = open(&[&[1], &[1]], 4, &[1]);
+        assert!(matches!(e, QslError::SampleCounts { ids: 2, lens: 1, .. }), "{e}");
+
+        let dir = token_dir(&[&[1, 2]], 2, &[2], DType::I32, DType::I32);
+        crate::npy::write(&dir.path().join("input_ids.npy"), DType::I32, &[2], &le(&[1, 2], DType::I32)).unwrap();
+        let e = SampleSource::npy(&spec, dir.path()).err().unwrap();
+        assert!(matches!(&e, QslError::TokenShape { shape, .. } if shape == &[2]), "{e}");
+        crate::npy::write(&dir.path().join("input_ids.npy"), DType::F32, &[1, 2], &[0; 8]).unwrap();
+        let e = SampleSource::npy(&spec, dir.path()).err().unwrap();
+        assert!(matches!(&e, QslError::TokenDType { descr, .. } if descr == "<f4"), "{e}");
+        crate::npy::write(&dir.path().join("input_lens.npy"), DType::I32, &[1, 1], &le(&[2], DType::I32)).unwrap();
+        crate::npy::write(&dir.path().join("input_ids.npy"), DType::I32, &[1, 2], &le(&[1, 2], DType::I32)).unwrap();
+        let e = SampleSource::npy(&spec, dir.path()).err().unwrap();
+        assert!(matches!(&e, QslError::TokenShape { expected: "[samples]", .. }), "{e}");
+        std::fs::remove_file(dir.path().join("input_lens.npy")).unwrap();
+        assert!(matches!(SampleSource::npy(&spec, dir.path()), Err(QslError::Npy(_))));
+
+        // An id outside the vocabulary is found when the prompt is read.
+        let dir = token_dir(&[&[1, 49_152]], 2, &[2], DType::I64, DType::I32);
+        let src = SampleSource::npy(&spec, dir.path()).unwrap();
+        let e = src.fill_sample(0, &mut [0u8; 2048]).err().unwrap();
+        assert!(matches!(e, QslError::TokenOutOfRange { index: 0, position: 1, id: 49_152, vocab: 49_152, .. }), "{e}");
     }
 }

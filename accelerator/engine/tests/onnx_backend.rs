@@ -43,8 +43,15 @@ fn t(name: &str, dtype: DType, shape: &[u32]) -> TensorSpec {
 }
 
 fn spec(name: &str, inputs: Vec<TensorSpec>, outputs: Vec<TensorSpec>) -> WorkloadSpec {
-    let s = WorkloadSpec { name: name.into(), inputs, output_kind: OutputKind::Tensors, output_bytes: 0, outputs }
-        .complete();
+    let s = WorkloadSpec {
+        name: name.into(),
+        inputs,
+        output_kind: OutputKind::Tensors,
+        output_bytes: 0,
+        outputs,
+        generation: None,
+    }
+    .complete();
     s.validate().unwrap();
     s
 }

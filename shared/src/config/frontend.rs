@@ -139,26 +139,36 @@ impl WorkloadConfig {
             None => WorkloadSpec::builtin(&self.name).ok_or_else(|| {
                 invalid(
                     "workload.name",
-                    format!("unknown workload {:?}: use resnet50, bert, or describe it in [workload.spec]", self.name),
+                    format!(
+                        "unknown workload {:?}: use one of {} or describe it in [workload.spec]",
+                        self.name,
+                        WorkloadSpec::BUILTIN.join(", ")
+                    ),
                 )
             }),
         }
     }
 
-    /// Samples in the QSL.
+    /// Samples in the QSL: the benchmark's dataset size (resnet50 50000, bert 10833,
+    /// llama3.1-8b 13368, llama2-70b 24576), else 1024.
     pub fn total(&self) -> u32 {
         self.total_samples.unwrap_or(match self.name.as_str() {
             "resnet50" => 50_000,
             "bert" => 10_833,
+            "llama3.1-8b" => 13_368,
+            "llama2-70b" => 24_576,
             _ => 1024,
         })
     }
 
-    /// Samples loaded at once.
+    /// Samples loaded at once: mlperf.conf's performance_sample_count (bert, the LLMs: the whole
+    /// dataset), else 1024.
     pub fn performance(&self) -> u32 {
         self.performance_samples
             .unwrap_or(match self.name.as_str() {
                 "bert" => 10_833,
+                "llama3.1-8b" => 13_368,
+                "llama2-70b" => 24_576,
                 _ => 1024,
             })
             .min(self.total())
@@ -178,6 +188,9 @@ pub enum ScenarioName {
     SingleStream,
     /// Groups of samples back to back.
     MultiStream,
+    /// MLPerf's Interactive category of the LLM benchmarks: LoadGen's Server scenario with the
+    /// `<model>-interactive` keys of mlperf.conf (tighter TTFT/TPOT bounds).
+    Interactive,
 }
 
 impl ScenarioName {
@@ -188,7 +201,13 @@ impl ScenarioName {
             ScenarioName::Server => "server",
             ScenarioName::SingleStream => "singlestream",
             ScenarioName::MultiStream => "multistream",
+            ScenarioName::Interactive => "interactive",
         }
+    }
+
+    /// Whether LoadGen runs it as its Server scenario (Server and Interactive).
+    pub fn is_server(self) -> bool {
+        matches!(self, ScenarioName::Server | ScenarioName::Interactive)
     }
 }
 

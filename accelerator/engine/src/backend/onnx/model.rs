@@ -241,6 +241,7 @@ mod tests {
             output_kind: OutputKind::Tensors,
             output_bytes: 1536,
             outputs: vec![ts("461", DType::F32, &[384])],
+            generation: None,
         }
     }
 

@@ -3,6 +3,25 @@
 //!
 //! A sample's input is its tensors' raw little-endian bytes, concatenated in declaration order
 //! (no padding): that is what travels in a request frame and sits in a slot.
+//!
+//! # Generative (LLM) workloads
+//! A generative workload ([`WorkloadSpec::is_generative`], `output_kind = "tokens"` with a
+//! [`Generation`]) has one input tensor, `input_ids`: int32 `[max_input_tokens]`. The slot is sized
+//! for the longest prompt, but a request carries the prompt at its true length (a whole number of
+//! int32 ids, at least one: [`WorkloadSpec::check_input_len`]). The answer is up to
+//! `max_output_tokens` int32 ids, little-endian; their count is the output length (what LoadGen is
+//! told as the token count), EOS included when the model stopped on it. The synthetic engine's
+//! answer is [`reference_tokens`].
+//!
+//! # Layout
+//! - this module: [`WorkloadSpec`] and its tensors, validation, the built-in workloads, and
+//!   [`reference_output`] for fixed-shape workloads;
+//! - [`generation`]: what a generative workload adds ([`Generation`], the prompt-length
+//!   distribution) and the synthetic engine's answer, [`reference_tokens`].
+
+mod generation;
+
+pub use generation::*;
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
@@ -83,6 +102,11 @@ pub enum OutputKind {
     /// answers. There is no reference function; `check-accuracy --reference` compares them with
     /// outputs computed elsewhere.
     Tensors,
+    /// Generated token ids (generative workloads, which need a [`Generation`]): up to
+    /// `max_output_tokens` int32 ids, little-endian; the response's length is the output length.
+    /// `output_bytes` is the response slot, `4 × max_output_tokens`. The synthetic engine answers
+    /// [`reference_tokens`].
+    Tokens,
 }
 
 /// A workload: named input tensors and a fixed-size output.
@@ -105,6 +129,10 @@ pub struct WorkloadSpec {
     /// serialized: the wire encoding is not self-describing.)
     #[serde(default)]
     pub outputs: Vec<TensorSpec>,
+    /// How a generative workload generates (`output_kind = "tokens"` only, and required there).
+    /// Kept last: the wire encoding is not self-describing, so fields are only ever appended.
+    #[serde(default)]
+    pub generation: Option<Generation>,
 }
 
 /// BERT's sequence length.
@@ -119,6 +147,7 @@ impl WorkloadSpec {
             output_kind: OutputKind::ClassId,
             output_bytes: 4,
             outputs: Vec::new(),
+            generation: None,
         }
     }
 
@@ -132,30 +161,192 @@ impl WorkloadSpec {
             output_kind: OutputKind::Span,
             output_bytes: 8,
             outputs: Vec::new(),
+            generation: None,
         }
     }
 
-    /// A built-in workload by name.
+    /// A generative workload named `name`: one int32 `input_ids` tensor of
+    /// `[g.max_input_tokens]`, `tokens` output of `4 × g.max_output_tokens` bytes.
+    pub fn generative(name: &str, g: Generation) -> WorkloadSpec {
+        WorkloadSpec {
+            name: name.into(),
+            inputs: vec![TensorSpec { name: INPUT_IDS.into(), dtype: DType::I32, shape: vec![g.max_input_tokens] }],
+            output_kind: OutputKind::Tokens,
+            output_bytes: g.output_bytes(),
+            outputs: Vec::new(),
+            generation: Some(g),
+        }
+    }
+
+    /// Llama-3.1-8B-Instruct on CNN-DailyMail summarization, as MLPerf's reference runs it
+    /// (mlcommons/inference `language/llama3.1-8b/`):
+    /// - `max_output_tokens = 128`, `min_output_tokens = 1`: `SUT_VLLM.py`'s sampling parameters
+    ///   (`max_tokens`, `min_tokens`; greedy);
+    /// - `max_input_tokens = 8000`: the `tokenizer.model_max_length` `download_cnndm.py` (the
+    ///   dataset's preparation) sets; the CNN-DM prompts stay well below it;
+    /// - EOS `128009` (`<|eot_id|>`, the Instruct tokenizer's `eos_token`, which `download_cnndm.py`
+    ///   also pads with; `SUT_VLLM.py` adds no stop ids of its own, so vLLM stops on the model's
+    ///   `generation_config` EOS ids, of which the chat model ends its turn with this one), BOS
+    ///   `128000` (`<|begin_of_text|>`, which `tokenizer.encode` prepends), vocabulary 128,256 (the
+    ///   model's config);
+    /// - generated prompts: `min 64, max 3072, skew 3` (mean about 816 tokens), shaped like the
+    ///   dataset's prompts (an instruction plus a news article), not measured from it.
+    pub fn llama3_1_8b() -> WorkloadSpec {
+        WorkloadSpec::generative(
+            "llama3.1-8b",
+            Generation {
+                max_input_tokens: 8000,
+                max_output_tokens: 128,
+                min_output_tokens: 1,
+                eos_token: 128_009,
+                bos_token: Some(128_000),
+                vocab_size: 128_256,
+                input_lengths: Some(LengthDistribution { min: 64, max: 3072, skew: 3 }),
+            },
+        )
+    }
+
+    /// Llama-2-70B-Chat on OpenOrca, as MLPerf's reference runs it (mlcommons/inference
+    /// `language/llama2-70b/`):
+    /// - `max_output_tokens = 1024`, `min_output_tokens = 1`: `SUT.py`'s `gen_kwargs`
+    ///   (`max_new_tokens`, `min_new_tokens`; greedy);
+    /// - `max_input_tokens = 1024`: `SUT.py` pads every prompt to `max_seq_len = 1024` and
+    ///   `dataset.py` sets `model_max_length=1024`; `processorca.py` (`--seqlen_limit=1024`) keeps
+    ///   only prompts shorter than that;
+    /// - EOS `2` (`</s>`; also `compliance/TEST06/run_verification.py`'s default `--eos_token_id`,
+    ///   and the last token of the answers in the submission samples' TEST06 accuracy logs), BOS `1`
+    ///   (`<s>`), vocabulary 32,000 (the Llama-2 tokenizer);
+    /// - generated prompts: `min 16, max 1023, skew 3` (mean about 268 tokens), shaped like the
+    ///   dataset's prompts, not measured from them.
+    pub fn llama2_70b() -> WorkloadSpec {
+        WorkloadSpec::generative(
+            "llama2-70b",
+            Generation {
+                max_input_tokens: 1024,
+                max_output_tokens: 1024,
+                min_output_tokens: 1,
+                eos_token: 2,
+                bos_token: Some(1),
+                vocab_size: 32_000,
+                input_lengths: Some(LengthDistribution { min: 16, max: 1023, skew: 3 }),
+            },
+        )
+    }
+
+    /// SmolLM2-135M-Instruct, the small model local tests run for real: BOS `1` (`<|im_start|>`),
+    /// EOS `2` (`<|im_end|>`), vocabulary 49,152 (the model's config). The limits are this
+    /// project's choice, sized for quick tests, not a benchmark's: prompts of at most 512 tokens
+    /// (generated ones `min 8, max 512, skew 2`, mean about 176), answers of 1 to 64 tokens.
+    pub fn smollm2_135m() -> WorkloadSpec {
+        WorkloadSpec::generative(
+            "smollm2-135m",
+            Generation {
+                max_input_tokens: 512,
+                max_output_tokens: 64,
+                min_output_tokens: 1,
+                eos_token: 2,
+                bos_token: Some(1),
+                vocab_size: 49_152,
+                input_lengths: Some(LengthDistribution { min: 8, max: 512, skew: 2 }),
+            },
+        )
+    }
+
+    /// The names [`WorkloadSpec::builtin`] knows.
+    pub const BUILTIN: [&'static str; 5] = ["resnet50", "bert", "llama3.1-8b", "llama2-70b", "smollm2-135m"];
+
+    /// A built-in workload by name (one of [`WorkloadSpec::BUILTIN`]).
     pub fn builtin(name: &str) -> Option<WorkloadSpec> {
         match name {
             "resnet50" => Some(WorkloadSpec::resnet50()),
             "bert" => Some(WorkloadSpec::bert()),
+            "llama3.1-8b" => Some(WorkloadSpec::llama3_1_8b()),
+            "llama2-70b" => Some(WorkloadSpec::llama2_70b()),
+            "smollm2-135m" => Some(WorkloadSpec::smollm2_135m()),
             _ => None,
         }
     }
 
-    /// Input bytes per sample.
+    /// The model name LoadGen's config files (mlperf.conf, user.conf) use for this workload: the
+    /// name, except that a `llama3.1-` prefix is written `llama3_1-` there (mlcommons/inference
+    /// `loadgen/mlperf.conf` keys `llama3_1-8b`, `llama3_1-8b-edge`, `llama3_1-405b`, ...;
+    /// `llama2-70b` is unchanged).
+    pub fn loadgen_model(&self) -> String {
+        match self.name.strip_prefix("llama3.1-") {
+            Some(rest) => format!("llama3_1-{rest}"),
+            None => self.name.clone(),
+        }
+    }
+
+    /// Whether this is a generative workload (it has a [`Generation`]; [`WorkloadSpec::validate`]
+    /// ties that to `output_kind = "tokens"`).
+    pub fn is_generative(&self) -> bool {
+        self.generation.is_some()
+    }
+
+    /// Input bytes per sample: for generative workloads the most (the slot size, a prompt of
+    /// `max_input_tokens`), a request's true length may be less ([`WorkloadSpec::check_input_len`]).
     pub fn input_bytes(&self) -> usize {
         self.inputs.iter().map(TensorSpec::bytes).sum()
     }
 
-    /// Fills in what can be derived: a tensors workload's `output_bytes` (when 0) from its outputs.
+    /// The fewest input bytes a request may carry: one int32 id (4) for generative workloads,
+    /// [`WorkloadSpec::input_bytes`] for the others.
+    pub fn min_input_bytes(&self) -> usize {
+        if self.is_generative() { 4 } else { self.input_bytes() }
+    }
+
+    /// Checks a request's input length: exactly [`WorkloadSpec::input_bytes`], or for generative
+    /// workloads a whole number of int32 ids from [`WorkloadSpec::min_input_bytes`] to
+    /// [`WorkloadSpec::input_bytes`].
+    pub fn check_input_len(&self, len: usize) -> Result<(), InputLengthError> {
+        let max = self.input_bytes();
+        if !self.is_generative() {
+            return if len == max { Ok(()) } else { Err(InputLengthError::Size { expected: max, got: len }) };
+        }
+        let min = self.min_input_bytes();
+        if len < min || len > max {
+            return Err(InputLengthError::Range { min, max, got: len });
+        }
+        if !len.is_multiple_of(4) {
+            return Err(InputLengthError::Unaligned(len));
+        }
+        Ok(())
+    }
+
+    /// Fills in what can be derived: a tensors workload's `output_bytes` (when 0) from its
+    /// outputs, a tokens workload's (when 0) from its `max_output_tokens`.
     pub fn complete(mut self) -> WorkloadSpec {
         if self.output_kind == OutputKind::Tensors && self.output_bytes == 0 {
             let sum = self.outputs.iter().fold(0u64, |acc, t| acc.saturating_add(t.bytes() as u64));
             self.output_bytes = sum.min(u32::MAX as u64) as u32;
         }
+        if self.output_kind == OutputKind::Tokens
+            && self.output_bytes == 0
+            && let Some(g) = &self.generation
+        {
+            self.output_bytes = g.output_bytes();
+        }
         self
+    }
+
+    /// The reference answer to `input` (a request's bytes, at their true length), as response
+    /// bytes, into `out` (cleared first): for generative workloads [`reference_tokens`]' ids as
+    /// int32 little-endian (as long as the answer), for the others [`reference_output`]'s
+    /// `output_bytes`.
+    pub fn reference_response(&self, input: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        match &self.generation {
+            Some(g) => {
+                let mut tokens = Vec::new();
+                reference_tokens(input, g, &mut tokens);
+                out.extend(tokens.iter().flat_map(|t| t.to_le_bytes()));
+            }
+            None => {
+                out.resize(self.output_bytes as usize, 0);
+                reference_output(self.output_kind, input, out);
+            }
+        }
     }
 
     /// Checks internal consistency (used for specs that arrive over the network or from config).
@@ -171,7 +362,15 @@ impl WorkloadSpec {
         if total.is_none_or(|b| b == 0 || b > u32::MAX as u64) {
             return Err(WorkloadError::InputSize);
         }
+        if self.output_kind != OutputKind::Tokens && self.generation.is_some() {
+            return Err(WorkloadError::GenerationWithoutTokens(self.output_kind));
+        }
         let want = match self.output_kind {
+            OutputKind::Tokens => {
+                let g = self.generation.as_ref().ok_or(WorkloadError::TokensWithoutGeneration)?;
+                self.check_generation(g)?;
+                Some(g.output_bytes())
+            }
             OutputKind::ClassId => Some(4),
             OutputKind::Span => Some(8),
             OutputKind::Digest => None,
@@ -204,6 +403,68 @@ impl WorkloadSpec {
         }
         Ok(())
     }
+
+    /// The rules of a generative workload (see [`WorkloadError`]'s generative variants).
+    fn check_generation(&self, g: &Generation) -> Result<(), WorkloadError> {
+        if !(1..=MAX_INPUT_TOKENS).contains(&g.max_input_tokens) {
+            return Err(WorkloadError::InputTokens(g.max_input_tokens));
+        }
+        let ids_ok = matches!(&self.inputs[..], [t] if t.name == INPUT_IDS && t.dtype == DType::I32
+            && t.shape == [g.max_input_tokens]);
+        if !ids_ok {
+            return Err(WorkloadError::GenerativeInput { max_input_tokens: g.max_input_tokens });
+        }
+        if !(1..=MAX_OUTPUT_TOKENS).contains(&g.max_output_tokens) {
+            return Err(WorkloadError::OutputTokens(g.max_output_tokens));
+        }
+        if g.min_output_tokens > g.max_output_tokens {
+            return Err(WorkloadError::MinOutputTokens { min: g.min_output_tokens, max: g.max_output_tokens });
+        }
+        if !(MIN_VOCAB..=MAX_VOCAB).contains(&g.vocab_size) {
+            return Err(WorkloadError::VocabSize(g.vocab_size));
+        }
+        let specials = std::iter::once(("eos", g.eos_token)).chain(g.bos_token.map(|b| ("bos", b)));
+        for (which, id) in specials {
+            if id < 0 || id as u32 >= g.vocab_size {
+                return Err(WorkloadError::SpecialToken { which, id, vocab: g.vocab_size });
+            }
+        }
+        if g.bos_token == Some(g.eos_token) {
+            return Err(WorkloadError::BosIsEos(g.eos_token));
+        }
+        if let Some(d) = g.input_lengths
+            && (d.min == 0 || d.min > d.max || d.max > g.max_input_tokens || !(1..=8).contains(&d.skew))
+        {
+            return Err(WorkloadError::InputLengths { min: d.min, max: d.max, skew: d.skew });
+        }
+        Ok(())
+    }
+}
+
+/// Why a request's input length does not fit the workload ([`WorkloadSpec::check_input_len`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputLengthError {
+    /// A fixed-size workload's request is not exactly one sample.
+    #[error("a sample is {expected} bytes, not {got}")]
+    Size {
+        /// The sample size, bytes.
+        expected: usize,
+        /// The request's length, bytes.
+        got: usize,
+    },
+    /// A generative workload's prompt is empty or longer than the slot.
+    #[error("a prompt is {min} to {max} bytes, not {got}")]
+    Range {
+        /// The fewest bytes (one id).
+        min: usize,
+        /// The most bytes (the slot).
+        max: usize,
+        /// The request's length, bytes.
+        got: usize,
+    },
+    /// A generative workload's prompt is not a whole number of int32 ids.
+    #[error("a prompt of {0} bytes is not a whole number of int32 ids")]
+    Unaligned(usize),
 }
 
 /// Checks a list of tensors: names unique and non-empty, 1 to 8 non-zero dimensions, at most 4 GiB.
@@ -282,6 +543,60 @@ pub enum WorkloadError {
     /// A tensor is larger than 4 GiB.
     #[error("tensor {0:?} is larger than 4 GiB")]
     TensorSize(String),
+    /// `output_kind = "tokens"` without a `generation` section.
+    #[error("a tokens workload needs a `generation` section")]
+    TokensWithoutGeneration,
+    /// A `generation` section for an output kind that is not `tokens`.
+    #[error("`generation` is only for output_kind = \"tokens\", not {0:?}")]
+    GenerationWithoutTokens(OutputKind),
+    /// `max_input_tokens` is 0 or above [`MAX_INPUT_TOKENS`].
+    #[error("max_input_tokens must be 1 to {MAX_INPUT_TOKENS}, not {0}")]
+    InputTokens(u32),
+    /// A generative workload's inputs are not exactly one int32 `input_ids` of
+    /// `[max_input_tokens]`.
+    #[error("a generative workload has exactly one input, `input_ids`: i32 [{max_input_tokens}]")]
+    GenerativeInput {
+        /// The declared `max_input_tokens`.
+        max_input_tokens: u32,
+    },
+    /// `max_output_tokens` is 0 or above [`MAX_OUTPUT_TOKENS`].
+    #[error("max_output_tokens must be 1 to {MAX_OUTPUT_TOKENS}, not {0}")]
+    OutputTokens(u32),
+    /// `min_output_tokens` is above `max_output_tokens`.
+    #[error("min_output_tokens {min} is above max_output_tokens {max}")]
+    MinOutputTokens {
+        /// The declared `min_output_tokens`.
+        min: u32,
+        /// The declared `max_output_tokens`.
+        max: u32,
+    },
+    /// `vocab_size` is outside [`MIN_VOCAB`] to [`MAX_VOCAB`].
+    #[error("vocab_size must be {MIN_VOCAB} to {MAX_VOCAB}, not {0}")]
+    VocabSize(u32),
+    /// The EOS or BOS id is not in `0..vocab_size`.
+    #[error("{which} token {id} is not in 0..{vocab}")]
+    SpecialToken {
+        /// "eos" or "bos".
+        which: &'static str,
+        /// The declared id.
+        id: i32,
+        /// The vocabulary size.
+        vocab: u32,
+    },
+    /// BOS and EOS are the same id.
+    #[error("bos and eos are both {0}")]
+    BosIsEos(i32),
+    /// The generated prompts' length distribution is not `1 <= min <= max <= max_input_tokens`
+    /// with a skew of 1 to 8.
+    #[error("input_lengths needs 1 <= min <= max <= max_input_tokens and skew 1 to 8, not {min}..={max}, skew {skew}")]
+    InputLengths {
+        /// The declared shortest.
+        min: u32,
+        /// The declared longest.
+        max: u32,
+        /// The declared skew.
+        skew: u32,
+    },
 }
 
 /// Writes the reference output of one sample's `input` into `out` (`output_bytes` long).
@@ -292,6 +607,8 @@ pub enum WorkloadError {
 /// - `Span`: `start = h(0) % 384`, `end = start + (h(0) >> 32) % (384 - start)`, as two u32 LE.
 /// - `Digest` (and `Tensors`, for the echo and synthetic backends): the little-endian bytes of
 ///   `h(0), h(1), h(2), ...`, truncated to the output size.
+/// - `Tokens`: the digest too, as this function does not know the [`Generation`]; a generative
+///   workload's answer is [`reference_tokens`] (or [`WorkloadSpec::reference_response`]).
 ///
 /// Any changed input byte changes the output with overwhelming probability, so a corrupted or
 /// misrouted sample shows up as a wrong answer.
@@ -310,7 +627,7 @@ pub fn reference_output(kind: OutputKind, input: &[u8], out: &mut [u8]) {
         }
         // A real model's outputs have no reference function: the digest stands in for the
         // echo and synthetic backends, so such workloads can still be run over the network.
-        OutputKind::Digest | OutputKind::Tensors => {
+        OutputKind::Digest | OutputKind::Tensors | OutputKind::Tokens => {
             for (i, chunk) in out.chunks_mut(8).enumerate() {
                 let h = if i == 0 { xxh3_64(input) } else { xxh3_64_with_seed(input, i as u64) };
                 chunk.copy_from_slice(&h.to_le_bytes()[..chunk.len()]);
@@ -396,6 +713,7 @@ mod tests {
                 TensorSpec { name: "dense_5".into(), dtype: DType::F32, shape: vec![4] },
                 TensorSpec { name: "softmax_2".into(), dtype: DType::F32, shape: vec![2] },
             ],
+            generation: None,
         }
         .complete();
         assert_eq!(spec.output_bytes, 24);
