@@ -126,6 +126,21 @@ impl<T> TransactionTracker<T> {
         Ok(Completed { payload, slot, latency })
     }
 
+    /// An intermediate answer (a generative sample's first token) arrived for `slot` carrying
+    /// `sample_id`: validates it like a response, but the transaction stays in flight; returns
+    /// what was stored with the request, to update.
+    pub fn handle_progress(&mut self, slot: u32, sample_id: u64) -> Result<&mut T, TrackerError> {
+        let slots = self.capacity();
+        let e = self.entries.get_mut(slot as usize).ok_or(TrackerError::SlotOutOfRange { slot, slots })?;
+        if e.sample_id != sample_id || e.payload.is_none() {
+            return Err(match e.payload {
+                None => TrackerError::NotInFlight { slot },
+                Some(_) => TrackerError::SampleMismatch { slot, expected: e.sample_id, got: sample_id },
+            });
+        }
+        Ok(e.payload.as_mut().expect("checked above"))
+    }
+
     /// Cancels the transaction in `slot` (e.g. to re-dispatch it elsewhere) and frees the slot.
     pub fn cancel(&mut self, slot: u32) -> Option<(u64, T)> {
         let e = self.entries.get_mut(slot as usize)?;
@@ -164,6 +179,18 @@ impl<T> TransactionTracker<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_is_validated_like_a_response_and_keeps_the_slot_busy() {
+        let mut t = TransactionTracker::new(2);
+        let slot = t.handle_submit(7, 'a', Nanos(0)).unwrap();
+        assert_eq!(t.handle_progress(slot, 8).unwrap_err(), TrackerError::SampleMismatch { slot, expected: 7, got: 8 });
+        assert_eq!(t.handle_progress(1, 7).unwrap_err(), TrackerError::NotInFlight { slot: 1 });
+        assert_eq!(t.handle_progress(9, 7).unwrap_err(), TrackerError::SlotOutOfRange { slot: 9, slots: 2 });
+        *t.handle_progress(slot, 7).unwrap() = 'b';
+        assert_eq!(t.in_flight(), 1);
+        assert_eq!(t.handle_response(slot, 7, Nanos(1)).unwrap().payload, 'b');
+    }
 
     #[test]
     fn slots_are_taken_in_ring_order_and_freed_on_response() {

@@ -64,6 +64,46 @@ pub enum TransportError {
     Timeout(&'static str),
 }
 
+/// The request sizes a session accepts: exactly the sample size (fixed-shape workloads), or any
+/// multiple of `multiple_of` bytes from one unit up to `max` (generative workloads send their
+/// prompt's true length, no padding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestSize {
+    /// Every request carries exactly this many bytes.
+    Exact(u32),
+    /// A request carries `k × multiple_of` bytes, `1 ≤ k`, at most `max`.
+    UpTo {
+        /// The slot size, bytes.
+        max: u32,
+        /// The unit, bytes (4 for int32 token ids).
+        multiple_of: u32,
+    },
+}
+
+impl RequestSize {
+    /// The sizes a session of `spec` accepts.
+    pub fn for_workload(spec: &crate::workload::WorkloadSpec) -> RequestSize {
+        let max = spec.input_bytes().min(u32::MAX as usize) as u32;
+        if spec.is_generative() { RequestSize::UpTo { max, multiple_of: 4 } } else { RequestSize::Exact(max) }
+    }
+
+    /// The largest request, bytes (the slot size).
+    pub fn max(self) -> u32 {
+        match self {
+            RequestSize::Exact(n) => n,
+            RequestSize::UpTo { max, .. } => max,
+        }
+    }
+
+    /// Whether a request of `len` bytes is acceptable.
+    pub fn accepts(self, len: u32) -> bool {
+        match self {
+            RequestSize::Exact(n) => len == n,
+            RequestSize::UpTo { max, multiple_of } => len > 0 && len <= max && len.is_multiple_of(multiple_of.max(1)),
+        }
+    }
+}
+
 /// Counters a transport keeps; the owning actor publishes them as metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TransportStats {

@@ -20,8 +20,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::{
-    InitiatorTransport, OnRequest, OnResponse, Payload, Request, TargetTransport, TransportError, TransportMetrics,
-    TransportStats,
+    InitiatorTransport, OnRequest, OnResponse, Payload, Request, RequestSize, TargetTransport, TransportError,
+    TransportMetrics, TransportStats,
 };
 use crate::slots::{SlotArena, SlotLease};
 use crate::time::Nanos;
@@ -307,7 +307,7 @@ struct Partial {
 pub struct TcpTarget {
     stream: TcpStream,
     arena: Arc<SlotArena>,
-    sample_bytes: u32,
+    sizes: RequestSize,
     inbuf: ReadBuffer,
     partial: Option<Partial>,
     out: Vec<u8>,
@@ -318,14 +318,14 @@ pub struct TcpTarget {
 }
 
 impl TcpTarget {
-    /// Wraps an attached data connection whose requests fill `arena`'s slots; every request must
-    /// carry exactly `sample_bytes` bytes (the session's input size). `frames_per_write` counts
-    /// responses per flush (one or more write calls).
-    pub fn new(stream: TcpStream, arena: Arc<SlotArena>, sample_bytes: u32, metrics: TransportMetrics) -> TcpTarget {
+    /// Wraps an attached data connection whose requests fill `arena`'s slots; every request's
+    /// size must be one `sizes` accepts (the session's input size, or up to it for generative
+    /// workloads). `frames_per_write` counts responses per flush (one or more write calls).
+    pub fn new(stream: TcpStream, arena: Arc<SlotArena>, sizes: RequestSize, metrics: TransportMetrics) -> TcpTarget {
         TcpTarget {
             stream,
             arena,
-            sample_bytes,
+            sizes,
             inbuf: ReadBuffer::new(READ_BUFFER),
             partial: None,
             out: Vec::new(),
@@ -358,7 +358,7 @@ impl TcpTarget {
                 n += 1;
                 continue;
             }
-            let h = match DataHeader::parse(self.inbuf.data(), self.sample_bytes) {
+            let h = match DataHeader::parse(self.inbuf.data(), self.sizes.max()) {
                 Ok(h) => h,
                 Err(e) if e.is_incomplete() => return Ok(n),
                 Err(e) => return Err(e.into()),
@@ -366,11 +366,18 @@ impl TcpTarget {
             if h.kind != FrameKind::Request {
                 return Err(TransportError::Protocol(format!("the frontend sent a {:?} frame", h.kind)));
             }
-            if h.len != self.sample_bytes {
-                return Err(TransportError::Protocol(format!(
-                    "request of {} bytes in slot {}; this session's samples are {} bytes",
-                    h.len, h.slot, self.sample_bytes
-                )));
+            if !self.sizes.accepts(h.len) {
+                return Err(TransportError::Protocol(match self.sizes {
+                    RequestSize::Exact(n) => {
+                        format!("request of {} bytes in slot {}; this session's samples are {n} bytes", h.len, h.slot)
+                    }
+                    RequestSize::UpTo { max, multiple_of } => format!(
+                        "request of {} bytes in slot {}; this session's samples are 1 to {} units of {multiple_of} bytes",
+                        h.len,
+                        h.slot,
+                        max / multiple_of.max(1)
+                    ),
+                }));
             }
             let lease = self.arena.try_lease(h.slot)?;
             self.inbuf.consume(DATA_HEADER_LEN);
@@ -501,7 +508,8 @@ mod tests {
             let (a, b) = pair().await;
             let arena = SlotArena::new(64, sample).unwrap();
             let mut fe = TcpInitiator::new(a, 8, TransportMetrics::default());
-            let mut acc = TcpTarget::new(b, arena.clone(), sample as u32, TransportMetrics::default());
+            let mut acc =
+                TcpTarget::new(b, arena.clone(), RequestSize::Exact(sample as u32), TransportMetrics::default());
             let data: Vec<u8> = (0..sample * 40).map(|i| (i * 7 % 251) as u8).collect();
             let src: Arc<dyn PayloadSource> = Arc::new(Bytes(data.clone()));
             for i in 0..40u32 {
@@ -584,7 +592,7 @@ mod tests {
         for (bytes, expect) in cases {
             let (mut a, b) = pair().await;
             let arena = SlotArena::new(4, 8).unwrap();
-            let mut acc = TcpTarget::new(b, arena, 8, TransportMetrics::default());
+            let mut acc = TcpTarget::new(b, arena, RequestSize::Exact(8), TransportMetrics::default());
             a.write_all(&bytes).await.unwrap();
             let mut held = Vec::new();
             let err = loop {

@@ -3,17 +3,24 @@
 //! ```text
 //! offset size field
 //! 0      4    slot       u32  slot index in the receiver's ring (what an RDMA immediate carries)
-//! 4      1    kind       u8   1 request, 2 response, 3 error
+//! 4      1    kind       u8   1 request, 2 response, 3 error, 4 first token
 //! 5      1    flags      u8   reserved, 0
 //! 6      2    reserved   u16  0
 //! 8      8    sample_id  u64  the frontend's correlation tag, echoed in the response
 //! 16     4    len        u32  payload bytes that follow
-//! 20     4    aux        u32  request: QSL index (informational); response: the accelerator's
-//!                             residence time in µs (request read → response queued); error: ErrorCode
+//! 20     4    aux        u32  request: QSL index (informational); response and first token: the
+//!                             accelerator's residence time in µs (request read → frame queued);
+//!                             error: ErrorCode
 //! ```
 //! A request is "write these bytes into slot N of your ring"; the response travels back into slot
 //! N of the sender's ring, exactly like NVIDIA's RDMA write-with-immediate design. A slot is busy
 //! from its request until its response: a second request into a busy slot is a protocol error.
+//!
+//! Generative (LLM) workloads: a request carries the prompt's token ids at their true length (no
+//! padding: `len` ≤ the slot, a multiple of 4); the accelerator answers twice into the same slot:
+//! a first-token frame (kind 4, the first output token's int32) as soon as that token exists, then
+//! the response (every output token id, int32 LE; their count is `len / 4`) when the sequence
+//! ends. The slot stays busy until the response.
 
 use super::{WireError, need, u16_at, u32_at, u64_at};
 
@@ -30,6 +37,9 @@ pub enum FrameKind {
     /// Accelerator → frontend: the sample failed; `aux` is a [`DataErrorCode`], the payload a
     /// UTF-8 message.
     Error = 3,
+    /// Accelerator → frontend: a generative sample's first output token (int32 LE), sent as soon
+    /// as it exists; the response follows into the same slot.
+    FirstToken = 4,
 }
 
 /// Why an accelerator failed a sample.
@@ -85,6 +95,12 @@ impl DataHeader {
         DataHeader { slot, kind: FrameKind::Response, sample_id, len, aux: residence_us }
     }
 
+    /// A first-token header (generative workloads): `len` bytes of the first token(s);
+    /// `residence_us` is the accelerator's time to first token.
+    pub fn first_token(slot: u32, sample_id: u64, len: u32, residence_us: u32) -> DataHeader {
+        DataHeader { slot, kind: FrameKind::FirstToken, sample_id, len, aux: residence_us }
+    }
+
     /// An error header.
     pub fn error(slot: u32, sample_id: u64, code: DataErrorCode, len: u32) -> DataHeader {
         DataHeader { slot, kind: FrameKind::Error, sample_id, len, aux: code as u32 }
@@ -110,6 +126,7 @@ impl DataHeader {
             1 => FrameKind::Request,
             2 => FrameKind::Response,
             3 => FrameKind::Error,
+            4 => FrameKind::FirstToken,
             other => return Err(WireError::UnknownKind(other)),
         };
         if buf[5] != 0 {
@@ -166,6 +183,10 @@ mod tests {
             DataHeader::error(1, 2, DataErrorCode::Overloaded, 0).encode(),
             [1, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]
         );
+        assert_eq!(
+            DataHeader::first_token(5, 6, 4, 0x0a0b).encode(),
+            [5, 0, 0, 0, 4, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0x0b, 0x0a, 0, 0]
+        );
     }
 
     #[test]
@@ -199,8 +220,13 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(slot: u32, id: u64, len in 0u32..1_000_000, aux: u32, kind in 1u8..=3) {
-            let kind = match kind { 1 => FrameKind::Request, 2 => FrameKind::Response, _ => FrameKind::Error };
+        fn round_trip(slot: u32, id: u64, len in 0u32..1_000_000, aux: u32, kind in 1u8..=4) {
+            let kind = match kind {
+                1 => FrameKind::Request,
+                2 => FrameKind::Response,
+                3 => FrameKind::Error,
+                _ => FrameKind::FirstToken,
+            };
             let h = DataHeader { slot, kind, sample_id: id, len, aux };
             prop_assert_eq!(DataHeader::parse(&h.encode(), u32::MAX), Ok(h));
         }

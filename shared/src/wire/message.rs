@@ -412,14 +412,15 @@ mod tests {
                 output_kind: OutputKind::Tensors,
                 output_bytes: 8,
                 outputs: vec![t("y")],
+                generation: None,
             },
             connections: 1,
             slots_per_connection: 4,
             transport: DataTransport::Tcp,
         });
         // Configure = 2; name; inputs [x f32 [2]]; Tensors = 3; 8 bytes; outputs [y f32 [2]];
-        // 1 connection, 4 slots, TCP.
-        let body = [2, 1, b'w', 1, 1, b'x', 5, 1, 2, 3, 8, 1, 1, b'y', 5, 1, 2, 1, 4, 0];
+        // no generation (None = 0; version 6 added it); 1 connection, 4 slots, TCP.
+        let body = [2, 1, b'w', 1, 1, b'x', 5, 1, 2, 3, 8, 1, 1, b'y', 5, 1, 2, 0, 1, 4, 0];
         let mut expected = vec![body.len() as u8, 0, 0, 0];
         expected.extend_from_slice(&body);
         assert_eq!(framed(&req), expected);
@@ -532,12 +533,13 @@ mod tests {
 
     #[test]
     fn an_old_peer_is_told_the_versions() {
-        // A v4 (bincode) peer never reaches the message decoder: its preamble is refused first.
+        // A v5 peer (no generative workloads) never reaches the message decoder: its preamble is
+        // refused first.
         use crate::wire::preamble::{Preamble, Role};
         let mut old = Preamble::ours(Role::Control).encode();
-        old[4] = 4;
+        old[4] = 5;
         let err = Preamble::parse(&old).unwrap_err();
-        assert_eq!(err.to_string(), "protocol version mismatch: the peer speaks v4, this node speaks v5");
+        assert_eq!(err.to_string(), "protocol version mismatch: the peer speaks v5, this node speaks v6");
     }
 
     proptest! {

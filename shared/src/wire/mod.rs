@@ -9,7 +9,7 @@ pub mod message;
 pub mod preamble;
 
 /// The protocol version this build speaks. Peers with another version are refused at the preamble.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The magic bytes that open every qdl connection.
 pub const MAGIC: [u8; 4] = *b"QDLN";
