@@ -168,6 +168,27 @@ pub mod accelerator {
     pub const FRAMES_PER_WRITE: &str = "qdl_accelerator_frames_per_write";
     /// Histogram: request frames completed per read system call.
     pub const FRAMES_PER_READ: &str = "qdl_accelerator_frames_per_read";
+    /// Histogram (s), labels `worker`, `workload`: generative samples, request taken by the
+    /// worker → first token sampled (the accelerator's share of TTFT).
+    pub const TIME_TO_FIRST_TOKEN: &str = "qdl_accelerator_time_to_first_token_seconds";
+    /// Histogram (s), labels `worker`, `workload`: generative samples, time per output token
+    /// after the first ((finished − first token) / (tokens − 1)).
+    pub const TIME_PER_OUTPUT_TOKEN: &str = "qdl_accelerator_time_per_output_token_seconds";
+    /// Counter, labels `worker`, `workload`: output tokens generated.
+    pub const TOKENS_GENERATED: &str = "qdl_accelerator_generated_tokens_total";
+    /// Counter, labels `worker`, `workload`: prompt tokens prefilled.
+    pub const TOKENS_PREFILLED: &str = "qdl_accelerator_prefilled_tokens_total";
+    /// Gauge, label `worker`: sequences running in the engine (prefilling or decoding).
+    pub const RUNNING_SEQUENCES: &str = "qdl_accelerator_running_sequences";
+    /// Gauge, label `worker`: generative requests waiting for admission.
+    pub const QUEUED_REQUESTS: &str = "qdl_accelerator_queued_requests";
+    /// Gauge, label `worker`: context (KV) tokens reserved by the running sequences.
+    pub const KV_TOKENS_USED: &str = "qdl_accelerator_kv_tokens_used";
+    /// Gauge, label `worker`: the context (KV) budget, tokens (`generation.kv_tokens`).
+    pub const KV_TOKENS_BUDGET: &str = "qdl_accelerator_kv_tokens_budget";
+    /// Histogram (s), labels `worker`, `kind` (`prefill`: the step holds prompt tokens,
+    /// `decode`: decode tokens only): engine step times.
+    pub const STEP: &str = "qdl_accelerator_step_seconds";
 }
 
 /// Registers descriptions and units of every frontend metric with the installed recorder.
@@ -231,6 +252,19 @@ pub fn describe_accelerator(name: &str) {
     describe_histogram!(RESIDENCE, Unit::Seconds, "Per sample, request read to response queued");
     describe_histogram!(FRAMES_PER_WRITE, Unit::Count, "Response frames per write system call");
     describe_histogram!(FRAMES_PER_READ, Unit::Count, "Request frames completed per read system call");
+    describe_histogram!(TIME_TO_FIRST_TOKEN, Unit::Seconds, "Generative samples: taken by the worker to first token");
+    describe_histogram!(
+        TIME_PER_OUTPUT_TOKEN,
+        Unit::Seconds,
+        "Generative samples: time per output token after the first"
+    );
+    describe_counter!(TOKENS_GENERATED, Unit::Count, "Output tokens generated");
+    describe_counter!(TOKENS_PREFILLED, Unit::Count, "Prompt tokens prefilled");
+    describe_gauge!(RUNNING_SEQUENCES, Unit::Count, "Sequences running in the engine");
+    describe_gauge!(QUEUED_REQUESTS, Unit::Count, "Generative requests waiting for admission");
+    describe_gauge!(KV_TOKENS_USED, Unit::Count, "Context (KV) tokens reserved by running sequences");
+    describe_gauge!(KV_TOKENS_BUDGET, Unit::Count, "Context (KV) token budget per worker");
+    describe_histogram!(STEP, Unit::Seconds, "Engine step times, by kind (prefill, decode)");
     describe_counter!(
         CONNECTIONS_REFUSED,
         Unit::Count,

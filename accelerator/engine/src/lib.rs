@@ -5,6 +5,7 @@
 //!   virtual device), each with its [`batcher`] and backend; and the hand-off types a node's
 //!   connection submits samples and takes answers with.
 //! - [`batcher`]: the dynamic batching policy, sans-IO.
+//! - [`generate`]: generative inference (LLMs): the continuous-batching scheduler, sans-IO.
 //! - [`backend`]: the backend trait; the `echo`, `synthetic` and `onnx` (ONNX Runtime) backends;
 //!   one backend per worker, on GPUs or CPUs.
 //! - [`gpu`]: NVIDIA GPUs through the CUDA driver: discovery, batched input staging, GPU checks.
@@ -20,6 +21,7 @@
 
 pub mod backend;
 pub mod batcher;
+pub mod generate;
 pub mod gpu;
 pub mod loadcheck;
 pub mod local;

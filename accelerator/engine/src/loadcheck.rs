@@ -215,7 +215,7 @@ pub fn worker_load(dir: &ModelDir, opts: &LoadOptions) -> Result<LoadReport, Loa
     };
     let workers = WorkersConfig { count: 1, gpus: Some(opts.gpu.into_iter().collect()) };
     let batcher = BatcherConfig { max_batch: opts.max_batch, max_queue_delay_us: 1000, max_queue: 4096 };
-    let pool = WorkerPool::start(&workers, batcher, &backend)?;
+    let pool = WorkerPool::start(&workers, batcher, &Default::default(), &backend)?;
     pool.check(&dir.spec)?;
     let spec = Arc::new(dir.spec.clone());
     let (ib, ob) = (spec.input_bytes(), spec.output_bytes as usize);
@@ -231,6 +231,7 @@ pub fn worker_load(dir: &ModelDir, opts: &LoadOptions) -> Result<LoadReport, Loa
             let i = (sent % dir.samples as u64) as usize;
             let payload = Payload::new(source.clone(), i * ib, ib).expect("sample within the buffer");
             let item = WorkItem {
+                len: payload.len() as u32,
                 input: Input::Buffer(payload),
                 sample_id: sent,
                 slot: (sent % WINDOW as u64) as u32,
@@ -246,7 +247,12 @@ pub fn worker_load(dir: &ModelDir, opts: &LoadOptions) -> Result<LoadReport, Loa
         if answered == sent {
             break;
         }
-        let Some(r) = replies.blocking_recv() else { return Err(LoadCheckError::WorkerStopped) };
+        let r = match replies.blocking_recv() {
+            Some(crate::worker::Answer::Done(r)) => r,
+            // Fixed-shape workloads have no first tokens.
+            Some(crate::worker::Answer::FirstTokens(_)) => continue,
+            None => return Err(LoadCheckError::WorkerStopped),
+        };
         for (k, e) in r.entries.iter().enumerate() {
             answered += 1;
             if result.is_err() {

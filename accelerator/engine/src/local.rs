@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::worker::{Input, Replies, ReplySink, WorkItem, WorkerSender, refuse, reply_channel};
+use crate::worker::{Answer, Input, ReplySink, WorkItem, WorkerSender, refuse, reply_channel};
 use qdl_shared::time::Nanos;
 use qdl_shared::transport::{InitiatorTransport, OnResponse, Payload, TransportError, TransportStats};
 use qdl_shared::wire::data::{DataErrorCode, DataHeader};
@@ -18,7 +18,7 @@ pub struct LocalTransport {
     worker: WorkerSender,
     spec: Arc<WorkloadSpec>,
     sink: Arc<dyn ReplySink>,
-    replies: mpsc::Receiver<Replies>,
+    replies: mpsc::Receiver<Answer>,
     stats: TransportStats,
 }
 
@@ -34,6 +34,7 @@ impl InitiatorTransport for LocalTransport {
     fn push_request(&mut self, header: DataHeader, payload: Payload) {
         self.stats.frames_sent += 1;
         let item = WorkItem {
+            len: payload.len() as u32,
             input: Input::Buffer(payload),
             sample_id: header.sample_id,
             slot: header.slot,
@@ -62,15 +63,25 @@ impl InitiatorTransport for LocalTransport {
         let mut n = 0;
         loop {
             match self.replies.poll_recv(cx) {
-                Poll::Ready(Some(r)) => {
+                Poll::Ready(Some(Answer::FirstTokens(f))) => {
+                    let now = Nanos::now();
+                    for t in &f.entries {
+                        let us = (now.since(t.received).0 / 1000).min(u32::MAX as u64) as u32;
+                        on_response(&DataHeader::first_token(t.slot, t.sample_id, 4, us), &t.token.to_le_bytes())?;
+                    }
+                    self.stats.frames_received += f.entries.len() as u64;
+                    // A first token completes nothing, but it is a frame delivered.
+                    n += f.entries.len();
+                }
+                Poll::Ready(Some(Answer::Done(r))) => {
                     let now = Nanos::now();
                     for (i, e) in r.entries.iter().enumerate() {
                         let us = (now.since(e.received).0 / 1000).min(u32::MAX as u64) as u32;
                         match &r.error {
-                            None => on_response(
-                                &DataHeader::response(e.slot, e.sample_id, r.output_bytes as u32, us),
-                                r.output(i),
-                            )?,
+                            None => {
+                                let out = r.output(i);
+                                on_response(&DataHeader::response(e.slot, e.sample_id, out.len() as u32, us), out)?
+                            }
                             Some((code, msg)) => on_response(
                                 &DataHeader::error(e.slot, e.sample_id, *code, msg.len() as u32),
                                 msg.as_bytes(),

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use metrics::{Gauge, Histogram};
-use qdl_shared::config::{BackendConfig, BatcherConfig, WorkersConfig};
+use qdl_shared::config::{BackendConfig, BatcherConfig, GenerationConfig, WorkersConfig};
 use qdl_shared::metrics::{Sampler, accelerator as m};
 use qdl_shared::slots::SlotLease;
 use qdl_shared::time::Nanos;
@@ -37,6 +37,7 @@ use qdl_shared::workload::WorkloadSpec;
 
 use crate::backend::{self, Backend, BackendError, Batch};
 use crate::batcher::{BatchPolicy, Batcher};
+use crate::generate::lane::GenerativeLane;
 
 /// Where a sample's input bytes are.
 #[derive(Debug)]
@@ -59,34 +60,79 @@ impl Input {
 
 /// Receives a worker's answers for the samples it submitted.
 pub trait ReplySink: Send + Sync {
-    /// The answers of one batch that belong to this sink. Must not block.
+    /// The answers of one batch (or engine step) that belong to this sink. Must not block.
     fn deliver(&self, replies: Replies);
+
+    /// First tokens of generative samples still in flight (one delivery per sink per engine
+    /// step); their final answers follow through [`ReplySink::deliver`]. Must not block.
+    fn first_tokens(&self, tokens: FirstTokens) {
+        let _ = tokens;
+    }
+}
+
+/// What a worker hands a connection through [`reply_channel`].
+#[derive(Debug)]
+pub enum Answer {
+    /// Final answers (each frees its slot).
+    Done(Replies),
+    /// First tokens of samples still in flight.
+    FirstTokens(FirstTokens),
 }
 
 /// A [`ReplySink`] that forwards answers into a bounded channel.
-struct ChannelSink(tokio::sync::mpsc::Sender<Replies>);
+struct ChannelSink(tokio::sync::mpsc::Sender<Answer>);
 
-impl ReplySink for ChannelSink {
-    fn deliver(&self, replies: Replies) {
+impl ChannelSink {
+    fn send(&self, answer: Answer) {
         use tokio::sync::mpsc::error::TrySendError;
-        match self.0.try_send(replies) {
+        match self.0.try_send(answer) {
             Ok(()) => {}
             // The receiver is gone: dropping the replies frees their slots.
             Err(TrySendError::Closed(_)) => {}
-            Err(TrySendError::Full(r)) => {
-                // Cannot happen (capacity = slots, each message answers at least one sample that
-                // holds one); never drop silently.
-                tracing::error!(samples = r.entries.len(), "reply channel full; answers dropped");
+            Err(TrySendError::Full(_)) => {
+                // Cannot happen (see `reply_channel`); never drop silently.
+                tracing::error!("reply channel full; answers dropped");
             }
         }
     }
 }
 
+impl ReplySink for ChannelSink {
+    fn deliver(&self, replies: Replies) {
+        self.send(Answer::Done(replies));
+    }
+
+    fn first_tokens(&self, tokens: FirstTokens) {
+        self.send(Answer::FirstTokens(tokens));
+    }
+}
+
 /// A sink and the channel it feeds, for a connection of `slots` slots: a worker never blocks on
-/// it, because every message in it answers at least one of the connection's in-flight samples.
-pub fn reply_channel(slots: u32) -> (Arc<dyn ReplySink>, tokio::sync::mpsc::Receiver<Replies>) {
-    let (tx, rx) = tokio::sync::mpsc::channel(slots as usize + 1);
+/// it, because every message in it answers at least one of the connection's in-flight samples,
+/// each of which has at most one first-token message and one final one (capacity 2 × slots).
+pub fn reply_channel(slots: u32) -> (Arc<dyn ReplySink>, tokio::sync::mpsc::Receiver<Answer>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(2 * slots as usize + 1);
     (Arc::new(ChannelSink(tx)), rx)
+}
+
+/// The first token of one generative sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstToken {
+    /// The correlation tag.
+    pub sample_id: u64,
+    /// The slot its answers go into.
+    pub slot: u32,
+    /// The token id.
+    pub token: i32,
+    /// When its request was read.
+    pub received: Nanos,
+}
+
+/// First tokens of one engine step for one sink.
+#[derive(Debug, Default)]
+pub struct FirstTokens {
+    /// The samples' first tokens.
+    pub entries: Vec<FirstToken>,
 }
 
 /// One sample to infer.
@@ -103,6 +149,17 @@ pub struct WorkItem {
     pub spec: Arc<WorkloadSpec>,
     /// When its request was read (the start of its residence in the accelerator).
     pub received: Nanos,
+    /// The input's true length, bytes: the sample size for fixed-shape workloads, the prompt's
+    /// length (a multiple of 4, at most the slot) for generative ones.
+    pub len: u32,
+}
+
+impl WorkItem {
+    /// The input bytes at their true length.
+    pub fn input_bytes(&self) -> &[u8] {
+        let b = self.input.bytes();
+        &b[..(self.len as usize).min(b.len())]
+    }
 }
 
 /// One answered sample.
@@ -118,15 +175,18 @@ pub struct Reply {
     pub received: Nanos,
 }
 
-/// Answers of one batch for one sink: entry `i`'s output is `outputs[i*output_bytes..]`.
+/// Answers of one batch for one sink: entry `i`'s output is `outputs[i*output_bytes..]`, or
+/// with variable-length outputs (generative workloads) `outputs[ends[i-1]..ends[i]]`.
 #[derive(Debug)]
 pub struct Replies {
     /// The samples answered.
     pub entries: Vec<Reply>,
     /// Their outputs, back to back (empty on error).
     pub outputs: Vec<u8>,
-    /// Bytes per output.
+    /// Bytes per output (fixed-size outputs).
     pub output_bytes: usize,
+    /// Where each output ends in `outputs` (variable-length outputs; empty otherwise).
+    pub ends: Vec<usize>,
     /// Set if the samples failed instead.
     pub error: Option<(DataErrorCode, String)>,
 }
@@ -134,11 +194,16 @@ pub struct Replies {
 impl Replies {
     /// The output of entry `i`.
     pub fn output(&self, i: usize) -> &[u8] {
-        &self.outputs[i * self.output_bytes..(i + 1) * self.output_bytes]
+        if self.ends.is_empty() {
+            return &self.outputs[i * self.output_bytes..(i + 1) * self.output_bytes];
+        }
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.outputs[start..self.ends[i]]
     }
 
-    fn failed(entries: Vec<Reply>, code: DataErrorCode, message: String) -> Replies {
-        Replies { entries, outputs: Vec::new(), output_bytes: 0, error: Some((code, message)) }
+    /// Answers that failed with `code`.
+    pub fn failed(entries: Vec<Reply>, code: DataErrorCode, message: String) -> Replies {
+        Replies { entries, outputs: Vec::new(), output_bytes: 0, ends: Vec::new(), error: Some((code, message)) }
     }
 }
 
@@ -199,6 +264,9 @@ pub enum WorkerError {
     /// A worker thread could not be started.
     #[error("cannot start worker threads: {0}")]
     Spawn(std::io::Error),
+    /// The `[generation]` limits are not usable.
+    #[error(transparent)]
+    Generation(#[from] crate::generate::lane::LaneError),
 }
 
 impl WorkerPool {
@@ -208,6 +276,7 @@ impl WorkerPool {
     pub fn start(
         workers: &WorkersConfig,
         batcher: BatcherConfig,
+        generation: &GenerationConfig,
         backend_cfg: &BackendConfig,
     ) -> Result<WorkerPool, WorkerError> {
         let built = backend::build(backend_cfg, workers)?;
@@ -242,7 +311,11 @@ impl WorkerPool {
             let (tx, rx) = crossbeam_channel::bounded(batcher.max_queue as usize);
             let counts: Arc<[AtomicU64]> = (0..=max_batch).map(|_| AtomicU64::new(0)).collect();
             sizes.push(counts.clone());
-            let worker = DeviceWorker::new(index, policy, backend, rx, counts);
+            let generative = match backend.token_engine() {
+                Some(engine) => Some(GenerativeLane::new(generation, engine, &index.to_string())?),
+                None => None,
+            };
+            let worker = DeviceWorker::new(index, policy, backend, generative, rx, counts);
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("qdl-worker-{index}"))
@@ -390,6 +463,8 @@ struct WorkloadMetrics {
 struct DeviceWorker {
     batcher: Batcher<WorkItem>,
     backend: Box<dyn Backend>,
+    /// The generative side (continuous batching), if the backend has a token engine.
+    generative: Option<GenerativeLane>,
     rx: Receiver<WorkerMsg>,
     gather: Vec<u8>,
     outputs: Vec<u8>,
@@ -412,6 +487,7 @@ impl DeviceWorker {
         index: usize,
         policy: BatchPolicy,
         backend: Box<dyn Backend>,
+        generative: Option<GenerativeLane>,
         rx: Receiver<WorkerMsg>,
         sizes: Arc<[AtomicU64]>,
     ) -> DeviceWorker {
@@ -419,6 +495,7 @@ impl DeviceWorker {
         DeviceWorker {
             batcher: Batcher::new(policy),
             backend,
+            generative,
             rx,
             gather: Vec::new(),
             outputs: Vec::new(),
@@ -436,9 +513,19 @@ impl DeviceWorker {
         // plain integer (1000 ns).
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong, 0, 0, 0) };
         let mut open = true;
-        while open || !self.batcher.is_empty() {
+        while open || !self.batcher.is_empty() || self.generating() {
             let msg = if !open {
                 None
+            } else if self.generating() {
+                // Engine steps run back to back while sequences are running: take what arrived.
+                match self.rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(crossbeam_channel::TryRecvError::Empty) => None,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        open = false;
+                        None
+                    }
+                }
             } else if self.batcher.is_empty() {
                 self.rx.recv().ok()
             } else {
@@ -455,7 +542,7 @@ impl DeviceWorker {
             };
             match msg {
                 Some(m) => self.handle(m),
-                None if self.batcher.is_empty() => open = false,
+                None if self.batcher.is_empty() && !self.generating() => open = false,
                 None => {}
             }
             while let Ok(m) = self.rx.try_recv() {
@@ -469,11 +556,27 @@ impl DeviceWorker {
             }
             self.batch = batch;
             self.queue_depth.set(self.batcher.len() as f64);
+            // One engine step per turn, so fixed-shape batches interleave with generation.
+            if let Some(g) = &mut self.generative {
+                g.step();
+            }
         }
+    }
+
+    /// Whether generative requests are queued or running.
+    fn generating(&self) -> bool {
+        self.generative.as_ref().is_some_and(GenerativeLane::has_work)
     }
 
     fn handle(&mut self, msg: WorkerMsg) {
         match msg {
+            WorkerMsg::Sample(item) if item.spec.is_generative() => match &mut self.generative {
+                Some(g) => g.handle_item(item, Nanos::now()),
+                None => {
+                    let msg = format!("the {} backend does not serve generative workloads", self.backend.name());
+                    refuse(item, DataErrorCode::BackendFailed, &msg);
+                }
+            },
             WorkerMsg::Sample(item) => {
                 if let Err(item) = self.batcher.handle_arrival(item, Nanos::now()) {
                     refuse(item, DataErrorCode::Overloaded, "the worker's queue is full");
@@ -566,8 +669,13 @@ impl DeviceWorker {
             let g = match groups.iter().position(|(s, _)| Arc::ptr_eq(s, &item.reply)) {
                 Some(g) => g,
                 None => {
-                    let replies =
-                        Replies { entries: Vec::new(), outputs: Vec::new(), output_bytes: ob, error: error.clone() };
+                    let replies = Replies {
+                        entries: Vec::new(),
+                        outputs: Vec::new(),
+                        output_bytes: ob,
+                        ends: Vec::new(),
+                        error: error.clone(),
+                    };
                     groups.push((item.reply, replies));
                     groups.len() - 1
                 }
@@ -602,7 +710,7 @@ mod tests {
     fn pool(max_batch: u32, delay_us: u64) -> WorkerPool {
         let batcher = BatcherConfig { max_batch, max_queue_delay_us: delay_us, max_queue: 1024 };
         let backend = BackendConfig { kind: BackendKind::Echo, ..Default::default() };
-        WorkerPool::start(&WorkersConfig::default(), batcher, &backend).unwrap()
+        WorkerPool::start(&WorkersConfig::default(), batcher, &GenerationConfig::default(), &backend).unwrap()
     }
 
     #[test]
@@ -611,7 +719,7 @@ mod tests {
         let backend = crate::backend::build(&cfg, &WorkersConfig::default()).unwrap().backends.remove(0);
         let (_tx, rx) = crossbeam_channel::bounded(1);
         let policy = BatchPolicy { max_batch: 8, max_queue_delay: Nanos::from_micros(100), max_queue: 8 };
-        let mut w = DeviceWorker::new(0, policy, backend, rx, Arc::from(Vec::<AtomicU64>::new()));
+        let mut w = DeviceWorker::new(0, policy, backend, None, rx, Arc::from(Vec::<AtomicU64>::new()));
         let bert = w.workload_metrics("bert");
         assert_eq!(w.workload_metrics("bert"), bert, "a workload's handles are built once");
         for i in 0..20 {
@@ -644,6 +752,7 @@ mod tests {
                 reply: sink.clone(),
                 spec: spec.clone(),
                 received: Nanos::now(),
+                len: spec.input_bytes() as u32,
             };
             w.try_submit(item).map_err(|_| "full").unwrap();
         }
@@ -690,7 +799,7 @@ mod tests {
         let batcher = BatcherConfig { max_batch: 1, max_queue_delay_us: 0, max_queue: 1 };
         let mut backend = BackendConfig::default();
         backend.synthetic.default = qdl_shared::config::LatencyModel { fixed_us: 50_000.0, per_sample_us: 0.0 };
-        let p = WorkerPool::start(&WorkersConfig::default(), batcher, &backend).unwrap();
+        let p = WorkerPool::start(&WorkersConfig::default(), batcher, &GenerationConfig::default(), &backend).unwrap();
         let w = p.pick();
         let mut refused = 0;
         for i in 0..20 {
@@ -701,6 +810,7 @@ mod tests {
                 reply: sink.clone(),
                 spec: spec.clone(),
                 received: Nanos::now(),
+                len: spec.input_bytes() as u32,
             };
             if let Err(item) = w.try_submit(item) {
                 refused += 1;
@@ -714,5 +824,32 @@ mod tests {
         let answered: usize = got.iter().map(|r| r.entries.len()).sum();
         assert_eq!(answered, 20, "refused samples are answered too, never dropped");
         assert!(got.iter().any(|r| r.error.as_ref().is_some_and(|e| e.0 == DataErrorCode::Overloaded)));
+    }
+
+    #[test]
+    fn a_worker_without_a_token_engine_answers_generative_samples_with_an_error() {
+        let cfg = BackendConfig { kind: BackendKind::Echo, ..Default::default() };
+        let backend = crate::backend::build(&cfg, &WorkersConfig::default()).unwrap().backends.remove(0);
+        let (_tx, rx) = crossbeam_channel::bounded(1);
+        let policy = BatchPolicy { max_batch: 8, max_queue_delay: Nanos::from_micros(100), max_queue: 8 };
+        let mut w = DeviceWorker::new(0, policy, backend, None, rx, Arc::from(Vec::<AtomicU64>::new()));
+        let spec = Arc::new(WorkloadSpec::builtin("llama3.1-8b").unwrap());
+        let arena = SlotArena::new(1, spec.input_bytes()).unwrap();
+        let sink = Arc::new(Collect::default());
+        let item = WorkItem {
+            input: Input::Slot(arena.try_lease(0).unwrap()),
+            sample_id: 1,
+            slot: 0,
+            reply: sink.clone(),
+            spec,
+            received: Nanos::now(),
+            len: 8,
+        };
+        w.handle(WorkerMsg::Sample(item));
+        let got = sink.0.lock().unwrap();
+        let err = got[0].error.as_ref().expect("answered with an error");
+        assert_eq!(err.0, DataErrorCode::BackendFailed);
+        assert!(err.1.contains("does not serve generative workloads"), "{}", err.1);
+        assert!(w.batcher.is_empty(), "not queued for a batch");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Its pump reads every request that has arrived (each lands in its slot, leased), hands each to
 //! the connection's worker as a [`WorkItem`], takes the worker's answers from a bounded channel,
-//! queues one response frame per sample into the slot it came from, and flushes once per pass.
+//! queues one response frame per sample into the slot it came from (generative samples: a
+//! first-token frame first, as soon as the engine has it), and flushes once per pass.
 //! The channel's capacity is the slot count, and every message in it holds at least one lease of
 //! this connection, so a worker never blocks on it.
 //!
@@ -23,7 +24,9 @@ use qdl_shared::workload::WorkloadSpec;
 use tokio::sync::mpsc;
 
 use super::registry::{Close, Registry};
-use qdl_engine::worker::{Input, Replies, ReplySink, WorkItem, WorkerSender, refuse, reply_channel};
+use qdl_engine::worker::{
+    Answer, FirstTokens, Input, Replies, ReplySink, WorkItem, WorkerSender, refuse, reply_channel,
+};
 use qdl_shared::pump::{Nudge, Pump, Pumped};
 
 /// Everything a connection actor is built from.
@@ -57,7 +60,7 @@ pub struct ConnectionActor {
     worker: WorkerSender,
     spec: Arc<WorkloadSpec>,
     sink: Arc<dyn ReplySink>,
-    replies: mpsc::Receiver<Replies>,
+    replies: mpsc::Receiver<Answer>,
     registry: Arc<Registry>,
     /// Held for the connection's life (gives its place back when the actor stops).
     _permit: Option<super::gate::ConnPermit>,
@@ -137,6 +140,17 @@ impl ConnectionActor {
         // `replies` (and the slot leases in it) drop here: the slots are free again.
     }
 
+    /// Queues the first-token frames of one engine step (generative workloads); the samples stay
+    /// in flight, their slots busy, until their responses.
+    fn first_tokens(&mut self, tokens: FirstTokens) {
+        let now = Nanos::now();
+        for t in &tokens.entries {
+            let us = (now.since(t.received).0 / 1000).min(u32::MAX as u64) as u32;
+            let token = t.token.to_le_bytes();
+            self.transport.push_response(DataHeader::first_token(t.slot, t.sample_id, token.len() as u32, us), &token);
+        }
+    }
+
     fn fail(&mut self, err: TransportError, ctx: &mut Context<Self>) -> Poll<()> {
         let kind = match &err {
             TransportError::Closed => "closed",
@@ -202,6 +216,7 @@ impl Pumped for ConnectionActor {
                 let Self { transport, worker, spec, sink, in_flight, refused, .. } = self;
                 let mut submit = |req: qdl_shared::transport::Request| {
                     let item = WorkItem {
+                        len: req.header.len,
                         input: Input::Slot(req.slot),
                         sample_id: req.header.sample_id,
                         slot: req.header.slot,
@@ -227,8 +242,11 @@ impl Pumped for ConnectionActor {
                     refuse(item, DataErrorCode::Overloaded, "the accelerator's queues are full");
                 }
             }
-            while let Poll::Ready(Some(replies)) = self.replies.poll_recv(cx) {
-                self.answer(replies);
+            while let Poll::Ready(Some(answer)) = self.replies.poll_recv(cx) {
+                match answer {
+                    Answer::Done(replies) => self.answer(replies),
+                    Answer::FirstTokens(tokens) => self.first_tokens(tokens),
+                }
                 progress = true;
             }
             match self.transport.poll_flush(cx) {

@@ -125,7 +125,7 @@ pub fn run(config: AcceleratorConfig, on_ready: impl FnOnce(&Ready)) -> Result<(
         tracing::warn!("the control channel is NOT authenticated ([auth] required = false, no secret)");
     }
     let rdma = RdmaDevice::open_configured(&config.transport)?;
-    let pool = Arc::new(WorkerPool::start(&config.workers, config.batcher, &config.backend)?);
+    let pool = Arc::new(WorkerPool::start(&config.workers, config.batcher, &config.generation, &config.backend)?);
     for note in pool.notes() {
         tracing::info!("{note}");
     }
@@ -469,8 +469,8 @@ async fn attach_data(
             return;
         }
     };
-    let sample_bytes = grant.spec.input_bytes();
-    let arena = match SlotArena::new(grant.slots, sample_bytes) {
+    let sizes = qdl_shared::transport::RequestSize::for_workload(&grant.spec);
+    let arena = match SlotArena::new(grant.slots, sizes.max() as usize) {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(%peer, "cannot allocate slots for a data connection: {e}");
@@ -497,7 +497,7 @@ async fn attach_data(
     let metrics = TransportMetrics::for_accelerator();
     start_connection(&node, label, attach.token, attach.connection, grant, Some(permit), move || {
         let stream = TcpStream::from_std(std_stream).expect("I/O arbiters run a tokio runtime with I/O enabled");
-        Box::new(TcpTarget::new(stream, arena, sample_bytes as u32, metrics))
+        Box::new(TcpTarget::new(stream, arena, sizes, metrics))
     });
 }
 

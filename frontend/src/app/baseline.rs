@@ -24,7 +24,9 @@ pub fn connect_local(
     let boxes = cfg.local.accelerators as usize;
     let per_box = acc.workers.count as usize;
     let workers = qdl_shared::config::WorkersConfig { count: (boxes * per_box) as u32, gpus: acc.workers.gpus.clone() };
-    let pool = Arc::new(WorkerPool::start(&workers, acc.batcher, &acc.backend).context("starting local workers")?);
+    let pool = Arc::new(
+        WorkerPool::start(&workers, acc.batcher, &acc.generation, &acc.backend).context("starting local workers")?,
+    );
     for note in pool.notes() {
         tracing::info!("{note}");
     }

@@ -21,6 +21,8 @@ pub struct AcceleratorConfig {
     pub limits: LimitsConfig,
     /// Dynamic batching.
     pub batcher: BatcherConfig,
+    /// Continuous batching of generative (LLM) workloads, per worker.
+    pub generation: super::GenerationConfig,
     /// Workers (one per device).
     pub workers: WorkersConfig,
     /// The inference backend.
@@ -310,11 +312,17 @@ pub struct SyntheticConfig {
     pub default: LatencyModel,
     /// Per-workload models, keyed by workload name (`[backend.synthetic.workloads.resnet50]`).
     pub workloads: BTreeMap<String, LatencyModel>,
+    /// The step time of generative workloads (`[backend.synthetic.tokens]`).
+    pub tokens: super::TokenModel,
 }
 
 impl Default for SyntheticConfig {
     fn default() -> Self {
-        SyntheticConfig { default: LatencyModel { fixed_us: 200.0, per_sample_us: 50.0 }, workloads: BTreeMap::new() }
+        SyntheticConfig {
+            default: LatencyModel { fixed_us: 200.0, per_sample_us: 50.0 },
+            workloads: BTreeMap::new(),
+            tokens: super::TokenModel::default(),
+        }
     }
 }
 
@@ -454,6 +462,8 @@ impl AcceleratorConfig {
         for (name, m) in &self.backend.synthetic.workloads {
             m.validate(&format!("backend.synthetic.workloads.{name}"))?;
         }
+        self.backend.synthetic.tokens.validate("backend.synthetic.tokens")?;
+        self.generation.validate()?;
         self.transport.validate()?;
         self.heartbeat.validate("heartbeat")
     }

@@ -12,6 +12,8 @@
 //! - [`cli`]: the flags both nodes have ([`cli::CommonFlags`]) and how they override a config.
 //! - [`accelerator`]: the accelerator's file (`[accelerator]`, `[limits]`, `[batcher]`,
 //!   `[workers]`, `[backend]`).
+//! - [`generation`]: the accelerator's generative (LLM) sections (`[generation]`,
+//!   `[backend.synthetic.tokens]`).
 
 use std::path::{Path, PathBuf};
 
@@ -21,10 +23,12 @@ pub mod accelerator;
 pub mod cli;
 pub mod common;
 pub mod frontend;
+pub mod generation;
 
 pub use accelerator::*;
 pub use common::*;
 pub use frontend::*;
+pub use generation::*;
 
 /// Errors loading or validating configuration.
 #[derive(Debug, thiserror::Error)]

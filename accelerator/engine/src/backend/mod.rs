@@ -87,6 +87,12 @@ pub trait Backend: Send {
     /// Runs one batch; `output` receives `batch.n` outputs of `spec.output_bytes` each.
     fn infer(&mut self, batch: &Batch<'_>, output: &mut [u8]) -> Result<(), BackendError>;
 
+    /// The engine for generative (LLM) workloads, if this backend serves them; the worker's
+    /// continuous-batching lane steps it.
+    fn token_engine(&self) -> Option<Box<dyn crate::generate::engine::TokenEngine>> {
+        None
+    }
+
     /// Prepares for `spec` before the timed run (loads, compiles, touches memory).
     fn warmup(&mut self, spec: &WorkloadSpec) -> Result<(), BackendError> {
         let n = self.max_batch().unwrap_or(1).min(8);

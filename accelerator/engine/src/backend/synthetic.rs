@@ -27,6 +27,10 @@ impl Backend for Synthetic {
         "synthetic"
     }
 
+    fn token_engine(&self) -> Option<Box<dyn crate::generate::engine::TokenEngine>> {
+        Some(Box::new(crate::generate::engine::SyntheticTokens::new(self.config.tokens)))
+    }
+
     fn infer(&mut self, batch: &Batch<'_>, output: &mut [u8]) -> Result<(), BackendError> {
         reference_batch(batch, output);
         // The modelled time counts from when the batch was formed, so the gather (the host side
