@@ -31,7 +31,7 @@ use qdl_shared::wire::data::{DataErrorCode, DataHeader};
 use serde::{Deserialize, Serialize};
 
 use crate::issuer::{Lane, QueryIssuer, Submission};
-use crate::lane_core::{LaneCore, Pending};
+use crate::lane_core::{FIRST_TOKEN_BYTES, LaneCore, Pending};
 use crate::qsl::SampleStore;
 use crate::timeline::LatencyBuckets;
 
@@ -144,7 +144,11 @@ impl ConnectionActor {
         ConnectionActor {
             lane: p.lane,
             transport: p.transport,
-            core: LaneCore::new(p.slots, p.output_bytes),
+            core: if p.store.source().spec().is_generative() {
+                LaneCore::generative(p.slots, p.output_bytes)
+            } else {
+                LaneCore::new(p.slots, p.output_bytes)
+            },
             store: p.store,
             issuer: p.issuer,
             late: metrics::counter!(m::LATE_RESPONSES),
@@ -192,9 +196,13 @@ impl ConnectionActor {
             let Self { transport, core, latency, latencies, stage_network, stage_accelerator, sampler, label, .. } =
                 self;
             let late_before = core.late();
+            // LoadGen's FirstTokenComplete, at once and from this thread (the sample completes
+            // from it too, as LoadGen's per-thread logging needs).
+            let mut first_token = |id: &ResponseId, token: &[u8]| qdl_loadgen::first_token_complete(id, token);
             let mut on_response = |h: &DataHeader, payload: &[u8]| {
                 // A protocol violation ends the connection: the transport reports it as its error.
-                let Some(a) = core.handle_response(h, payload, now).map_err(TransportError::from)? else {
+                let answered = core.handle_response(h, payload, now, &mut first_token).map_err(TransportError::from)?;
+                let Some(a) = answered else {
                     // Its sample was handed to another connection: this answer is not LoadGen's.
                     return Ok(());
                 };
@@ -240,10 +248,15 @@ impl ConnectionActor {
         let started = std::time::Instant::now();
         {
             let mut batch = self.completions.batch();
+            let generative = self.core.is_generative();
             for (id, output, error) in self.core.completions() {
                 n += 1;
                 errors += error as u64;
-                batch.push(id, output);
+                if generative && !error {
+                    batch.push_tokens(id, output, (output.len() / FIRST_TOKEN_BYTES) as i64);
+                } else {
+                    batch.push(id, output);
+                }
             }
         }
         self.complete_call.record(started.elapsed().as_secs_f64());
@@ -266,7 +279,7 @@ impl ConnectionActor {
         let set = self.store.current();
         let now = Nanos::now();
         let mut n = 0;
-        while let Some(Submission { sample: sub, issued }) = self.lane.pop() {
+        while let Some(Submission { sample: sub, issued, first_reported }) = self.lane.pop() {
             if self.issue_sampler.hit() {
                 self.stage_issue.record(now.since(issued).as_secs_f64());
             }
@@ -276,10 +289,10 @@ impl ConnectionActor {
                 self.core.fail_sample(sub.id);
                 continue;
             };
-            let len = set.sample_bytes();
+            let len = set.range(sub.index).map_or(set.sample_bytes(), |(_, len)| len);
             let source: Arc<dyn PayloadSource> = set.clone();
             let payload = Payload::new(source, offset, len).expect("offset comes from the set itself");
-            let pending = Pending { token: sub.id, index: sub.index, issued };
+            let pending = Pending { token: sub.id, index: sub.index, issued, first_reported };
             if let Err(e) = self.core.handle_submission(pending, payload, len as u32, now) {
                 // Credits equal slots, so this is a bug; the core failed the sample, never lost it.
                 tracing::error!(conn = %self.label, "{e}; failing the sample");
@@ -318,7 +331,11 @@ impl ConnectionActor {
             .core
             .give_up()
             .into_iter()
-            .map(|p| Submission { sample: qdl_loadgen::QuerySample { id: p.token, index: p.index }, issued: p.issued })
+            .map(|p| Submission {
+                sample: qdl_loadgen::QuerySample { id: p.token, index: p.index },
+                issued: p.issued,
+                first_reported: p.first_reported,
+            })
             .collect();
         while let Some(s) = self.lane.pop() {
             subs.push(s);

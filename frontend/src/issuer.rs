@@ -30,6 +30,9 @@ pub struct Submission {
     pub sample: qdl_loadgen::QuerySample,
     /// When LoadGen issued it.
     pub issued: Nanos,
+    /// Its first token was reported to LoadGen already (a generative sample re-dispatched from
+    /// a lost connection): another connection must not report a second one.
+    pub first_reported: bool,
 }
 
 /// The issuer's side of one connection: a bounded queue, credits and a waker.
@@ -292,7 +295,7 @@ impl QueryIssuer {
         let n = samples.len() as u64;
         let issued = Nanos::now();
         for sample in samples {
-            if !self.place(Submission { sample, issued }) {
+            if !self.place(Submission { sample, issued, first_reported: false }) {
                 return;
             }
         }

@@ -53,11 +53,12 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct LabArgs {
-    /// Workloads to run.
-    #[arg(long, short, value_parser = ["resnet50", "bert", "all"], default_value = "all")]
+    /// Workloads to run (llama3.1-8b on the synthetic generative engine).
+    #[arg(long, short, value_parser = ["resnet50", "bert", "llama3.1-8b", "all"], default_value = "all")]
     workload: String,
-    /// Scenarios to run (MLPerf's spellings Offline and Server work too).
-    #[arg(long, short, value_parser = lowercase(&["offline", "server", "all"]), ignore_case = true, default_value = "all")]
+    /// Scenarios to run (MLPerf's spellings Offline, Server and Interactive work too);
+    /// Interactive runs for generative workloads only.
+    #[arg(long, short, value_parser = lowercase(&["offline", "server", "interactive", "all"]), ignore_case = true, default_value = "all")]
     scenario: String,
     /// Where the lab writes its runs and lab-report.json.
     #[arg(long, short, default_value = "lab-results")]
@@ -109,12 +110,14 @@ struct RunArgs {
     /// (replaces frontend.accelerators).
     #[arg(long = "accelerator", short = 'a', env = "QDL_ACCELERATORS", value_delimiter = ',')]
     accelerators: Vec<String>,
-    /// Workload (resnet50, bert, or a name described in [workload.spec]).
+    /// Workload (resnet50, bert, llama3.1-8b, llama2-70b, smollm2-135m, or a name described in
+    /// [workload.spec]).
     #[arg(long, short)]
     workload: Option<String>,
-    /// LoadGen scenario: offline, server, singlestream, multistream (or MLPerf's Offline, Server,
-    /// SingleStream, MultiStream).
-    #[arg(long, short, value_parser = lowercase(&["offline", "server", "singlestream", "multistream"]), ignore_case = true)]
+    /// LoadGen scenario: offline, server, singlestream, multistream, interactive (or MLPerf's
+    /// Offline, Server, SingleStream, MultiStream, Interactive). Interactive is LoadGen's Server
+    /// scenario with the LLM's `<model>-interactive` bounds from mlperf.conf.
+    #[arg(long, short, value_parser = lowercase(&["offline", "server", "singlestream", "multistream", "interactive"]), ignore_case = true)]
     scenario: Option<String>,
     /// LoadGen mode.
     #[arg(long, short, value_parser = ["performance", "accuracy"])]
@@ -226,8 +229,11 @@ fn with_defaults(cmd: clap::Command) -> clap::Command {
         ("min_query_count", "mlperf.conf's".into()),
         ("target_qps", "mlperf.conf's".into()),
         ("expected_qps", "mlperf.conf's".into()),
-        ("total_samples", "resnet50 50000, bert 10833, or the dataset's count".into()),
-        ("performance_samples", "resnet50 1024, bert 10833".into()),
+        (
+            "total_samples",
+            "resnet50 50000, bert 10833, llama3.1-8b 13368, llama2-70b 24576, or the dataset's count".into(),
+        ),
+        ("performance_samples", "bert and the LLMs all their samples, others 1024".into()),
         ("accuracy_samples", "all".into()),
         ("seed", d.workload.seed.to_string()),
         ("metrics_listen", d.frontend.metrics_listen.clone()),
@@ -389,13 +395,13 @@ fn command(command: Command) -> anyhow::Result<i32> {
             };
             let workloads = match &a.frontend_config {
                 Some(p) => vec![qdl_shared::config::FrontendConfig::load(p)?.workload.name],
-                None => all(&a.workload, &["resnet50", "bert"]),
+                None => all(&a.workload, &["resnet50", "bert", "llama3.1-8b"]),
             };
             let opts = app::lab::LabOptions {
                 workloads,
                 frontend_config: a.frontend_config.clone(),
                 model: a.model.clone(),
-                scenarios: all(&a.scenario, &["offline", "server"]),
+                scenarios: all(&a.scenario, &["offline", "server", "interactive"]),
                 output_dir: a.output_dir.clone(),
                 duration_ms: a.duration_ms,
                 accelerator_config: a.accelerator_config,

@@ -53,6 +53,22 @@ pub struct LoadgenResult {
     pub qsl_total: Option<u64>,
     /// Samples an accuracy run issues (all of the QSL, or accuracy_sample_count_override).
     pub accuracy_sample_count: Option<u64>,
+    /// LLM runs (`use_token_latencies`): output tokens/s (`result_tokens_per_second` in Offline,
+    /// `result_completed_tokens_per_second` in Server).
+    #[serde(default)]
+    pub tokens_per_second: Option<f64>,
+    /// LLM runs: time to first token, ns: "min", "max", "mean", and percentiles such as "99.00".
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ttft_ns: BTreeMap<String, f64>,
+    /// LLM runs: time per output token, ns (keys as `ttft_ns`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tpot_ns: BTreeMap<String, f64>,
+    /// LLM Server runs: the TTFT and TPOT bounds LoadGen judged, ns.
+    #[serde(default)]
+    pub ttft_bound_ns: Option<f64>,
+    /// See `ttft_bound_ns`.
+    #[serde(default)]
+    pub tpot_bound_ns: Option<f64>,
 }
 
 impl LoadgenResult {
@@ -65,6 +81,16 @@ impl LoadgenResult {
     /// The 99th percentile latency, ns.
     pub fn p99_ns(&self) -> Option<f64> {
         self.latency_ns.get("99.00").copied()
+    }
+
+    /// LLM runs: the 99th percentile time to first token, ns.
+    pub fn ttft_p99_ns(&self) -> Option<f64> {
+        self.ttft_ns.get("99.00").copied()
+    }
+
+    /// LLM runs: the 99th percentile time per output token, ns.
+    pub fn tpot_p99_ns(&self) -> Option<f64> {
+        self.tpot_ns.get("99.00").copied()
     }
 
     /// Whether LoadGen judged the run VALID.
@@ -101,6 +127,15 @@ pub fn parse_detail_log(path: &Path) -> std::io::Result<LoadgenResult> {
             "error_invalid_config" | "error_runtime" | "error_invalid_test_duration" => r
                 .errors
                 .push(format!("{key}: {}", value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string()))),
+            "result_tokens_per_second" | "result_completed_tokens_per_second" => r.tokens_per_second = f,
+            "requested_server_ttft_latency" => r.ttft_bound_ns = f,
+            "requested_server_tpot_latency" => r.tpot_bound_ns = f,
+            "result_first_token_min_latency_ns" => insert(&mut r.ttft_ns, "min", f),
+            "result_first_token_max_latency_ns" => insert(&mut r.ttft_ns, "max", f),
+            "result_first_token_mean_latency_ns" => insert(&mut r.ttft_ns, "mean", f),
+            "result_time_to_output_token_min" => insert(&mut r.tpot_ns, "min", f),
+            "result_time_to_output_token_max" => insert(&mut r.tpot_ns, "max", f),
+            "result_time_to_output_token_mean" => insert(&mut r.tpot_ns, "mean", f),
             "result_min_latency_ns" => insert(&mut r.latency_ns, "min", f),
             "result_max_latency_ns" => insert(&mut r.latency_ns, "max", f),
             "result_mean_latency_ns" => insert(&mut r.latency_ns, "mean", f),
@@ -108,6 +143,14 @@ pub fn parse_detail_log(path: &Path) -> std::io::Result<LoadgenResult> {
                 // "result_99.00_percentile_latency_ns" (not the per-query or token variants).
                 if let Some(name) = k.strip_prefix("effective_") {
                     r.effective.insert(name.to_string(), value);
+                } else if let Some(p) =
+                    k.strip_prefix("result_first_token_").and_then(|s| s.strip_suffix("_percentile_latency_ns"))
+                {
+                    insert(&mut r.ttft_ns, p, f);
+                } else if let Some(p) =
+                    k.strip_prefix("result_time_per_output_token_").and_then(|s| s.strip_suffix("_percentile_ns"))
+                {
+                    insert(&mut r.tpot_ns, p, f);
                 } else if let Some(p) = k.strip_prefix("result_").and_then(|s| s.strip_suffix("_percentile_latency_ns"))
                 {
                     insert(&mut r.latency_ns, p, f);
@@ -285,6 +328,12 @@ mod tests {
                 r#":::MLLOG {"key": "result_invalid_reason", "value": "Reduce target QPS", "time_ms": 1.0}"#,
                 r#":::MLLOG {"key": "error_invalid_config", "value": "can't open file x", "time_ms": 1.0}"#,
                 "garbage line",
+                r#":::MLLOG {"key": "result_first_token_99.00_percentile_latency_ns", "value": 20582034, "time_ms": 1.0}"#,
+                r#":::MLLOG {"key": "result_first_token_mean_latency_ns", "value": 6848906, "time_ms": 1.0}"#,
+                r#":::MLLOG {"key": "result_time_per_output_token_99.00_percentile_ns", "value": 1407028, "time_ms": 1.0}"#,
+                r#":::MLLOG {"key": "result_time_to_output_token_mean", "value": 1257303, "time_ms": 1.0}"#,
+                r#":::MLLOG {"key": "result_completed_tokens_per_second", "value": 12208.76, "time_ms": 1.0}"#,
+                r#":::MLLOG {"key": "requested_server_ttft_latency", "value": 2000000000, "time_ms": 1.0}"#,
                 ":::MLLOG {not json",
             ]
             .join("\n"),
@@ -294,7 +343,10 @@ mod tests {
         assert!(!r.is_valid());
         assert_eq!(r.throughput(), Some(1234.5));
         assert_eq!(r.p99_ns(), Some(4e6));
-        assert_eq!(r.latency_ns.len(), 1, "per-query percentiles are not sample latencies");
+        assert_eq!(r.latency_ns.len(), 1, "per-query and token percentiles are not sample latencies");
+        assert_eq!((r.ttft_p99_ns(), r.ttft_ns.get("mean").copied()), (Some(20582034.0), Some(6848906.0)));
+        assert_eq!((r.tpot_p99_ns(), r.tpot_ns.get("mean").copied()), (Some(1407028.0), Some(1257303.0)));
+        assert_eq!((r.tokens_per_second, r.ttft_bound_ns), (Some(12208.76), Some(2e9)));
         assert_eq!(r.min_duration_met, Some(false));
         assert_eq!(r.early_stopping_met, Some(true));
         assert_eq!(r.effective.get("min_duration_ms"), Some(&serde_json::json!(2000)));

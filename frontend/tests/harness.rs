@@ -361,7 +361,7 @@ impl World {
             let cut_at = self.rng.next();
             let (a, c) = lanes[i];
             let conn = &mut self.accs[a].conns[c];
-            let pending = Pending { token: index, index: index as usize, issued };
+            let pending = Pending { token: index, index: index as usize, issued, first_reported: false };
             conn.core.handle_submission(pending, sample(index, ib), ib as u32, t).expect("credits equal slots");
             while let Some((h, payload)) = conn.core.poll_transmit() {
                 let mut frame = h.encode().to_vec();
@@ -407,7 +407,7 @@ impl World {
                 conn.inbuf.extend(conn.down.recv(t));
                 let late_before = conn.core.late();
                 while let Ok((h, payload)) = DataHeader::parse_frame(&conn.inbuf, ob as u32) {
-                    conn.core.handle_response(&h, payload, t).expect("every response matches its slot");
+                    conn.core.handle_response(&h, payload, t, &mut |_, _| {}).expect("every response matches its slot");
                     let used = DATA_HEADER_LEN + h.len as usize;
                     conn.inbuf.drain(..used);
                 }

@@ -7,6 +7,9 @@
 //!   the run's `workload.reference_dir`): `<output>.npy` per output tensor, samples stacked.
 //!   Integer elements must be equal; floating-point ones within `|got - want| <= atol + rtol·|want|`.
 //!
+//! - Generative (LLM) workloads: see [`super::accuracy_tokens`] (TEST06's checks, and every
+//!   token against the synthetic engine's reference answer).
+//!
 //! Either way every sample of the accuracy run must be answered exactly once.
 
 use std::collections::BTreeMap;
@@ -123,17 +126,24 @@ fn f16_to_f64(h: u16) -> f64 {
     }
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
+pub(super) fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
+/// One entry of LoadGen's accuracy log.
 #[derive(Deserialize)]
-struct Entry {
-    qsl_idx: usize,
-    data: String,
+pub(super) struct Entry {
+    pub(super) qsl_idx: usize,
+    pub(super) data: String,
+    /// LLM runs: the first token LoadGen was told of (hex), outside Offline.
+    #[serde(default)]
+    pub(super) token_data: Option<String>,
+    /// LLM runs: the token count LoadGen was given.
+    #[serde(default)]
+    pub(super) token_count: Option<i64>,
 }
 
 /// The outcome of a check.
@@ -168,7 +178,7 @@ impl Verdict {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
@@ -190,7 +200,9 @@ pub fn check(dir: &Path, reference: Option<&Path>, tol: Tolerance) -> anyhow::Re
     let mut v = Verdict { expected, ..Default::default() };
     let mut seen: BTreeMap<usize, usize> = BTreeMap::new();
     let mut want = vec![0u8; spec.output_bytes as usize];
-    if spec.output_kind == OutputKind::Tensors {
+    if spec.is_generative() {
+        super::accuracy_tokens::check(&report, &entries, &mut v, &mut seen)?;
+    } else if spec.output_kind == OutputKind::Tensors {
         let Some(ref_dir) = reference.map(Path::to_path_buf).or_else(|| report.reference_dir.clone()) else {
             bail!(
                 "{} is a tensors workload ({}): give its reference outputs with --reference DIR \

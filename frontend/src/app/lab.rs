@@ -39,6 +39,16 @@ per_sample_us = 300.0
 [backend.synthetic.workloads.bert]
 fixed_us = 500.0
 per_sample_us = 200.0
+
+# LLMs (llama3.1-8b): continuous batching of up to 32 sequences; a step takes
+# 4 ms + 2 us per prompt token + 20 us per sequence (about 6,900 tokens/s, 80 samples/s).
+[generation]
+max_running = 32
+
+[backend.synthetic.tokens]
+fixed_us = 4000.0
+per_prefill_token_us = 2.0
+per_sequence_us = 20.0
 "#;
 
 /// Lab options.
@@ -86,6 +96,18 @@ pub struct LabRow {
     pub local_valid: Option<bool>,
     /// Server target QPS used.
     pub target_qps: Option<f64>,
+    /// Generative workloads: network output tokens/s (the ratio is of tokens/s).
+    pub network_tokens_per_second: Option<f64>,
+    /// Generative workloads: local output tokens/s.
+    pub local_tokens_per_second: Option<f64>,
+    /// Generative workloads: network p99 time to first token, ms.
+    pub network_ttft_p99_ms: Option<f64>,
+    /// Generative workloads: local p99 time to first token, ms.
+    pub local_ttft_p99_ms: Option<f64>,
+    /// Generative workloads: network p99 time per output token, ms.
+    pub network_tpot_p99_ms: Option<f64>,
+    /// Generative workloads: local p99 time per output token, ms.
+    pub local_tpot_p99_ms: Option<f64>,
     /// Errors, if a test failed.
     pub errors: Vec<String>,
 }
@@ -108,6 +130,9 @@ pub struct LabReport {
 /// Modelled capacity of all accelerators for `workload`, samples/s. For a real model (onnx) it
 /// is a first guess: the Server target comes from the measured local Offline rate.
 pub fn modelled_capacity(cfg: &AcceleratorConfig, workload: &str, accelerators: usize) -> f64 {
+    if let Some(g) = qdl_shared::workload::WorkloadSpec::builtin(workload).and_then(|w| w.generation) {
+        return generative_capacity(cfg, &g) * accelerators as f64;
+    }
     let b = cfg.batcher.max_batch as usize;
     let model = cfg.backend.synthetic.model_for(workload);
     let per_worker = b as f64 / (model.batch_ns(b) as f64 / 1e9).max(1e-9);
@@ -115,6 +140,21 @@ pub fn modelled_capacity(cfg: &AcceleratorConfig, workload: &str, accelerators: 
         qdl_shared::config::BackendKind::Synthetic => per_worker * cfg.workers.count as f64 * accelerators as f64,
         qdl_shared::config::BackendKind::Echo => 50_000.0,
         qdl_shared::config::BackendKind::Onnx => 200.0 * accelerators as f64,
+    }
+}
+
+/// One accelerator's modelled rate for a generative workload, samples/s: `max_running`
+/// sequences decode together; an answer has about `0.25 × max + 0.75 × (lo + max) / 2` tokens
+/// (see `reference_tokens`).
+fn generative_capacity(cfg: &AcceleratorConfig, g: &qdl_shared::workload::Generation) -> f64 {
+    let running = cfg.generation.max_running as usize;
+    let step_s = cfg.backend.synthetic.tokens.step_ns(0, running) as f64 / 1e9;
+    let (max, lo) = (g.max_output_tokens as f64, g.min_output_tokens.max(2) as f64);
+    let tokens = 0.25 * max + 0.75 * (lo + max) / 2.0;
+    let per_worker = running as f64 / step_s.max(1e-6) / tokens.max(1.0);
+    match cfg.backend.kind {
+        qdl_shared::config::BackendKind::Synthetic => per_worker * cfg.workers.count as f64,
+        _ => 1000.0,
     }
 }
 
@@ -267,19 +307,38 @@ impl Tests<'_> {
             network_valid: None,
             local_valid: None,
             target_qps: None,
+            network_tokens_per_second: None,
+            local_tokens_per_second: None,
+            network_ttft_p99_ms: None,
+            local_ttft_p99_ms: None,
+            network_tpot_p99_ms: None,
+            local_tpot_p99_ms: None,
             errors: Vec::new(),
         };
+        let generative = qdl_shared::workload::WorkloadSpec::builtin(w).is_some_and(|s| s.is_generative());
+        // Early stopping at the 99th percentile of TTFT and TPOT needs about 460 samples.
+        let min_queries = if generative { "600" } else { "100" };
         let mut args = self.base_args();
         args.extend(["--workload", w, "--scenario", sc, "--min-duration-ms"].map(String::from));
         args.extend([self.opts.duration_ms.to_string(), "--slots".into(), slots_for(w).into()]);
         args.extend(["--connections".into(), "2".into()]);
         if sc == "offline" {
             args.extend(["--expected-qps".into(), format!("{:.0}", capacity * 1.1)]);
+            if generative {
+                // mlperf.conf's Offline count (13368 for llama3.1-8b) would take minutes here:
+                // the expected rate and the duration size the query instead.
+                args.extend(["--min-query-count".into(), "1".into()]);
+            }
         } else {
             // Server at 70% of what the box sustains offline: VALID on both paths.
             let target = 0.7 * local_offline.unwrap_or(capacity * 0.9);
             row.target_qps = Some(target);
-            args.extend(["--target-qps".into(), format!("{target:.0}"), "--min-query-count".into(), "100".into()]);
+            args.extend([
+                "--target-qps".into(),
+                format!("{target:.0}"),
+                "--min-query-count".into(),
+                min_queries.into(),
+            ]);
         }
         for local in [true, false] {
             self.n += 1;
@@ -303,6 +362,13 @@ impl Tests<'_> {
                 }
             };
             let (t, p99, valid) = (r.loadgen.throughput(), r.loadgen.p99_ns().map(|v| v / 1e6), r.loadgen.is_valid());
+            let l = &r.loadgen;
+            let tokens = (l.tokens_per_second, l.ttft_p99_ns().map(|v| v / 1e6), l.tpot_p99_ns().map(|v| v / 1e6));
+            if local {
+                (row.local_tokens_per_second, row.local_ttft_p99_ms, row.local_tpot_p99_ms) = tokens;
+            } else {
+                (row.network_tokens_per_second, row.network_ttft_p99_ms, row.network_tpot_p99_ms) = tokens;
+            }
             if local {
                 (row.local_samples_per_second, row.local_p99_ms, row.local_valid) = (t, p99, Some(valid));
                 if sc == "offline" {
@@ -312,11 +378,27 @@ impl Tests<'_> {
                 (row.network_samples_per_second, row.network_p99_ms, row.network_valid) = (t, p99, Some(valid));
             }
         }
-        if let (Some(net), Some(loc)) = (row.network_samples_per_second, row.local_samples_per_second) {
+        let rates = if generative {
+            (row.network_tokens_per_second, row.local_tokens_per_second)
+        } else {
+            (row.network_samples_per_second, row.local_samples_per_second)
+        };
+        if let (Some(net), Some(loc)) = rates {
             row.ratio = Some(net / loc);
         }
         row
     }
+}
+
+/// How many tests the lab runs (two per row; Interactive rows only for generative workloads).
+fn lab_tests(opts: &LabOptions) -> usize {
+    let generative = opts
+        .workloads
+        .iter()
+        .filter(|w| qdl_shared::workload::WorkloadSpec::builtin(w).is_some_and(|s| s.is_generative()));
+    let interactive = opts.scenarios.iter().any(|s| s == "interactive");
+    let other = opts.scenarios.len() - interactive as usize;
+    2 * (opts.workloads.len() * other + generative.count() * interactive as usize)
 }
 
 /// Runs the lab; returns the report (also written to `output_dir/lab-report.json`).
@@ -353,7 +435,7 @@ pub fn lab(opts: LabOptions) -> anyhow::Result<LabReport> {
         fe_metrics,
         display: Display { terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()) },
         n: 0,
-        total: opts.workloads.len() * opts.scenarios.len() * 2,
+        total: lab_tests(&opts),
     };
     let mut rows = Vec::new();
     for w in &opts.workloads {
@@ -362,7 +444,12 @@ pub fn lab(opts: LabOptions) -> anyhow::Result<LabReport> {
             capacity = tests.calibrate(w, capacity);
         }
         let mut local_offline: Option<f64> = None;
+        let generative = qdl_shared::workload::WorkloadSpec::builtin(w).is_some_and(|s| s.is_generative());
         for sc in &opts.scenarios {
+            // Interactive is an LLM category (the Server scenario with tighter TTFT/TPOT bounds).
+            if sc == "interactive" && !generative {
+                continue;
+            }
             rows.push(tests.row(w, sc, capacity, &mut local_offline));
         }
     }
@@ -391,7 +478,7 @@ pub fn print_table(r: &LabReport, out: &Path) {
     println!();
     println!("Network division vs. accelerators in the box (qdl lab, {} ms per test)", r.duration_ms);
     println!(
-        "{:<10} {:<9} {:>14} {:>14} {:>8} {:>13} {:>13}  LoadGen (network/local)",
+        "{:<12} {:<11} {:>14} {:>14} {:>8} {:>13} {:>13}  LoadGen (network/local)",
         "workload", "scenario", "network /s", "local /s", "ratio", "p99 network", "p99 local"
     );
     for row in &r.rows {
@@ -400,12 +487,19 @@ pub fn print_table(r: &LabReport, out: &Path) {
             Some(false) => "INVALID",
             None => "failed",
         };
+        let tokens = row.network_tokens_per_second.is_some() || row.local_tokens_per_second.is_some();
+        let (net, loc) = if tokens {
+            (row.network_tokens_per_second, row.local_tokens_per_second)
+        } else {
+            (row.network_samples_per_second, row.local_samples_per_second)
+        };
+        let unit = if tokens { " tok" } else { "" };
         println!(
-            "{:<10} {:<9} {:>14} {:>14} {:>8} {:>13} {:>13}  {}/{}",
+            "{:<12} {:<11} {:>14} {:>14} {:>8} {:>13} {:>13}  {}/{}",
             row.workload,
             row.scenario,
-            fmt(row.network_samples_per_second, |v| format!("{v:.1}")),
-            fmt(row.local_samples_per_second, |v| format!("{v:.1}")),
+            fmt(net, |v| format!("{v:.1}{unit}")),
+            fmt(loc, |v| format!("{v:.1}{unit}")),
             fmt(row.ratio, |v| format!("{:.1}%", v * 100.0)),
             // Offline's latency is that of its single query: not a figure to compare.
             fmt(row.network_p99_ms.filter(|_| row.scenario != "offline"), |v| format!("{v:.2} ms")),
@@ -413,6 +507,17 @@ pub fn print_table(r: &LabReport, out: &Path) {
             valid(row.network_valid),
             valid(row.local_valid),
         );
+        if tokens && row.scenario != "offline" {
+            let ms = |v: Option<f64>| fmt(v, |v| format!("{v:.2} ms"));
+            println!(
+                "{:<24} TTFT p99 {} / {}, TPOT p99 {} / {} (network / local)",
+                "",
+                ms(row.network_ttft_p99_ms),
+                ms(row.local_ttft_p99_ms),
+                ms(row.network_tpot_p99_ms),
+                ms(row.local_tpot_p99_ms)
+            );
+        }
         for e in &row.errors {
             println!("    error: {e}");
         }

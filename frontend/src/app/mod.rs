@@ -1,6 +1,7 @@
 //! The commands of the `qdl-frontend` binary.
 
 pub mod accuracy;
+mod accuracy_tokens;
 #[cfg(feature = "local")]
 pub mod baseline;
 pub mod bench;

@@ -51,14 +51,15 @@ pub struct RunOptions {
 fn scenario(s: ScenarioName) -> Scenario {
     match s {
         ScenarioName::Offline => Scenario::Offline,
-        ScenarioName::Server => Scenario::Server,
+        ScenarioName::Server | ScenarioName::Interactive => Scenario::Server,
         ScenarioName::SingleStream => Scenario::SingleStream,
         ScenarioName::MultiStream => Scenario::MultiStream,
     }
 }
 
 /// LoadGen's settings for this run, in layers: mlperf.conf < the TOML config's `[loadgen]` <
-/// user.conf < flags (see [`qdl_frontend::settings`]).
+/// user.conf < flags (see [`qdl_frontend::settings`]). `model` is the workload's name in
+/// mlperf.conf; the Interactive scenario looks its keys up as `<model>-interactive`.
 pub fn loadgen_settings(
     cfg: &FrontendConfig,
     config_path: Option<&Path>,
@@ -66,8 +67,10 @@ pub fn loadgen_settings(
     model: &str,
 ) -> Result<Resolved, qdl_loadgen::LoadgenError> {
     let l = &cfg.loadgen;
+    let model =
+        if l.scenario == ScenarioName::Interactive { format!("{model}-interactive") } else { model.to_string() };
     let layers = Layers {
-        model: model.to_string(),
+        model,
         scenario: scenario(l.scenario),
         mode: match l.mode {
             ModeName::Performance => TestMode::PerformanceOnly,
@@ -136,7 +139,7 @@ fn connect_local(
 fn test_metrics(workload: &str, cfg: &FrontendConfig, s: &TestSettings) -> metrics::Gauge {
     use qdl_shared::metrics::frontend as m;
     let (scenario, mode) = (cfg.loadgen.scenario.as_str(), cfg.loadgen.mode.as_str());
-    if cfg.loadgen.scenario == ScenarioName::Server {
+    if cfg.loadgen.scenario.is_server() {
         let quantile = s.server_target_latency_percentile.to_string();
         metrics::gauge!(m::LATENCY_BOUND, "workload" => workload.to_string(), "scenario" => scenario, "quantile" => quantile)
             .set(s.server_target_latency_ns as f64 / 1e9);
@@ -335,7 +338,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     let (spec, store) = prepare_samples(cfg)?;
     let out_dir = cfg.loadgen.output_dir.clone();
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let resolved = loadgen_settings(cfg, opts.config_path.as_deref(), &opts.flags, &spec.name)?;
+    let resolved = loadgen_settings(cfg, opts.config_path.as_deref(), &opts.flags, &spec.loadgen_model())?;
     print_settings(&resolved);
     let recipe = if opts.local { None } else { Some(Arc::new(SessionRecipe::from_config(cfg, &spec)?)) };
 

@@ -83,6 +83,31 @@ pub fn print_summary(r: &RunReport, out_dir: &std::path::Path) {
                 ms(l.latency_ns.get("max").copied())
             ),
         );
+        if let Some(t) = l.tokens_per_second {
+            row("tokens/s", format!("{t:.1}"));
+        }
+        if !l.ttft_ns.is_empty() {
+            let bound = |b: Option<f64>| b.map(|b| format!(" (bound {})", ms(Some(b)))).unwrap_or_default();
+            let server = r.scenario.is_server();
+            row(
+                "TTFT p50/p99",
+                format!(
+                    "{} / {}{}",
+                    ms(l.ttft_ns.get("50.00").copied()),
+                    ms(l.ttft_p99_ns()),
+                    if server { bound(l.ttft_bound_ns) } else { String::new() }
+                ),
+            );
+            row(
+                "TPOT p50/p99",
+                format!(
+                    "{} / {}{}",
+                    ms(l.tpot_ns.get("50.00").copied()),
+                    ms(l.tpot_p99_ns()),
+                    if server { bound(l.tpot_bound_ns) } else { String::new() }
+                ),
+            );
+        }
     }
     row("samples", format!("{} completed, {} failed", thousands(f.samples_completed), thousands(f.sample_errors)));
     if r.network {

@@ -1,0 +1,120 @@
+//! LLMs across the network, end to end: a real accelerator process with the synthetic
+//! generative engine (continuous batching, first token streamed, then the whole answer), the real
+//! frontend and the official LoadGen with token latencies, over TCP; and the same engine in the
+//! box (the local baseline).
+
+mod common;
+
+use common::*;
+
+/// A synthetic generative engine fast enough for short tests on two cores: a step takes
+/// 500 µs + 0.2 µs per prompt token + 2 µs per sequence.
+const TEST_LLM: &str = "[generation]\nmax_running = 128\n[backend]\nkind = \"synthetic\"\n[backend.synthetic.tokens]\nfixed_us = 500.0\nper_prefill_token_us = 0.2\nper_sequence_us = 2.0\n";
+
+fn report(out: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
+}
+
+/// LoadGen's settings for a short run of `scenario` at `qps`.
+fn args<'a>(workload: &'a str, scenario: &'a str, qps: &'a str) -> Vec<&'a str> {
+    let mut v = vec!["-w", workload, "-s", scenario, "--total-samples", "1000", "--performance-samples", "1000"];
+    if scenario == "offline" {
+        v.extend(["--min-duration-ms", "1000", "--min-query-count", "300", "--expected-qps", qps]);
+    } else {
+        // Early stopping at the 99th percentile needs about 460 samples within the bounds.
+        v.extend(["--min-duration-ms", "3000", "--min-query-count", "600", "--target-qps", qps]);
+    }
+    v
+}
+
+/// Checks a run: VALID, no LoadGen error (a missing first token or a bad token count would be
+/// one), every sample answered, the token figures in report.json and the summary.
+fn check_run(out: &std::path::Path, stdout: &str, scenario: &str) -> serde_json::Value {
+    let summary = std::fs::read_to_string(out.join("mlperf_log_summary.txt")).unwrap();
+    assert!(summary.contains("Result is : VALID"), "{scenario}:\n{summary}");
+    assert!(summary.contains("No errors encountered during test."), "{scenario}:\n{summary}");
+    let r = report(out);
+    let l = &r["loadgen"];
+    assert!(l["errors"].as_array().unwrap().is_empty(), "{scenario}: {l}");
+    assert!(l["tokens_per_second"].as_f64().unwrap() > 0.0, "{scenario}: {l}");
+    let f = &r["frontend"];
+    assert_eq!(f["samples_issued"], f["samples_completed"], "{scenario}: {f}");
+    assert_eq!(f["sample_errors"], 0, "{scenario}: {f}");
+    assert!(stdout.contains("tokens/s"), "{stdout}");
+    if scenario != "offline" {
+        assert!(l["ttft_ns"]["99.00"].as_f64().unwrap() > 0.0, "{scenario}: {l}");
+        assert!(l["tpot_ns"]["99.00"].as_f64().unwrap() > 0.0, "{scenario}: {l}");
+        assert!(stdout.contains("TTFT p50/p99"), "{stdout}");
+    }
+    r
+}
+
+#[test]
+fn llama_workloads_are_valid_in_offline_server_and_interactive_over_tcp() {
+    let a = Acc::start_with_config(Some(TEST_LLM), &["--name", "llm-a"]);
+    let dir = tempfile::tempdir().unwrap();
+    // llama2-70b answers up to 1024 tokens (about 8 times llama3.1-8b's 128): a lower rate.
+    for (workload, qps) in [("llama3.1-8b", "150"), ("llama2-70b", "60")] {
+        for scenario in ["offline", "server", "interactive"] {
+            let out = dir.path().join(format!("{workload}-{scenario}"));
+            let o = run(&[&a], &out, &args(workload, scenario, qps));
+            let stdout = ok(&o);
+            let r = check_run(&out, &stdout, scenario);
+            if scenario == "offline" {
+                continue;
+            }
+            let bounds = (r["loadgen"]["ttft_bound_ns"].as_f64(), r["loadgen"]["tpot_bound_ns"].as_f64());
+            // mlperf.conf's bounds: Interactive is the Server scenario with `<model>-interactive`.
+            let want = match (workload, scenario) {
+                ("llama3.1-8b", "interactive") => (500e6, 30e6),
+                ("llama3.1-8b", _) => (2000e6, 100e6),
+                ("llama2-70b", "interactive") => (450e6, 40e6),
+                _ => (2000e6, 200e6),
+            };
+            assert_eq!(bounds, (Some(want.0), Some(want.1)), "{workload} {scenario}");
+        }
+    }
+    // The accelerator streamed first tokens and generated with continuous batching.
+    let m = a.scrape();
+    for series in [
+        "qdl_accelerator_time_to_first_token_seconds_bucket",
+        "qdl_accelerator_generated_tokens_total",
+        "qdl_accelerator_running_sequences",
+        "qdl_accelerator_step_seconds_bucket",
+    ] {
+        assert!(m.contains(series), "{series} is exported");
+    }
+}
+
+#[test]
+fn accuracy_runs_pass_check_accuracy_over_the_network_and_in_the_box() {
+    let a = Acc::start_with_config(Some(TEST_LLM), &["--name", "llm-acc"]);
+    let dir = tempfile::tempdir().unwrap();
+    let acc_config = dir.path().join("acc.toml");
+    std::fs::write(&acc_config, TEST_LLM).unwrap();
+    let samples = ["--total-samples", "300", "--performance-samples", "300", "-m", "accuracy"];
+    // Over the network in Server (LoadGen logs each first token), in the box in Offline.
+    let net = dir.path().join("network");
+    let mut args = vec!["-w", "llama3.1-8b", "-s", "server", "--target-qps", "200"];
+    args.extend(samples);
+    ok(&run(&[&a], &net, &args));
+    let local = dir.path().join("local");
+    let mut args = vec!["-w", "llama3.1-8b", "-s", "offline", "--expected-qps", "200", "--local"];
+    args.extend(["--accelerator-config", acc_config.to_str().unwrap()]);
+    args.extend(samples);
+    ok(&run(&[], &local, &args));
+    for out in [&net, &local] {
+        let stdout = ok(&frontend(&["check-accuracy", out.to_str().unwrap()]));
+        assert!(stdout.contains("300/300 samples correct"), "{}: {stdout}", out.display());
+    }
+    let log = std::fs::read_to_string(net.join("mlperf_log_accuracy.json")).unwrap();
+    assert!(log.contains("\"token_data\""), "LoadGen logged the first tokens");
+    // The check can fail: one token changed in one answer.
+    let at = log.find("\"data\" : \"").expect("an entry") + 12;
+    let flipped = if &log[at..at + 1] == "0" { "1" } else { "0" };
+    let tampered = format!("{}{flipped}{}", &log[..at], &log[at + 1..]);
+    std::fs::write(net.join("mlperf_log_accuracy.json"), tampered).unwrap();
+    let o = frontend(&["check-accuracy", net.to_str().unwrap()]);
+    assert!(!o.status.success(), "a changed token fails the check");
+    assert!(text(&o).contains("299/300 samples correct"), "{}", text(&o));
+}
