@@ -132,6 +132,14 @@ pub struct ConnectionActor {
     bytes_received: Counter,
     write_calls: Counter,
     read_calls: Counter,
+    tokens: TokenMetrics,
+}
+
+/// The metrics of generative samples (recorded only for them).
+struct TokenMetrics {
+    ttft: Histogram,
+    tpot: Histogram,
+    completed: Counter,
 }
 
 impl ConnectionActor {
@@ -172,7 +180,12 @@ impl ConnectionActor {
             bytes_sent: metrics::counter!(m::BYTES_SENT, "accelerator" => p.accelerator.clone()),
             bytes_received: metrics::counter!(m::BYTES_RECEIVED, "accelerator" => p.accelerator.clone()),
             write_calls: metrics::counter!(m::WRITE_CALLS, "accelerator" => p.accelerator.clone()),
-            read_calls: metrics::counter!(m::READ_CALLS, "accelerator" => p.accelerator),
+            read_calls: metrics::counter!(m::READ_CALLS, "accelerator" => p.accelerator.clone()),
+            tokens: TokenMetrics {
+                ttft: metrics::histogram!(m::TIME_TO_FIRST_TOKEN, "accelerator" => p.accelerator.clone()),
+                tpot: metrics::histogram!(m::TIME_PER_OUTPUT_TOKEN, "accelerator" => p.accelerator.clone()),
+                completed: metrics::counter!(m::COMPLETED_TOKENS, "accelerator" => p.accelerator),
+            },
             label,
         }
     }
@@ -193,8 +206,18 @@ impl ConnectionActor {
         let mut total = 0;
         loop {
             let now = Nanos::now();
-            let Self { transport, core, latency, latencies, stage_network, stage_accelerator, sampler, label, .. } =
-                self;
+            let Self {
+                transport,
+                core,
+                latency,
+                latencies,
+                stage_network,
+                stage_accelerator,
+                sampler,
+                label,
+                tokens,
+                ..
+            } = self;
             let late_before = core.late();
             // LoadGen's FirstTokenComplete, at once and from this thread (the sample completes
             // from it too, as LoadGen's per-thread logging needs).
@@ -208,6 +231,17 @@ impl ConnectionActor {
                 };
                 latency.record(a.end_to_end.as_secs_f64());
                 latencies.record(a.end_to_end.0);
+                if let Some(ttft) = a.first_token
+                    && !a.error
+                {
+                    // TTFT when the first token came, TPOT over the tokens after it.
+                    tokens.ttft.record(ttft.as_secs_f64());
+                    let n = (payload.len() / FIRST_TOKEN_BYTES) as u64;
+                    tokens.completed.increment(n);
+                    if n > 1 {
+                        tokens.tpot.record(a.end_to_end.since(ttft).as_secs_f64() / (n - 1) as f64);
+                    }
+                }
                 if a.error {
                     tracing::warn!(conn = %label, code = ?DataErrorCode::from_u32(h.aux), "sample failed on the accelerator: {}", String::from_utf8_lossy(payload));
                 } else if sampler.hit() {

@@ -100,8 +100,9 @@ struct InFlight<T> {
     index: usize,
     issued: Nanos,
     first_reported: bool,
-    /// A first-token frame arrived on this connection.
-    first_here: bool,
+    /// When a first token arrived on this connection (a first-token frame, or the final answer
+    /// that reported it).
+    first_here: Option<Nanos>,
 }
 
 /// The size of a first-token frame's payload: one int32 token id.
@@ -118,6 +119,8 @@ pub struct Answered {
     pub residence: Nanos,
     /// The accelerator answered with an error.
     pub error: bool,
+    /// Generative samples whose first token came on this connection: LoadGen's issue to it.
+    pub first_token: Option<Nanos>,
 }
 
 struct Done<T> {
@@ -197,7 +200,7 @@ impl<T: SampleToken, P> LaneCore<T, P> {
             index,
             issued: sample.issued,
             first_reported: sample.first_reported,
-            first_here: false,
+            first_here: None,
         };
         match self.tracker.handle_submit(id, entry, now) {
             Ok(slot) => {
@@ -236,7 +239,7 @@ impl<T: SampleToken, P> LaneCore<T, P> {
             return Ok(None);
         }
         if h.kind == FrameKind::FirstToken {
-            return self.handle_first_token(h, payload, first_token).map(|()| None);
+            return self.handle_first_token(h, payload, now, first_token).map(|()| None);
         }
         let error = h.kind == FrameKind::Error;
         if !error && payload.len() > self.output_bytes {
@@ -248,23 +251,26 @@ impl<T: SampleToken, P> LaneCore<T, P> {
             let e = self.tracker.handle_progress(h.slot, h.sample_id)?;
             if !e.first_reported && payload.len() >= FIRST_TOKEN_BYTES {
                 e.first_reported = true;
+                e.first_here = Some(now);
                 first_token(&e.token, &payload[..FIRST_TOKEN_BYTES]);
             }
         }
         let c = self.tracker.handle_response(h.slot, h.sample_id, now)?;
-        let InFlight { token, issued, .. } = c.payload;
+        let InFlight { token, issued, first_here, .. } = c.payload;
         let len = if error { 0 } else { payload.len() };
         let at = c.slot as usize * self.output_bytes;
         self.ring[at..at + len].copy_from_slice(&payload[..len]);
         self.done.push(Done { token, slot: c.slot, len: len as u32, error });
         let residence = if error { Nanos::ZERO } else { Nanos::from_micros(h.aux as u64) };
-        Ok(Some(Answered { end_to_end: now.since(issued), round_trip: c.latency, residence, error }))
+        let first_token = first_here.map(|at| at.since(issued));
+        Ok(Some(Answered { end_to_end: now.since(issued), round_trip: c.latency, residence, error, first_token }))
     }
 
     fn handle_first_token(
         &mut self,
         h: &DataHeader,
         payload: &[u8],
+        now: Nanos,
         first_token: &mut dyn FnMut(&T, &[u8]),
     ) -> Result<(), LaneError> {
         if !self.generative {
@@ -274,10 +280,10 @@ impl<T: SampleToken, P> LaneCore<T, P> {
             return Err(LaneError::FirstToken("its payload is not one int32 token"));
         }
         let e = self.tracker.handle_progress(h.slot, h.sample_id)?;
-        if e.first_here {
+        if e.first_here.is_some() {
             return Err(LaneError::FirstToken("a second one for the same request"));
         }
-        e.first_here = true;
+        e.first_here = Some(now);
         if !e.first_reported {
             e.first_reported = true;
             first_token(&e.token, payload);

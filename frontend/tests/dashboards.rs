@@ -77,7 +77,7 @@ fn dashboards() -> Vec<Dashboard> {
         out.push(Dashboard { file, json });
     }
     out.sort_by(|a, b| a.file.cmp(&b.file));
-    assert!(out.len() >= 3, "{} dashboards in {}", out.len(), dir.display());
+    assert!(out.len() >= 4, "{} dashboards in {}", out.len(), dir.display());
     out
 }
 
@@ -382,6 +382,33 @@ fn every_dashboard_query_returns_series_from_a_live_run() {
         "100",
         "--output-dir",
         out.to_str().unwrap(),
+        "--metrics-listen",
+        &fe_metrics,
+        "--progress",
+        "off",
+    ]);
+    ok(&o);
+    // Then an LLM run, for the LLM dashboard (first tokens, continuous batching).
+    let o = frontend(&[
+        "run",
+        "-a",
+        &a.addr,
+        "-a",
+        &b.addr,
+        "-w",
+        "llama3.1-8b",
+        "-s",
+        "offline",
+        "--expected-qps",
+        "300",
+        "--min-duration-ms",
+        "4000",
+        "--min-query-count",
+        "100",
+        "--total-samples",
+        "500",
+        "--output-dir",
+        dir.path().join("llm").to_str().unwrap(),
         "--metrics-listen",
         &fe_metrics,
         "--progress",

@@ -396,43 +396,6 @@ fn an_interrupted_frontend_drains_says_goodbye_and_exits_143_or_130() {
     assert!(acc.alive());
 }
 
-fn spawn_run(accs: &[&Acc], out: &std::path::Path, args: &[&str]) -> std::process::Child {
-    let mut cmd = std::process::Command::new(frontend_bin());
-    cmd.env("QDL_SECRET", TEST_SECRET).arg("run");
-    for a in accs {
-        cmd.args(["-a", &a.addr]);
-    }
-    cmd.args(args)
-        .args(["--output-dir", out.to_str().unwrap(), "--metrics-listen", "", "--progress", "off"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn received(acc: &Acc) -> f64 {
-    acc.scrape()
-        .lines()
-        .find(|l| l.starts_with("qdl_accelerator_samples_received_total "))
-        .and_then(|l| l.split_whitespace().last()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Waits until `acc` has received `n` samples (20 s at most).
-fn wait_busy(acc: &Acc, n: f64) {
-    let end = Instant::now() + Duration::from_secs(20);
-    while received(acc) < n {
-        assert!(Instant::now() < end, "accelerator never got busy");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// kill -9, and reap.
-fn kill_now(acc: &mut Acc) {
-    acc.child.kill().unwrap();
-    acc.child.wait().unwrap();
-}
-
 #[test]
 fn killing_one_of_two_accelerators_mid_run_loses_no_sample() {
     let a = Acc::start_with_config(Some(TEST_SYNTHETIC), &["--name", "fault-a"]);

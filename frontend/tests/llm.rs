@@ -118,3 +118,40 @@ fn accuracy_runs_pass_check_accuracy_over_the_network_and_in_the_box() {
     assert!(!o.status.success(), "a changed token fails the check");
     assert!(text(&o).contains("299/300 samples correct"), "{}", text(&o));
 }
+
+#[test]
+fn losing_an_accelerator_mid_run_restarts_its_sequences_elsewhere_and_reports_no_first_token_twice() {
+    let a = Acc::start_with_config(Some(TEST_LLM), &["--name", "llm-fault-a"]);
+    let mut b = Acc::start_with_config(Some(TEST_LLM), &["--name", "llm-fault-b"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    // Server: LoadGen logs every first token, so a second one for a sample would show.
+    let args = [
+        "-w",
+        "llama3.1-8b",
+        "-s",
+        "server",
+        "--target-qps",
+        "150",
+        "-m",
+        "accuracy",
+        "--total-samples",
+        "800",
+        "--performance-samples",
+        "800",
+    ];
+    let child = spawn_run(&[&a, &b], &out, &args);
+    // Once b holds sequences (some past their first token), kill it outright.
+    wait_busy(&b, 60.0);
+    kill_now(&mut b);
+    let o = child.wait_with_output().unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "the run survives the loss: {t}");
+    let r = report(&out);
+    assert!(r["frontend"]["redispatched"].as_u64().unwrap() > 0, "b's sequences restarted on a: {}", r["frontend"]);
+    assert!(r["loadgen"]["errors"].as_array().unwrap().is_empty(), "no LoadGen error: {}", r["loadgen"]);
+    let detail = std::fs::read_to_string(out.join("mlperf_log_detail.txt")).unwrap();
+    assert!(!detail.contains("\"is_error\": true"), "LoadGen logged an error (a first token twice?)");
+    let v = ok(&frontend(&["check-accuracy", out.to_str().unwrap()]));
+    assert!(v.contains("800/800 samples correct"), "every sample once, its first token its first output token: {v}");
+}

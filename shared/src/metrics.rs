@@ -112,6 +112,14 @@ pub mod frontend {
     /// Gauge (s), labels `workload`, `scenario`, `quantile`: the scenario's latency bound (Server:
     /// LoadGen's target latency at its target percentile); absent where the scenario has none.
     pub const LATENCY_BOUND: &str = "qdl_frontend_latency_bound_seconds";
+    /// Histogram (s), label `accelerator`: generative samples, LoadGen's issue → first token
+    /// received (what LoadGen measures as TTFT, without its own overhead).
+    pub const TIME_TO_FIRST_TOKEN: &str = "qdl_frontend_time_to_first_token_seconds";
+    /// Histogram (s), label `accelerator`: generative samples, (completion − first token) /
+    /// (tokens − 1).
+    pub const TIME_PER_OUTPUT_TOKEN: &str = "qdl_frontend_time_per_output_token_seconds";
+    /// Counter, label `accelerator`: output tokens of completed generative samples.
+    pub const COMPLETED_TOKENS: &str = "qdl_frontend_completed_tokens_total";
 }
 
 /// Accelerator metric names.
@@ -168,15 +176,15 @@ pub mod accelerator {
     pub const FRAMES_PER_WRITE: &str = "qdl_accelerator_frames_per_write";
     /// Histogram: request frames completed per read system call.
     pub const FRAMES_PER_READ: &str = "qdl_accelerator_frames_per_read";
-    /// Histogram (s), labels `worker`, `workload`: generative samples, request taken by the
-    /// worker → first token sampled (the accelerator's share of TTFT).
+    /// Histogram (s), label `worker`: generative samples, request read → first token sampled
+    /// (the accelerator's share of TTFT).
     pub const TIME_TO_FIRST_TOKEN: &str = "qdl_accelerator_time_to_first_token_seconds";
-    /// Histogram (s), labels `worker`, `workload`: generative samples, time per output token
-    /// after the first ((finished − first token) / (tokens − 1)).
+    /// Histogram (s), label `worker`: generative samples, time per output token after the first
+    /// ((finished − first token) / (tokens − 1)).
     pub const TIME_PER_OUTPUT_TOKEN: &str = "qdl_accelerator_time_per_output_token_seconds";
-    /// Counter, labels `worker`, `workload`: output tokens generated.
+    /// Counter, label `worker`: output tokens generated.
     pub const TOKENS_GENERATED: &str = "qdl_accelerator_generated_tokens_total";
-    /// Counter, labels `worker`, `workload`: prompt tokens prefilled.
+    /// Counter, label `worker`: prompt tokens prefilled.
     pub const TOKENS_PREFILLED: &str = "qdl_accelerator_prefilled_tokens_total";
     /// Gauge, label `worker`: sequences running in the engine (prefilling or decoding).
     pub const RUNNING_SEQUENCES: &str = "qdl_accelerator_running_sequences";
@@ -210,6 +218,13 @@ pub fn describe_frontend() {
     describe_counter!(REDISPATCHED, Unit::Count, "Samples of a lost connection placed again on another one");
     describe_counter!(LATE_RESPONSES, Unit::Count, "Late responses of re-dispatched samples, dropped");
     describe_counter!(REJOINS, Unit::Count, "Times a lost accelerator came back into a running test");
+    describe_histogram!(TIME_TO_FIRST_TOKEN, Unit::Seconds, "Generative samples: LoadGen's issue to the first token");
+    describe_histogram!(
+        TIME_PER_OUTPUT_TOKEN,
+        Unit::Seconds,
+        "Generative samples: time per output token after the first"
+    );
+    describe_counter!(COMPLETED_TOKENS, Unit::Count, "Output tokens of completed generative samples");
     describe_gauge!(HEARTBEAT_RTT, Unit::Seconds, "Last control heartbeat round trip");
     describe_gauge!(ACCELERATOR_UP, Unit::Count, "1 while the accelerator's control session is up");
     describe_counter!(CONNECTION_ERRORS, Unit::Count, "Connection-level errors, by kind");
@@ -252,7 +267,7 @@ pub fn describe_accelerator(name: &str) {
     describe_histogram!(RESIDENCE, Unit::Seconds, "Per sample, request read to response queued");
     describe_histogram!(FRAMES_PER_WRITE, Unit::Count, "Response frames per write system call");
     describe_histogram!(FRAMES_PER_READ, Unit::Count, "Request frames completed per read system call");
-    describe_histogram!(TIME_TO_FIRST_TOKEN, Unit::Seconds, "Generative samples: taken by the worker to first token");
+    describe_histogram!(TIME_TO_FIRST_TOKEN, Unit::Seconds, "Generative samples: request read to first token sampled");
     describe_histogram!(
         TIME_PER_OUTPUT_TOKEN,
         Unit::Seconds,
@@ -301,4 +316,22 @@ fn describe_rdma() {
     metrics::describe_counter!(r::DOORBELLS, "RDMA doorbells (chains of writes posted at once)");
     metrics::describe_counter!(r::STAGED, "RDMA payloads copied into staging slots (unregistered memory)");
     metrics::describe_counter!(r::WC_ERRORS, "RDMA work completions with an error status, by status");
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every metric name the code declares is documented in docs/metrics.md.
+    #[test]
+    fn every_metric_is_documented() {
+        let code = include_str!("metrics.rs");
+        let docs = include_str!("../../docs/metrics.md");
+        let names: Vec<&str> = code
+            .lines()
+            .filter(|l| l.trim_start().starts_with("pub const") && l.contains("&str = \"qdl_"))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        assert!(names.len() > 40, "{} names found", names.len());
+        let missing: Vec<&&str> = names.iter().filter(|n| !docs.contains(&format!("`{n}`"))).collect();
+        assert!(missing.is_empty(), "not in docs/metrics.md: {missing:?}");
+    }
 }

@@ -5,7 +5,10 @@
 //!    loopback, measured before and after qdl;
 //! 3. the highest Server target QPS that stays VALID for BERT payloads with the echo backend;
 //! 4. what metrics cost: BERT Offline with the echo backend (the most per-sample work per byte),
-//!    metrics on against off on both nodes, alternated.
+//!    metrics on against off on both nodes, alternated;
+//! 5. LLMs on the synthetic generative engine (llama3.1-8b, the lab's engine): Network/Local
+//!    tokens/s in Offline, Server and Interactive VALID both ways at the same rate, and the p99 TTFT
+//!    the network adds (network − local).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,6 +46,27 @@ pub struct OfflineRatio {
     pub ratio: Option<f64>,
 }
 
+/// One LLM scenario, network against local (the synthetic generative engine).
+#[derive(Debug, Serialize)]
+pub struct LlmRow {
+    /// The workload.
+    pub workload: String,
+    /// The scenario.
+    pub scenario: String,
+    /// Network output tokens/s.
+    pub network_tokens_per_second: Option<f64>,
+    /// Local output tokens/s.
+    pub local_tokens_per_second: Option<f64>,
+    /// Network / local tokens/s.
+    pub ratio: Option<f64>,
+    /// LoadGen's verdicts, network and local.
+    pub valid: (Option<bool>, Option<bool>),
+    /// p99 time to first token, ms, network and local (not in Offline).
+    pub ttft_p99_ms: (Option<f64>, Option<f64>),
+    /// What the network adds to the p99 TTFT, ms.
+    pub ttft_added_ms: Option<f64>,
+}
+
 /// bench-report.json.
 #[derive(Debug, Default, Serialize)]
 pub struct BenchReport {
@@ -64,6 +88,8 @@ pub struct BenchReport {
     pub metrics_off: Vec<f64>,
     /// Best with metrics on / best with metrics off.
     pub metrics_ratio: Option<f64>,
+    /// LLMs on the synthetic generative engine.
+    pub llm: Vec<LlmRow>,
     /// Problems met (a missing iperf3, failed tests).
     pub notes: Vec<String>,
 }
@@ -254,11 +280,38 @@ fn metrics_cost(opts: &BenchOptions, r: &mut BenchReport) -> anyhow::Result<()> 
     Ok(())
 }
 
+fn llm_bench(opts: &BenchOptions, r: &mut BenchReport) -> anyhow::Result<()> {
+    let labr = lab(LabOptions {
+        workloads: vec!["llama3.1-8b".into()],
+        scenarios: vec!["offline".into(), "server".into(), "interactive".into()],
+        output_dir: opts.output_dir.join("llm"),
+        duration_ms: opts.duration_ms,
+        accelerator_config: None,
+        accelerators: 2,
+        frontend_config: None,
+        model: None,
+    })?;
+    for row in labr.rows {
+        let ttft = (row.network_ttft_p99_ms, row.local_ttft_p99_ms);
+        r.llm.push(LlmRow {
+            ttft_added_ms: ttft.0.zip(ttft.1).map(|(n, l)| n - l).filter(|_| row.scenario != "offline"),
+            ttft_p99_ms: if row.scenario == "offline" { (None, None) } else { ttft },
+            workload: row.workload,
+            scenario: row.scenario,
+            network_tokens_per_second: row.network_tokens_per_second,
+            local_tokens_per_second: row.local_tokens_per_second,
+            ratio: row.ratio,
+            valid: (row.network_valid, row.local_valid),
+        });
+    }
+    Ok(())
+}
+
 /// Runs the bench; writes bench-report.json.
 pub fn bench(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     std::fs::create_dir_all(&opts.output_dir)?;
     let mut r = BenchReport::default();
-    eprintln!("bench: 1/4 Offline network vs local (synthetic accelerators) ...");
+    eprintln!("bench: 1/5 Offline network vs local (synthetic accelerators) ...");
     let labr = lab(LabOptions {
         workloads: vec!["resnet50".into(), "bert".into()],
         scenarios: vec!["offline".into()],
@@ -277,17 +330,21 @@ pub fn bench(opts: BenchOptions) -> anyhow::Result<BenchReport> {
             ratio: row.ratio,
         });
     }
-    eprintln!("bench: 2/4 ResNet-50 payload throughput vs iperf3 ...");
+    eprintln!("bench: 2/5 ResNet-50 payload throughput vs iperf3 ...");
     if let Err(e) = payload_bench(&opts, &mut r) {
         r.notes.push(format!("payload bench: {e:#}"));
     }
-    eprintln!("bench: 3/4 highest VALID Server QPS, BERT, echo backend ...");
+    eprintln!("bench: 3/5 highest VALID Server QPS, BERT, echo backend ...");
     if let Err(e) = server_search(&opts, &mut r) {
         r.notes.push(format!("server search: {e:#}"));
     }
-    eprintln!("bench: 4/4 metrics on vs off ...");
+    eprintln!("bench: 4/5 metrics on vs off ...");
     if let Err(e) = metrics_cost(&opts, &mut r) {
         r.notes.push(format!("metrics cost: {e:#}"));
+    }
+    eprintln!("bench: 5/5 LLM, synthetic generative engine, network vs local ...");
+    if let Err(e) = llm_bench(&opts, &mut r) {
+        r.notes.push(format!("LLM bench: {e:#}"));
     }
     std::fs::write(opts.output_dir.join("bench-report.json"), serde_json::to_string_pretty(&r)? + "\n")?;
     if r.offline.iter().all(|o| o.ratio.is_none())
@@ -337,6 +394,32 @@ pub fn print(r: &BenchReport, out: &Path) {
             ratio * 100.0,
             f(&r.metrics_on),
             f(&r.metrics_off)
+        );
+    }
+    for l in &r.llm {
+        let verdict = |v: Option<bool>| match v {
+            Some(true) => "VALID",
+            Some(false) => "INVALID",
+            None => "failed",
+        };
+        let ms = |v: Option<f64>| v.map(|v| format!("{v:.2} ms")).unwrap_or_else(|| "-".into());
+        println!(
+            "  LLM {} {:<11} network/local tokens/s {:>7}   ({} vs {}), {}/{}{}",
+            l.workload,
+            l.scenario,
+            l.ratio.map(|v| format!("{:.1}%", v * 100.0)).unwrap_or_else(|| "-".into()),
+            l.network_tokens_per_second.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into()),
+            l.local_tokens_per_second.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into()),
+            verdict(l.valid.0),
+            verdict(l.valid.1),
+            match l.ttft_added_ms {
+                Some(added) => format!(
+                    "; TTFT p99 {} vs {} (the network adds {added:.2} ms)",
+                    ms(l.ttft_p99_ms.0),
+                    ms(l.ttft_p99_ms.1)
+                ),
+                None => String::new(),
+            }
         );
     }
     for n in &r.notes {

@@ -139,7 +139,7 @@ pub fn modelled_capacity(cfg: &AcceleratorConfig, workload: &str, accelerators: 
     match cfg.backend.kind {
         qdl_shared::config::BackendKind::Synthetic => per_worker * cfg.workers.count as f64 * accelerators as f64,
         qdl_shared::config::BackendKind::Echo => 50_000.0,
-        qdl_shared::config::BackendKind::Onnx => 200.0 * accelerators as f64,
+        qdl_shared::config::BackendKind::Onnx | qdl_shared::config::BackendKind::Llama => 200.0 * accelerators as f64,
     }
 }
 

@@ -218,5 +218,45 @@ pub fn text(o: &Output) -> String {
 }
 
 /// A synthetic accelerator of known capacity for tests: a batch of 16 takes 1 ms + 16 × 0.5 ms
-/// = 9 ms, so one accelerator does about 1,780 samples/s whatever the machine.
-pub const TEST_SYNTHETIC: &str = "[batcher]\nmax_batch = 16\nmax_queue_delay_us = 500\n[backend]\nkind = \"synthetic\"\n[backend.synthetic.default]\nfixed_us = 1000.0\nper_sample_us = 500.0\n";
+/// = 9 ms, so one accelerator does about 1,780 samples/s whatever the machine; an LLM engine step
+/// takes 1 ms + 0.5 µs per prompt token + 5 µs per sequence.
+pub const TEST_SYNTHETIC: &str = "[batcher]\nmax_batch = 16\nmax_queue_delay_us = 500\n[backend]\nkind = \"synthetic\"\n[backend.synthetic.default]\nfixed_us = 1000.0\nper_sample_us = 500.0\n[backend.synthetic.tokens]\nfixed_us = 1000.0\nper_prefill_token_us = 0.5\nper_sequence_us = 5.0\n";
+
+/// Starts `qdl-frontend run` against `accs` without waiting for it.
+pub fn spawn_run(accs: &[&Acc], out: &std::path::Path, args: &[&str]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(frontend_bin());
+    cmd.env("QDL_SECRET", TEST_SECRET).arg("run");
+    for a in accs {
+        cmd.args(["-a", &a.addr]);
+    }
+    cmd.args(args)
+        .args(["--output-dir", out.to_str().unwrap(), "--metrics-listen", "", "--progress", "off"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The samples `acc` has received so far (from its metrics).
+pub fn received(acc: &Acc) -> f64 {
+    acc.scrape()
+        .lines()
+        .find(|l| l.starts_with("qdl_accelerator_samples_received_total "))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until `acc` has received `n` samples (20 s at most).
+pub fn wait_busy(acc: &Acc, n: f64) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while received(acc) < n {
+        assert!(Instant::now() < end, "accelerator never got busy");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// kill -9, and reap.
+pub fn kill_now(acc: &mut Acc) {
+    acc.child.kill().unwrap();
+    acc.child.wait().unwrap();
+}
