@@ -5,6 +5,13 @@
 //! slot and counted), into the accelerator's slot; the immediate is the slot index. The response
 //! arrives the same way into the same slot of this side's response ring, as a data header
 //! followed by the output.
+//!
+//! A response slot is `[header | output (or error message)]` from offset 0 and, in its last
+//! [`FIRST_TOKEN_AREA`] bytes, the first-token area: a generative request's first token arrives
+//! there (immediate `slot | FIRST_TOKEN_IMM`, header kind 4, 4 bytes) before its response, and is
+//! handed on at once; the slot stays in flight until the response. The response may land while
+//! the first token's completion is still unread: they do not share memory, and completions are
+//! taken in the order the queue pair delivered them, so the first token is handed on first.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,17 +19,17 @@ use std::task::{Context, Poll};
 
 use super::device::{RdmaDevice, SourceRegion};
 use super::link::{Link, RemoteRing, Write};
-use super::{RESPONSE_ROOM, RdmaError, RdmaMetrics};
+use super::{FIRST_TOKEN_AREA, FIRST_TOKEN_BYTES, FIRST_TOKEN_IMM, RESPONSE_ROOM, RdmaError, RdmaMetrics};
 use crate::slots::SlotArena;
 use crate::time::Nanos;
 use crate::transport::{InitiatorTransport, OnResponse, Payload, TransportError, TransportMetrics, TransportStats};
-use crate::wire::data::{DATA_HEADER_LEN, DataHeader};
+use crate::wire::data::{DATA_HEADER_LEN, DataHeader, FrameKind};
 use crate::wire::message::RdmaEndpoint;
 
 /// Response-ring slot size for outputs of `output_bytes`: a data header, then the output (or an
-/// error message of up to [`RESPONSE_ROOM`] bytes).
+/// error message of up to [`RESPONSE_ROOM`] bytes), then the [`FIRST_TOKEN_AREA`].
 pub fn response_slot_bytes(output_bytes: u32) -> u32 {
-    DATA_HEADER_LEN as u32 + output_bytes.max(RESPONSE_ROOM)
+    (DATA_HEADER_LEN as u32).saturating_add(output_bytes.max(RESPONSE_ROOM)).saturating_add(FIRST_TOKEN_AREA)
 }
 
 /// An initiator whose queue pair is created and whose response ring is registered, waiting for
@@ -45,6 +52,11 @@ impl InitiatorSetup {
         output_bytes: u32,
         metrics: RdmaMetrics,
     ) -> Result<InitiatorSetup, RdmaError> {
+        if slots >= FIRST_TOKEN_IMM {
+            return Err(RdmaError::Peer(format!(
+                "{slots} slots: an RDMA ring holds fewer than 2^31 (the immediate's top bit flags a first token)"
+            )));
+        }
         let ring = SlotArena::new(slots, response_slot_bytes(output_bytes) as usize)
             .map_err(|e| RdmaError::Register { bytes: 0, reason: e.to_string() })?;
         let (ptr, len) = ring.region();
@@ -86,6 +98,7 @@ impl InitiatorSetup {
             slot_source: (0..n).map(|_| None).collect(),
             sample_ids: vec![0; n],
             in_flight: vec![false; n],
+            first_token: vec![false; n],
             out: VecDeque::new(),
             batch: Vec::new(),
             stats: TransportStats::default(),
@@ -121,6 +134,8 @@ pub struct RdmaInitiator {
     slot_source: Vec<Option<Arc<SourceRegion>>>,
     sample_ids: Vec<u64>,
     in_flight: Vec<bool>,
+    /// Whether the in-flight request of each slot has had its first token.
+    first_token: Vec<bool>,
     out: VecDeque<Queued>,
     batch: Vec<Write>,
     stats: TransportStats,
@@ -169,28 +184,66 @@ impl RdmaInitiator {
 
     fn take_responses(&mut self, on_response: &mut OnResponse<'_>) -> Result<usize, TransportError> {
         let mut n = 0;
-        let rsb = self.ring.slot_bytes();
+        let ft_at = self.ring.slot_bytes() - FIRST_TOKEN_AREA as usize;
         while let Some(a) = self.link.arrived.pop_front() {
-            let slot = a.slot as usize;
+            let first = a.imm & FIRST_TOKEN_IMM != 0;
+            let (what, slot_n) = if first { ("first token", a.imm & !FIRST_TOKEN_IMM) } else { ("response", a.imm) };
+            let slot = slot_n as usize;
             if slot >= self.in_flight.len() || !self.in_flight[slot] {
-                return Err(TransportError::Protocol(format!("response into slot {} that has no request", a.slot)));
+                return Err(TransportError::Protocol(format!("{what} into slot {slot_n} that has no request")));
             }
-            let lease = self.ring.try_lease(a.slot)?;
+            let lease = self.ring.try_lease(slot_n)?;
             let bytes = lease.bytes();
-            let mut header = DataHeader::parse(bytes, (rsb - DATA_HEADER_LEN) as u32)?;
-            if header.slot != a.slot || DATA_HEADER_LEN + header.len as usize != a.len as usize {
-                return Err(TransportError::Protocol(format!(
-                    "response header (slot {}, {} bytes) does not match its write (slot {}, {} bytes)",
-                    header.slot, header.len, a.slot, a.len
-                )));
-            }
+            let (area, frame) = if first {
+                let area = &bytes[ft_at..];
+                let header = DataHeader::parse(area, (area.len() - DATA_HEADER_LEN) as u32).map_err(|e| {
+                    TransportError::Protocol(format!("the first-token write into slot {slot_n} holds no frame: {e}"))
+                })?;
+                if header.kind != FrameKind::FirstToken
+                    || header.len != FIRST_TOKEN_BYTES
+                    || header.slot != slot_n
+                    || a.len as usize != DATA_HEADER_LEN + FIRST_TOKEN_BYTES as usize
+                {
+                    return Err(TransportError::Protocol(format!(
+                        "the first-token write into slot {slot_n} ({} bytes) holds a {:?} frame of slot {} with {} \
+                         payload bytes, not a first token of {FIRST_TOKEN_BYTES} bytes",
+                        a.len, header.kind, header.slot, header.len
+                    )));
+                }
+                if self.first_token[slot] {
+                    return Err(TransportError::Protocol(format!(
+                        "a second first token for the request in slot {slot_n}"
+                    )));
+                }
+                self.first_token[slot] = true;
+                (area, header)
+            } else {
+                let area = &bytes[..ft_at];
+                let header = DataHeader::parse(area, (area.len() - DATA_HEADER_LEN) as u32)?;
+                if header.slot != slot_n || DATA_HEADER_LEN + header.len as usize != a.len as usize {
+                    return Err(TransportError::Protocol(format!(
+                        "response header (slot {}, {} bytes) does not match its write (slot {slot_n}, {} bytes)",
+                        header.slot, header.len, a.len
+                    )));
+                }
+                if !matches!(header.kind, FrameKind::Response | FrameKind::Error) {
+                    return Err(TransportError::Protocol(format!(
+                        "a {:?} frame written as the response of slot {slot_n} (first tokens carry the \
+                         first-token flag in the immediate)",
+                        header.kind
+                    )));
+                }
+                self.in_flight[slot] = false;
+                self.first_token[slot] = false;
+                self.slot_source[slot] = None;
+                (area, header)
+            };
+            let mut header = frame;
             header.sample_id = self.sample_ids[slot];
-            self.in_flight[slot] = false;
-            self.slot_source[slot] = None;
             self.stats.frames_received += 1;
             self.stats.bytes_received += a.len as u64;
             n += 1;
-            on_response(&header, &bytes[DATA_HEADER_LEN..DATA_HEADER_LEN + header.len as usize])?;
+            on_response(&header, &area[DATA_HEADER_LEN..DATA_HEADER_LEN + header.len as usize])?;
         }
         Ok(n)
     }
@@ -215,7 +268,14 @@ impl InitiatorTransport for RdmaInitiator {
                     if slot as usize >= self.in_flight.len() || self.in_flight[slot as usize] {
                         return Poll::Ready(Err(TransportError::Protocol(format!("request into busy slot {slot}"))));
                     }
-                    self.batch.push(Write { slot, addr: 0, len: q.payload.len() as u32, lkey: 0 });
+                    self.batch.push(Write {
+                        slot,
+                        offset: 0,
+                        imm: slot,
+                        addr: 0,
+                        len: q.payload.len() as u32,
+                        lkey: 0,
+                    });
                 }
                 for i in 0..room {
                     let (slot, payload) = (self.out[i].header.slot, self.out[i].payload.clone());
@@ -231,6 +291,7 @@ impl InitiatorTransport for RdmaInitiator {
                 for q in self.out.drain(..posted) {
                     let slot = q.header.slot as usize;
                     self.in_flight[slot] = true;
+                    self.first_token[slot] = false;
                     self.sample_ids[slot] = q.header.sample_id;
                     self.stats.frames_sent += 1;
                     self.stats.bytes_sent += q.payload.len() as u64;

@@ -30,10 +30,12 @@ const RECV_WR_ID: u64 = u64::MAX;
 const POLL_BUDGET: usize = 4096;
 
 /// A write-with-immediate to post: `len` bytes at `addr` (inside the region of `lkey`) into the
-/// peer's slot `slot`, at `offset` within it.
+/// peer's slot `slot`, at `offset` within it, with the immediate `imm` (host order here).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Write {
     pub slot: u32,
+    pub offset: u32,
+    pub imm: u32,
     pub addr: u64,
     pub len: u32,
     pub lkey: u32,
@@ -42,8 +44,9 @@ pub(crate) struct Write {
 /// A receive completion: a peer's write-with-immediate landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Arrival {
-    /// The slot the immediate names.
-    pub slot: u32,
+    /// The immediate (host order): the slot, with [`super::FIRST_TOKEN_IMM`] set for a first
+    /// token; the owner decodes and checks it.
+    pub imm: u32,
     /// Bytes written.
     pub len: u32,
 }
@@ -228,12 +231,12 @@ impl Link {
             let chain = &writes[done..done + n];
             let mut guard = self.qp.start_post_send();
             for (i, w) in chain.iter().enumerate() {
-                if w.slot >= remote.slots || w.len > remote.slot_bytes {
+                if w.slot >= remote.slots || w.offset as u64 + w.len as u64 > remote.slot_bytes as u64 {
                     drop(guard);
                     self.window.untake(i as u32);
                     return Err(RdmaError::Peer(format!(
-                        "write of {} bytes into slot {} does not fit the peer's ring of {} × {} bytes",
-                        w.len, w.slot, remote.slots, remote.slot_bytes
+                        "write of {} bytes at offset {} into slot {} does not fit the peer's ring of {} × {} bytes",
+                        w.len, w.offset, w.slot, remote.slots, remote.slot_bytes
                     )));
                 }
                 let (seq, signalled) = self.window.take().expect("n is bounded by the free entries");
@@ -253,8 +256,8 @@ impl Link {
                     // (rxe) decide how to read the request from it.
                     flags |= WorkRequestFlags::Inline;
                 }
-                let remote_addr = remote.addr + w.slot as u64 * remote.slot_bytes as u64;
-                let h = guard.construct_wr(seq, flags).setup_write_imm(remote.rkey, remote_addr, w.slot.to_be());
+                let remote_addr = remote.addr + w.slot as u64 * remote.slot_bytes as u64 + w.offset as u64;
+                let h = guard.construct_wr(seq, flags).setup_write_imm(remote.rkey, remote_addr, w.imm.to_be());
                 if inline {
                     // SAFETY: the caller guarantees addr..addr+len is valid now; inline data is
                     // copied into the work request before this call returns.
@@ -311,7 +314,7 @@ impl Link {
                     }
                     if wc.wr_id() == RECV_WR_ID {
                         arrivals += 1;
-                        self.arrived.push_back(Arrival { slot: u32::from_be(wc.imm_data()), len: wc.byte_len() });
+                        self.arrived.push_back(Arrival { imm: u32::from_be(wc.imm_data()), len: wc.byte_len() });
                     } else if let Err(e) = self.window.handle_completion(wc.wr_id()) {
                         stale.get_or_insert(format!("{e} (opcode {})", wc.opcode()));
                     }

@@ -9,7 +9,10 @@
 //!   │                                                      │ recv completion: slot N, length
 //!   │                                                      ▼ batcher → worker → response
 //!  response ring slot N  ◀──────────────────── WRITE_WITH_IMM(imm = slot N) from response
-//!   [24-byte data header | output]                          buffer N (registered, local)
+//!   [24-byte data header | output | first-token area]      buffer N (registered, local)
+//!                         ◀──────────────────── WRITE_WITH_IMM(imm = slot N | 1 << 31): a
+//!                                                           first token, from and into the
+//!                                                           slot's first-token area
 //! ```
 //! - Set-up: after the control session is established (the frontend accepted), each data
 //!   connection's parameters {QP number, PSN, GID, LID, MTU, ring address, rkey, slots, slot
@@ -18,8 +21,14 @@
 //! - The immediate is the slot index (big-endian on the wire); a request carries no header (the
 //!   receive completion gives slot and length); a response starts with the usual data header, so
 //!   its kind, length and the accelerator's residence time arrive as over TCP.
-//! - Freeing: the next request into slot N acknowledges the previous response on N (see
-//!   [`target`]): the frontend reuses a slot only after its response arrived.
+//! - Generative workloads answer a request twice into the same slot: a first-token frame, then
+//!   the response. The first token travels in a separate area of the slot, the last
+//!   [`FIRST_TOKEN_AREA`] bytes of every response slot (on both sides), with the immediate's bit
+//!   31 set ([`FIRST_TOKEN_IMM`]), so the two answers of one request never share memory: the
+//!   response may be written (and land) while the first token's write is still queued or unread.
+//!   RC queue pairs deliver in order, so the frontend reads the first token before the response.
+//! - Freeing: the next request into slot N acknowledges the previous response (and first token)
+//!   on N (see [`target`]): the frontend reuses a slot only after its response arrived.
 //! - Efficiency knobs (`[transport.rdma]`): inline writes below `inline_threshold`; every
 //!   `signal_every`-th write signalled ([`window::SendWindow`]); up to `max_chain` writes per
 //!   doorbell, the last one solicited; completions by events (completion channel registered with
@@ -27,7 +36,7 @@
 //! - Failures end only their connection with a clear error: a completion with an error status
 //!   (remote access error, retry exceeded when the peer's queue pair died, ...), a write-with-
 //!   immediate naming a slot outside the ring or a busy slot, a response whose header does not
-//!   match its write.
+//!   match its write, a first-token write that does not hold one first token of its slot.
 
 pub mod device;
 mod initiator;
@@ -41,6 +50,18 @@ pub use target::RdmaTarget;
 
 /// Room for an error message in a response slot, bytes (responses carry at least this much).
 pub const RESPONSE_ROOM: u32 = 256;
+
+/// The first-token area at the end of every response slot, bytes: a data header (kind 4, `len`
+/// 4), the token (int32 LE), 4 bytes of padding. A first-token write fills its first 28 bytes.
+pub const FIRST_TOKEN_AREA: u32 = 32;
+
+/// Payload of a first-token frame, bytes (one int32 token id).
+pub const FIRST_TOKEN_BYTES: u32 = 4;
+
+/// The immediate's flag of a first-token write: `imm = slot | FIRST_TOKEN_IMM` (slots are below
+/// 2^20 by the accelerator's limits, below 2^31 by [`InitiatorSetup::new`] and
+/// [`RdmaTarget::accept`]); a response or error carries `imm = slot`.
+pub const FIRST_TOKEN_IMM: u32 = 0x8000_0000;
 
 /// Errors of the RDMA transport.
 #[derive(Debug, thiserror::Error)]

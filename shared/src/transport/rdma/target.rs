@@ -5,11 +5,18 @@
 //! copied (header + output) into this slot's response buffer and written into the same slot of
 //! the frontend's response ring.
 //!
+//! Response buffer N has the frontend's slot layout: `[header | output]` from offset 0, and the
+//! first-token area in its last [`FIRST_TOKEN_AREA`] bytes. A first-token frame (generative
+//! workloads) is copied into the first-token area and written into the same area of the
+//! frontend's slot N, with `imm = N | FIRST_TOKEN_IMM`; the response that follows uses the rest of
+//! the buffer, so it may be pushed before the first token's write was even posted.
+//!
 //! Freeing: a slot is busy from its request until its response is queued (the lease), as over
 //! TCP. The frontend reuses a slot only after it has received that slot's response, so the next
 //! request into slot N is also the acknowledgement that the previous response write from buffer
-//! N has completed: no separate ack message is needed (NVIDIA's design sends a zero-length
-//! write-with-immediate on a second queue pair for the same purpose).
+//! N has completed, and the first-token write before it (same queue pair, delivered in order): no
+//! separate ack message is needed (NVIDIA's design sends a zero-length write-with-immediate on a
+//! second queue pair for the same purpose).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,16 +26,28 @@ use sideway::ibverbs::memory_region::MemoryRegion;
 
 use super::device::RdmaDevice;
 use super::link::{Link, RemoteRing, Write};
-use super::{RESPONSE_ROOM, RdmaError, RdmaMetrics};
+use super::{FIRST_TOKEN_AREA, FIRST_TOKEN_IMM, RdmaError, RdmaMetrics, response_slot_bytes};
 use crate::slots::SlotArena;
 use crate::transport::{OnRequest, Request, TargetTransport, TransportError, TransportMetrics, TransportStats};
-use crate::wire::data::{DATA_HEADER_LEN, DataHeader};
+use crate::wire::data::{DATA_HEADER_LEN, DataHeader, FrameKind};
 use crate::wire::message::RdmaEndpoint;
 
-/// Largest response slot a frontend may ask for beyond the session's output size.
-fn max_response_slot(output_bytes: u32) -> u32 {
-    DATA_HEADER_LEN as u32 + output_bytes.max(RESPONSE_ROOM)
+/// Smallest response slot a frontend may announce: a header and the whole output, then the
+/// first-token area.
+fn min_response_slot(output_bytes: u32) -> u32 {
+    (DATA_HEADER_LEN as u32).saturating_add(output_bytes).saturating_add(FIRST_TOKEN_AREA)
 }
+
+/// Largest response slot a frontend may announce: what [`response_slot_bytes`] asks for (room for
+/// an error message beyond a small output), so a peer cannot make this side allocate more.
+fn max_response_slot(output_bytes: u32) -> u32 {
+    response_slot_bytes(output_bytes)
+}
+
+/// [`RdmaTarget::answered`]: the slot's first token was queued.
+const SENT_FIRST_TOKEN: u8 = 1;
+/// [`RdmaTarget::answered`]: the slot's response (or error) was queued.
+const SENT_RESPONSE: u8 = 2;
 
 /// The accelerator's end of an RDMA data connection; see the module docs.
 pub struct RdmaTarget {
@@ -37,6 +56,9 @@ pub struct RdmaTarget {
     arena: Arc<SlotArena>,
     resp_mr: Arc<MemoryRegion>,
     responses: Arc<SlotArena>,
+    /// What each slot's current request has been answered with ([`SENT_FIRST_TOKEN`],
+    /// [`SENT_RESPONSE`]); cleared by the slot's next request.
+    answered: Vec<u8>,
     out: VecDeque<Write>,
     queued_bytes: usize,
     batch: Vec<Write>,
@@ -59,10 +81,15 @@ impl RdmaTarget {
         metrics: TransportMetrics,
     ) -> Result<(RdmaTarget, RdmaEndpoint), RdmaError> {
         let slots = arena.slots();
-        let min = DATA_HEADER_LEN as u32 + output_bytes;
-        if peer.slots != slots || peer.slot_bytes < min || peer.slot_bytes > max_response_slot(output_bytes) {
+        let min = min_response_slot(output_bytes);
+        if slots >= FIRST_TOKEN_IMM
+            || peer.slots != slots
+            || peer.slot_bytes < min
+            || peer.slot_bytes > max_response_slot(output_bytes)
+        {
             return Err(RdmaError::Peer(format!(
-                "the frontend's response ring ({} slots of {} bytes) does not match the session ({} slots of {} to {} bytes)",
+                "the frontend's response ring ({} slots of {} bytes) does not match the session ({} slots of {} to {} \
+                 bytes: a header, the output and a {FIRST_TOKEN_AREA}-byte first-token area)",
                 peer.slots,
                 peer.slot_bytes,
                 slots,
@@ -94,6 +121,7 @@ impl RdmaTarget {
                 arena,
                 resp_mr,
                 responses,
+                answered: vec![0; slots as usize],
                 out: VecDeque::new(),
                 queued_bytes: 0,
                 batch: Vec::new(),
@@ -108,19 +136,22 @@ impl RdmaTarget {
         let mut n = 0;
         let max = self.arena.slot_bytes();
         while let Some(a) = self.link.arrived.pop_front() {
+            // A request's immediate is its slot (an immediate with the first-token flag names no
+            // slot of the ring: refused by the lease).
             if a.len as usize > max || a.len == 0 {
                 return Err(TransportError::Protocol(format!(
                     "request of {} bytes into slot {} (slots hold {max})",
-                    a.len, a.slot
+                    a.len, a.imm
                 )));
             }
             // A request into a busy slot is refused here (its bytes may already have overwritten
             // the earlier request's: the connection closes).
-            let slot = self.arena.try_lease(a.slot)?;
+            let slot = self.arena.try_lease(a.imm)?;
+            self.answered[a.imm as usize] = 0;
             self.stats.frames_received += 1;
             self.stats.bytes_received += a.len as u64;
             n += 1;
-            on_request(Request { header: DataHeader::request(a.slot, 0, a.len, 0), slot })?;
+            on_request(Request { header: DataHeader::request(a.imm, 0, a.len, 0), slot })?;
         }
         Ok(n)
     }
@@ -141,17 +172,35 @@ impl TargetTransport for RdmaTarget {
             tracing::error!(slot = header.slot, "response for a slot outside the ring");
             return;
         };
-        let room = buf.bytes().len() - DATA_HEADER_LEN;
-        let len = output.len().min(room);
+        // One first token (before the response) and one response per request: a second answer
+        // would rewrite memory a queued write may still be read from (this node's bug; dropped).
+        let first = header.kind == FrameKind::FirstToken;
+        let answered = &mut self.answered[header.slot as usize];
+        let refused = if first { SENT_FIRST_TOKEN | SENT_RESPONSE } else { SENT_RESPONSE };
+        if *answered & refused != 0 {
+            tracing::error!(slot = header.slot, kind = ?header.kind, "a second answer to one request: dropped");
+            return;
+        }
+        *answered |= if first { SENT_FIRST_TOKEN } else { SENT_RESPONSE };
+        let bytes = buf.bytes_mut();
+        // Where the frame goes in the slot, and the immediate: a first token into the slot's
+        // first-token area, anything else from the start of the slot, before that area.
+        let ft_at = bytes.len() - FIRST_TOKEN_AREA as usize;
+        let (at, end, imm) =
+            if first { (ft_at, bytes.len(), header.slot | FIRST_TOKEN_IMM) } else { (0, ft_at, header.slot) };
+        let area = &mut bytes[at..end];
+        // A longer first token (this node's bug) is cut to the area and refused by the frontend.
+        let len = output.len().min(area.len() - DATA_HEADER_LEN);
         let mut h = header;
         h.len = len as u32;
-        let bytes = buf.bytes_mut();
-        bytes[..DATA_HEADER_LEN].copy_from_slice(&h.encode());
-        bytes[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(&output[..len]);
+        area[..DATA_HEADER_LEN].copy_from_slice(&h.encode());
+        area[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(&output[..len]);
         let total = DATA_HEADER_LEN + len;
         self.out.push_back(Write {
             slot: header.slot,
-            addr: bytes.as_ptr() as u64,
+            offset: at as u32,
+            imm,
+            addr: area.as_ptr() as u64,
             len: total as u32,
             lkey: self.resp_mr.lkey(),
         });
@@ -167,9 +216,13 @@ impl TargetTransport for RdmaTarget {
             if !self.out.is_empty() {
                 self.batch.clear();
                 self.batch.extend(self.out.iter().copied());
-                // SAFETY: each write's source is its slot's response buffer, rewritten only for
-                // the slot's next response, which needs a new request, which the frontend sends
-                // only after this write has landed.
+                // SAFETY: each write's source is a part of its slot's response buffer that no
+                // other queued write of the slot shares: the response area (rewritten only for the
+                // slot's next response or error) or the first-token area (rewritten only for the
+                // slot's next first token). `answered` allows either only after a new request
+                // into the slot, which the frontend sends only after this slot's response has
+                // landed, and with it every earlier write of the slot (the queue pair delivers
+                // in order).
                 let posted = unsafe { self.link.post(&self.batch)? };
                 for w in self.out.drain(..posted) {
                     self.queued_bytes -= w.len as usize;
@@ -206,6 +259,23 @@ impl super::link::Arrivals for RdmaTarget {
         self.stats.read_calls += 1;
         if got > 0 {
             self.metrics.frames_per_read.record(got as f64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::rdma::{FIRST_TOKEN_BYTES, RESPONSE_ROOM};
+
+    #[test]
+    fn the_frontends_response_slots_fit_the_accelerators_bounds() {
+        assert!(FIRST_TOKEN_AREA as usize >= DATA_HEADER_LEN + FIRST_TOKEN_BYTES as usize);
+        for out in [0, 4, 8, 255, 256, 257, 1536, 4 * 2048, 1 << 30] {
+            let s = response_slot_bytes(out);
+            assert!((min_response_slot(out)..=max_response_slot(out)).contains(&s), "{out}: {s}");
+            // The whole output (or an error message) fits before the first-token area.
+            assert!(s - FIRST_TOKEN_AREA - DATA_HEADER_LEN as u32 >= out.max(RESPONSE_ROOM), "{out}: {s}");
         }
     }
 }
