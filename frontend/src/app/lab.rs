@@ -143,6 +143,15 @@ pub fn modelled_capacity(cfg: &AcceleratorConfig, workload: &str, accelerators: 
     }
 }
 
+/// The QSL of an LLM test: LoadGen rounds an LLM's run up to whole permutations of the loaded
+/// samples (mlperf.conf's `sample_concatenate_permutation`), so with the dataset's 13,368 samples
+/// every test would last minutes; the QSL holds what `rate` samples/s issue in the test's duration
+/// (at least `min`).
+fn llm_samples(rate: f64, duration_ms: u64, min: u64) -> [String; 4] {
+    let n = ((rate * duration_ms as f64 / 1000.0).ceil() as u64).max(min).to_string();
+    ["--total-samples".into(), n.clone(), "--performance-samples".into(), n]
+}
+
 /// One accelerator's modelled rate for a generative workload, samples/s: `max_running`
 /// sequences decode together; an answer has about `0.25 × max + 0.75 × (lo + max) / 2` tokens
 /// (see `reference_tokens`).
@@ -328,6 +337,7 @@ impl Tests<'_> {
                 // mlperf.conf's Offline count (13368 for llama3.1-8b) would take minutes here:
                 // the expected rate and the duration size the query instead.
                 args.extend(["--min-query-count".into(), "1".into()]);
+                args.extend(llm_samples(capacity * 1.1, self.opts.duration_ms, 64));
             }
         } else {
             // Server at 70% of what the box sustains offline: VALID on both paths.
@@ -339,6 +349,9 @@ impl Tests<'_> {
                 "--min-query-count".into(),
                 min_queries.into(),
             ]);
+            if generative {
+                args.extend(llm_samples(target, self.opts.duration_ms, 600));
+            }
         }
         for local in [true, false] {
             self.n += 1;
