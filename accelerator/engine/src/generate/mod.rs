@@ -6,7 +6,10 @@
 //! - [`engine`]: the [`engine::TokenEngine`] a worker steps, and the synthetic one.
 //! - [`lane`]: [`lane::GenerativeLane`], a worker's generative side: the thin driver that feeds
 //!   the scheduler, steps the engine and answers first tokens and finished samples.
+//! - `llama` (cargo feature `llama`): `llama::LlamaEngine`, llama.cpp in-process.
 
 pub mod engine;
 pub mod lane;
+#[cfg(feature = "llama")]
+pub mod llama;
 pub mod scheduler;
