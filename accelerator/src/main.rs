@@ -24,10 +24,12 @@ struct Cli {
     /// Prometheus metrics address, "" to disable (overrides accelerator.metrics_listen).
     #[arg(long)]
     metrics_listen: Option<String>,
-    /// Inference backend (overrides backend.kind). `--model` alone implies onnx.
-    #[arg(long, value_parser = ["synthetic", "echo", "onnx"])]
+    /// Inference backend (overrides backend.kind). `--model` alone implies onnx (or llama for a
+    /// .gguf model).
+    #[arg(long, value_parser = ["synthetic", "echo", "onnx", "llama"])]
     backend: Option<String>,
-    /// ONNX model for the onnx backend (overrides backend.onnx.model).
+    /// The model: .onnx for the onnx backend (overrides backend.onnx.model), .gguf for the llama
+    /// backend (overrides backend.llama.model).
     #[arg(long)]
     model: Option<PathBuf>,
     /// ONNX Runtime execution providers to try in order, comma-separated, e.g. "cuda,cpu"
@@ -112,14 +114,20 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         config.backend.kind = match v.as_str() {
             "echo" => BackendKind::Echo,
             "onnx" => BackendKind::Onnx,
+            "llama" => BackendKind::Llama,
             _ => BackendKind::Synthetic,
         };
     }
     if let Some(v) = cli.model {
+        let gguf = v.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
         if cli_backend_unset {
-            config.backend.kind = BackendKind::Onnx;
+            config.backend.kind = if gguf { BackendKind::Llama } else { BackendKind::Onnx };
         }
-        config.backend.onnx.model = Some(v);
+        if config.backend.kind == BackendKind::Llama {
+            config.backend.llama.model = Some(v);
+        } else {
+            config.backend.onnx.model = Some(v);
+        }
     }
     if let Some(v) = cli.execution_providers {
         config.backend.onnx.execution_providers = v

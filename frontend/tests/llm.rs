@@ -155,3 +155,47 @@ fn losing_an_accelerator_mid_run_restarts_its_sequences_elsewhere_and_reports_no
     let v = ok(&frontend(&["check-accuracy", out.to_str().unwrap()]));
     assert!(v.contains("800/800 samples correct"), "every sample once, its first token its first output token: {v}");
 }
+
+/// SmolLM2-135M through llama.cpp (`scripts/models` fetches it into `$QDL_MODELS/smollm2`).
+fn smollm2() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("QDL_MODELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/models"));
+    let path = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("QDL_REQUIRE_LLAMA").as_deref() != Ok("1"),
+        "QDL_REQUIRE_LLAMA=1 but {} is missing",
+        path.display()
+    );
+    eprintln!("skipped: no {} (scripts/models fetches it)", path.display());
+    None
+}
+
+#[test]
+fn smollm2_through_llama_cpp_passes_check_accuracy_over_the_network_and_in_the_box() {
+    let Some(model) = smollm2() else { return };
+    let config = format!(
+        "[generation]\nmax_running = 8\nkv_tokens = 8192\n[backend]\nkind = \"llama\"\n[backend.llama]\nmodel = \"{}\"\ncontext_tokens = 8192\n",
+        model.display()
+    );
+    let a = Acc::start_with_config(Some(&config), &["--name", "llm-smol"]);
+    let dir = tempfile::tempdir().unwrap();
+    let acc_config = dir.path().join("acc.toml");
+    std::fs::write(&acc_config, &config).unwrap();
+    let samples = ["-w", "smollm2-135m", "-s", "offline", "-m", "accuracy", "--expected-qps", "1"];
+    let samples = [&samples[..], &["--total-samples", "8", "--performance-samples", "8"]].concat();
+    let net = dir.path().join("network");
+    ok(&run(&[&a], &net, &samples));
+    let local = dir.path().join("local");
+    let local_args = [&samples[..], &["--local", "--accelerator-config", acc_config.to_str().unwrap()]].concat();
+    ok(&run(&[], &local, &local_args));
+    for out in [&net, &local] {
+        let stdout = ok(&frontend(&["check-accuracy", out.to_str().unwrap()]));
+        assert!(stdout.contains("8/8 samples correct"), "{}: {stdout}", out.display());
+        assert!(stdout.contains("TEST06's checks only"), "the verdict says what it checked: {stdout}");
+        assert_eq!(report(out)["accelerators"][0]["backend"], "llama");
+    }
+}

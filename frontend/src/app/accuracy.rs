@@ -164,6 +164,8 @@ pub struct Verdict {
     /// Tensors workloads: the tolerance used and the largest absolute error seen (and in which
     /// output tensor).
     pub tolerance: Option<(Tolerance, f64, String)>,
+    /// What the check could not do (e.g. compare a real model's tokens with a reference).
+    pub note: Option<String>,
 }
 
 impl Verdict {
@@ -281,6 +283,9 @@ pub fn print(v: &Verdict) -> bool {
             t.rtol,
             if tensor.is_empty() { String::new() } else { format!(" in {tensor}") }
         ),
+    }
+    if let Some(n) = &v.note {
+        println!("  note: {n}");
     }
     let show = |what: &str, items: &[usize]| {
         if !items.is_empty() {

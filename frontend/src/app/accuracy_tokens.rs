@@ -8,7 +8,8 @@
 //! - the first-token data, where LoadGen logged it, equals the first output token;
 //! - at most one EOS, and only as the last token ("at most one trailing EOS");
 //! - with the synthetic or echo engine, every token equals the documented reference answer
-//!   ([`qdl_shared::workload::reference_tokens`]): exact.
+//!   ([`qdl_shared::workload::reference_tokens`]): exact. With a real model (llama.cpp) only the
+//!   checks above apply, and the verdict says so.
 
 use anyhow::bail;
 use qdl_frontend::qsl::SampleSource;
@@ -59,10 +60,10 @@ pub(super) fn check(
     let exact = report.accelerators.iter().all(|a| REFERENCE_BACKENDS.contains(&a.backend.as_str()));
     if !exact {
         let backends: Vec<&str> = report.accelerators.iter().map(|a| a.backend.as_str()).collect();
-        bail!(
-            "the run's answers come from {backends:?}, not from the synthetic engine: comparing them with a \
-             reference run of the same model is not supported yet (only the structural checks would apply)"
-        );
+        v.note = Some(format!(
+            "answers from {backends:?}: TEST06's checks only (answered once, token count, first token, at most one \
+             trailing EOS); comparing the tokens with a reference run of the same model is not done yet"
+        ));
     }
     let source = SampleSource::from_info(spec, &report.dataset)?;
     let mut input = vec![0u8; spec.input_bytes()];

@@ -338,7 +338,16 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     let (spec, store) = prepare_samples(cfg)?;
     let out_dir = cfg.loadgen.output_dir.clone();
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let resolved = loadgen_settings(cfg, opts.config_path.as_deref(), &opts.flags, &spec.loadgen_model())?;
+    let mut resolved = loadgen_settings(cfg, opts.config_path.as_deref(), &opts.flags, &spec.loadgen_model())?;
+    if spec.is_generative() && !resolved.settings.use_token_latencies {
+        // A generative workload mlperf.conf does not know (smollm2-135m, a [workload.spec]):
+        // measure it as MLPerf measures its LLMs, by TTFT and TPOT (LoadGen's default bounds).
+        resolved.settings.use_token_latencies = true;
+        eprintln!(
+            "loadgen: use_token_latencies = 1 (qdl: {} is generative; mlperf.conf has no entry for it)",
+            spec.name
+        );
+    }
     print_settings(&resolved);
     let recipe = if opts.local { None } else { Some(Arc::new(SessionRecipe::from_config(cfg, &spec)?)) };
 
