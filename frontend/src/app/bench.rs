@@ -280,18 +280,30 @@ fn metrics_cost(opts: &BenchOptions, r: &mut BenchReport) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn llm_bench(opts: &BenchOptions, r: &mut BenchReport) -> anyhow::Result<()> {
-    let labr = lab(LabOptions {
-        workloads: vec!["llama3.1-8b".into()],
-        scenarios: vec!["offline".into(), "server".into(), "interactive".into()],
-        output_dir: opts.output_dir.join("llm"),
+/// The lab's network and local rows for `workloads` × `scenarios` (two of its synthetic
+/// accelerators), in `dir` under the bench's output.
+fn lab_rows(
+    opts: &BenchOptions,
+    workloads: &[&str],
+    scenarios: &[&str],
+    dir: &str,
+) -> anyhow::Result<Vec<super::lab::LabRow>> {
+    let report = lab(LabOptions {
+        workloads: workloads.iter().map(|w| w.to_string()).collect(),
+        scenarios: scenarios.iter().map(|s| s.to_string()).collect(),
+        output_dir: opts.output_dir.join(dir),
         duration_ms: opts.duration_ms,
         accelerator_config: None,
         accelerators: 2,
         frontend_config: None,
         model: None,
     })?;
-    for row in labr.rows {
+    Ok(report.rows)
+}
+
+fn llm_bench(opts: &BenchOptions, r: &mut BenchReport) -> anyhow::Result<()> {
+    let rows = lab_rows(opts, &["llama3.1-8b"], &["offline", "server", "interactive"], "llm")?;
+    for row in rows {
         let ttft = (row.network_ttft_p99_ms, row.local_ttft_p99_ms);
         r.llm.push(LlmRow {
             ttft_added_ms: ttft.0.zip(ttft.1).map(|(n, l)| n - l).filter(|_| row.scenario != "offline"),
@@ -312,17 +324,7 @@ pub fn bench(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     std::fs::create_dir_all(&opts.output_dir)?;
     let mut r = BenchReport::default();
     eprintln!("bench: 1/5 Offline network vs local (synthetic accelerators) ...");
-    let labr = lab(LabOptions {
-        workloads: vec!["resnet50".into(), "bert".into()],
-        scenarios: vec!["offline".into()],
-        output_dir: opts.output_dir.join("offline"),
-        duration_ms: opts.duration_ms,
-        accelerator_config: None,
-        accelerators: 2,
-        frontend_config: None,
-        model: None,
-    })?;
-    for row in labr.rows {
+    for row in lab_rows(&opts, &["resnet50", "bert"], &["offline"], "offline")? {
         r.offline.push(OfflineRatio {
             workload: row.workload,
             network: row.network_samples_per_second,
