@@ -279,7 +279,7 @@ impl WorkerPool {
         generation: &GenerationConfig,
         backend_cfg: &BackendConfig,
     ) -> Result<WorkerPool, WorkerError> {
-        let built = backend::build(backend_cfg, workers)?;
+        let built = backend::build(backend_cfg, workers, generation)?;
         let mut max_batch = batcher.max_batch as usize;
         for b in &built.backends {
             if let Some(limit) = b.max_batch() {
@@ -716,7 +716,10 @@ mod tests {
     #[test]
     fn workload_labels_are_reused_and_bounded() {
         let cfg = BackendConfig { kind: BackendKind::Echo, ..Default::default() };
-        let backend = crate::backend::build(&cfg, &WorkersConfig::default()).unwrap().backends.remove(0);
+        let backend = crate::backend::build(&cfg, &WorkersConfig::default(), &GenerationConfig::default())
+            .unwrap()
+            .backends
+            .remove(0);
         let (_tx, rx) = crossbeam_channel::bounded(1);
         let policy = BatchPolicy { max_batch: 8, max_queue_delay: Nanos::from_micros(100), max_queue: 8 };
         let mut w = DeviceWorker::new(0, policy, backend, None, rx, Arc::from(Vec::<AtomicU64>::new()));
@@ -829,7 +832,10 @@ mod tests {
     #[test]
     fn a_worker_without_a_token_engine_answers_generative_samples_with_an_error() {
         let cfg = BackendConfig { kind: BackendKind::Echo, ..Default::default() };
-        let backend = crate::backend::build(&cfg, &WorkersConfig::default()).unwrap().backends.remove(0);
+        let backend = crate::backend::build(&cfg, &WorkersConfig::default(), &GenerationConfig::default())
+            .unwrap()
+            .backends
+            .remove(0);
         let (_tx, rx) = crossbeam_channel::bounded(1);
         let policy = BatchPolicy { max_batch: 8, max_queue_delay: Nanos::from_micros(100), max_queue: 8 };
         let mut w = DeviceWorker::new(0, policy, backend, None, rx, Arc::from(Vec::<AtomicU64>::new()));

@@ -498,8 +498,11 @@ fn generation_of(spec: &WorkloadSpec) -> Generation {
 #[test]
 fn the_backend_refuses_what_it_cannot_serve_and_a_bad_model_is_a_clear_error() {
     let _one = serial();
-    let missing =
-        qdl_engine::backend::build(&llama_config(PathBuf::from("/no/such/model.gguf")), &WorkersConfig::default());
+    let missing = qdl_engine::backend::build(
+        &llama_config(PathBuf::from("/no/such/model.gguf")),
+        &WorkersConfig::default(),
+        &Default::default(),
+    );
     let e = missing.err().expect("a missing model is an error");
     assert!(matches!(&e, BackendError::Setup(m) if m.contains("is not a file")), "{e}");
     let Some(path) = model_path() else { return };

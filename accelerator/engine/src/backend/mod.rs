@@ -147,7 +147,11 @@ pub struct Backends {
 
 /// Builds one backend per worker; see the module docs. `count` is the number of workers without
 /// GPUs (`workers.count`).
-pub fn build(config: &BackendConfig, workers: &WorkersConfig) -> Result<Backends, BackendError> {
+pub fn build(
+    config: &BackendConfig,
+    workers: &WorkersConfig,
+    generation: &qdl_shared::config::GenerationConfig,
+) -> Result<Backends, BackendError> {
     let count = workers.count.max(1) as usize;
     match config.kind {
         BackendKind::Echo => Ok(Backends {
@@ -163,19 +167,18 @@ pub fn build(config: &BackendConfig, workers: &WorkersConfig) -> Result<Backends
             notes: Vec::new(),
         }),
         BackendKind::Onnx => build_onnx(config, workers, count),
-        BackendKind::Llama => build_llama(config, count),
+        BackendKind::Llama => build_llama(config, count, generation.max_running),
     }
 }
 
-/// `count` llama workers sharing one model, each with its own context. `build` does not see
-/// `[generation]`, so each context holds llama.cpp's most sequences (256; the config keeps
-/// `generation.max_running` at or below it).
+/// `count` llama workers sharing one model, each with its own context of `sequences` sequences
+/// (`generation.max_running`, which the config keeps at or below llama.cpp's 256).
 #[cfg(feature = "llama")]
-fn build_llama(config: &BackendConfig, count: usize) -> Result<Backends, BackendError> {
+fn build_llama(config: &BackendConfig, count: usize, sequences: u32) -> Result<Backends, BackendError> {
     let l = &config.llama;
     let mut loaded = Vec::with_capacity(count);
     for _ in 0..count {
-        loaded.push(llama::LlamaBackend::load(l, crate::generate::llama::MAX_SEQUENCES)?);
+        loaded.push(llama::LlamaBackend::load(l, sequences.clamp(1, crate::generate::llama::MAX_SEQUENCES))?);
     }
     let first = loaded[0].model();
     let mut notes = vec![format!(
@@ -199,7 +202,7 @@ fn build_llama(config: &BackendConfig, count: usize) -> Result<Backends, Backend
 }
 
 #[cfg(not(feature = "llama"))]
-fn build_llama(_: &BackendConfig, _: usize) -> Result<Backends, BackendError> {
+fn build_llama(_: &BackendConfig, _: usize, _: u32) -> Result<Backends, BackendError> {
     Err(BackendError::Setup(
         "backend.kind = \"llama\": this qdl-accelerator was built without llama.cpp (cargo feature `llama`); \
          rebuild with `--features qdl-engine/llama`"
