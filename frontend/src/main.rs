@@ -38,8 +38,9 @@ enum Command {
     CheckAccuracy {
         /// A run's output directory (holds report.json and mlperf_log_accuracy.json).
         dir: PathBuf,
-        /// Reference outputs of a tensors workload (`<output>.npy` per output tensor); default:
-        /// the run's workload.reference_dir.
+        /// Reference outputs of a tensors workload (`<output>.npy` per output tensor; default: the
+        /// run's workload.reference_dir), or for an LLM on a real model the output directory of a
+        /// reference accuracy run of the same model at batch 1 (`generation.max_running = 1`).
         #[arg(long)]
         reference: Option<PathBuf>,
         /// Absolute tolerance for floating-point outputs.

@@ -186,16 +186,39 @@ fn smollm2_through_llama_cpp_passes_check_accuracy_over_the_network_and_in_the_b
     let acc_config = dir.path().join("acc.toml");
     std::fs::write(&acc_config, &config).unwrap();
     let samples = ["-w", "smollm2-135m", "-s", "offline", "-m", "accuracy", "--expected-qps", "1"];
-    let samples = [&samples[..], &["--total-samples", "8", "--performance-samples", "8"]].concat();
+    let samples = [&samples[..], &["--total-samples", "12", "--performance-samples", "12"]].concat();
     let net = dir.path().join("network");
     ok(&run(&[&a], &net, &samples));
     let local = dir.path().join("local");
     let local_args = [&samples[..], &["--local", "--accelerator-config", acc_config.to_str().unwrap()]].concat();
     ok(&run(&[], &local, &local_args));
+    // The reference: the same model alone, one sequence at a time (greedy at batch 1).
+    let ref_config = dir.path().join("ref.toml");
+    std::fs::write(&ref_config, config.replace("max_running = 8", "max_running = 1")).unwrap();
+    let reference = dir.path().join("reference");
+    let ref_args = [&samples[..], &["--local", "--accelerator-config", ref_config.to_str().unwrap()]].concat();
+    ok(&run(&[], &reference, &ref_args));
     for out in [&net, &local] {
         let stdout = ok(&frontend(&["check-accuracy", out.to_str().unwrap()]));
-        assert!(stdout.contains("8/8 samples correct"), "{}: {stdout}", out.display());
+        assert!(stdout.contains("12/12 samples correct"), "{}: {stdout}", out.display());
         assert!(stdout.contains("TEST06's checks only"), "the verdict says what it checked: {stdout}");
         assert_eq!(report(out)["accelerators"][0]["backend"], "llama");
+        let stdout =
+            ok(&frontend(&["check-accuracy", out.to_str().unwrap(), "--reference", reference.to_str().unwrap()]));
+        assert!(stdout.contains("within bounds"), "{}: {stdout}", out.display());
     }
+    // The comparison can fail: a reference whose answers belong to other samples (a misrouting).
+    let misrouted = dir.path().join("misrouted");
+    std::fs::create_dir_all(&misrouted).unwrap();
+    let log: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(reference.join("mlperf_log_accuracy.json")).unwrap()).unwrap();
+    let mut entries = log.as_array().unwrap().clone();
+    let n = entries.len() as u64;
+    for e in &mut entries {
+        e["qsl_idx"] = serde_json::json!((e["qsl_idx"].as_u64().unwrap() + 1) % n);
+    }
+    std::fs::write(misrouted.join("mlperf_log_accuracy.json"), serde_json::to_string(&entries).unwrap()).unwrap();
+    let o = frontend(&["check-accuracy", net.to_str().unwrap(), "--reference", misrouted.to_str().unwrap()]);
+    assert!(!o.status.success(), "answers of other samples fail: {}", text(&o));
+    assert!(text(&o).contains("OUT OF BOUNDS"), "{}", text(&o));
 }

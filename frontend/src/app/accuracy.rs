@@ -7,8 +7,9 @@
 //!   the run's `workload.reference_dir`): `<output>.npy` per output tensor, samples stacked.
 //!   Integer elements must be equal; floating-point ones within `|got - want| <= atol + rtol·|want|`.
 //!
-//! - Generative (LLM) workloads: see [`super::accuracy_tokens`] (TEST06's checks, and every
-//!   token against the synthetic engine's reference answer).
+//! - Generative (LLM) workloads: see [`super::accuracy_tokens`] (TEST06's checks, every token
+//!   against the synthetic engine's reference answer, or a real model's answers against a
+//!   reference run's: `--reference DIR` of an accuracy run at batch 1).
 //!
 //! Either way every sample of the accuracy run must be answered exactly once.
 
@@ -166,6 +167,8 @@ pub struct Verdict {
     pub tolerance: Option<(Tolerance, f64, String)>,
     /// What the check could not do (e.g. compare a real model's tokens with a reference).
     pub note: Option<String>,
+    /// Generative workloads on a real model: how the answers agree with a reference run's.
+    pub agreement: Option<super::accuracy_tokens::Agreement>,
 }
 
 impl Verdict {
@@ -177,6 +180,7 @@ impl Verdict {
             && self.duplicated.is_empty()
             && self.wrong.is_empty()
             && self.stray.is_empty()
+            && self.agreement.is_none_or(|a| a.within_bounds())
     }
 }
 
@@ -203,7 +207,18 @@ pub fn check(dir: &Path, reference: Option<&Path>, tol: Tolerance) -> anyhow::Re
     let mut seen: BTreeMap<usize, usize> = BTreeMap::new();
     let mut want = vec![0u8; spec.output_bytes as usize];
     if spec.is_generative() {
-        super::accuracy_tokens::check(&report, &entries, &mut v, &mut seen)?;
+        let reference = match reference {
+            Some(r) => {
+                let path = r.join("mlperf_log_accuracy.json");
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading the reference run's {}", path.display()))?;
+                let entries: Vec<Entry> = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not LoadGen's accuracy log", path.display()))?;
+                Some(super::accuracy_tokens::answers(&entries))
+            }
+            None => None,
+        };
+        super::accuracy_tokens::check(&report, &entries, reference.as_ref(), &mut v, &mut seen)?;
     } else if spec.output_kind == OutputKind::Tensors {
         let Some(ref_dir) = reference.map(Path::to_path_buf).or_else(|| report.reference_dir.clone()) else {
             bail!(
@@ -286,6 +301,19 @@ pub fn print(v: &Verdict) -> bool {
     }
     if let Some(n) = &v.note {
         println!("  note: {n}");
+    }
+    if let Some(a) = &v.agreement {
+        use super::accuracy_tokens::{MIN_FIRST_TOKEN_AGREEMENT, MIN_ROUGE_L};
+        println!(
+            "  against the reference run: {}/{} identical, first token {}/{} (at least {:.0} %), ROUGE-L {:.3} (at least {MIN_ROUGE_L}): {}",
+            a.exact,
+            a.samples,
+            a.first_token,
+            a.samples,
+            MIN_FIRST_TOKEN_AGREEMENT * 100.0,
+            a.rouge_l,
+            if a.within_bounds() { "within bounds" } else { "OUT OF BOUNDS" }
+        );
     }
     let show = |what: &str, items: &[usize]| {
         if !items.is_empty() {

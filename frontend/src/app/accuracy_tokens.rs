@@ -8,8 +8,19 @@
 //! - the first-token data, where LoadGen logged it, equals the first output token;
 //! - at most one EOS, and only as the last token ("at most one trailing EOS");
 //! - with the synthetic or echo engine, every token equals the documented reference answer
-//!   ([`qdl_shared::workload::reference_tokens`]): exact. With a real model (llama.cpp) only the
-//!   checks above apply, and the verdict says so.
+//!   ([`qdl_shared::workload::reference_tokens`]): exact.
+//! - with a real model (llama.cpp), against a reference run of the same model (`--reference DIR`:
+//!   an accuracy run with `generation.max_running = 1`, greedy at batch 1): the exact-match rate,
+//!   the first-token agreement and ROUGE-L (the F-measure of the longest common subsequence of
+//!   the two token sequences), which must reach [`MIN_FIRST_TOKEN_AGREEMENT`] and
+//!   [`MIN_ROUGE_L`]. Why those bounds: continuous batching changes float rounding, which flips
+//!   2–5 % of greedy tokens (measured with SmolLM2-135M Q4_1: only where the top two logits are
+//!   within 0.2), and greedy decoding then follows another path, so whole answers diverge.
+//!   Measured with SmolLM2 (12 samples, 64 tokens), batched runs against the batch-1 reference:
+//!   4–5 of 12 identical, first token 10 of 12, mean ROUGE-L 0.49–0.60; the same answers against
+//!   the reference of *another* sample (a misrouted prompt): first token 0 of 12, ROUGE-L
+//!   0.001–0.005. The bounds sit between the two: first token ≥ 60 %, ROUGE-L ≥ 0.25. Without a
+//!   reference only the checks above apply, and the verdict says so.
 
 use anyhow::bail;
 use qdl_frontend::qsl::SampleSource;
@@ -20,6 +31,67 @@ use super::accuracy::{Entry, Verdict, hex, unhex};
 
 /// Backends whose answers are the documented reference function.
 const REFERENCE_BACKENDS: &[&str] = &["synthetic", "echo"];
+
+/// The least share of samples whose first token equals the reference run's (see the module docs).
+pub const MIN_FIRST_TOKEN_AGREEMENT: f64 = 0.6;
+
+/// The least mean ROUGE-L against the reference run (see the module docs).
+pub const MIN_ROUGE_L: f64 = 0.25;
+
+/// How a real model's answers agree with a reference run's.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Agreement {
+    /// Samples compared.
+    pub samples: usize,
+    /// Samples whose tokens are identical.
+    pub exact: usize,
+    /// Samples whose first token is the reference's.
+    pub first_token: usize,
+    /// Mean ROUGE-L F-measure over the samples.
+    pub rouge_l: f64,
+}
+
+impl Agreement {
+    /// Whether it is within the bounds of the module docs.
+    pub fn within_bounds(&self) -> bool {
+        self.samples > 0
+            && self.first_token as f64 >= MIN_FIRST_TOKEN_AGREEMENT * self.samples as f64
+            && self.rouge_l >= MIN_ROUGE_L
+    }
+}
+
+/// ROUGE-L F-measure of two token sequences: 2PR/(P+R) with P and R the longest common
+/// subsequence's share of each (1 for two empty sequences).
+pub fn rouge_l(a: &[i32], b: &[i32]) -> f64 {
+    if a.is_empty() && b.is_empty() {
+        return 1.0;
+    }
+    let mut prev = vec![0usize; b.len() + 1];
+    for &x in a {
+        let mut cur = vec![0usize; b.len() + 1];
+        for (j, &y) in b.iter().enumerate() {
+            cur[j + 1] = if x == y { prev[j] + 1 } else { prev[j + 1].max(cur[j]) };
+        }
+        prev = cur;
+    }
+    let lcs = prev[b.len()] as f64;
+    if lcs == 0.0 {
+        return 0.0;
+    }
+    let (p, r) = (lcs / a.len() as f64, lcs / b.len() as f64);
+    2.0 * p * r / (p + r)
+}
+
+/// The token answers of an accuracy log, by QSL index (the reference run's).
+pub(super) fn answers(entries: &[Entry]) -> std::collections::BTreeMap<usize, Vec<i32>> {
+    entries
+        .iter()
+        .filter_map(|e| {
+            let b = unhex(&e.data)?;
+            Some((e.qsl_idx, b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
+        })
+        .collect()
+}
 
 /// Why one sample's answer is wrong, if it is.
 fn problem(e: &Entry, got: &[i32], eos: i32, want: Option<&[i32]>) -> Option<String> {
@@ -52,19 +124,21 @@ fn problem(e: &Entry, got: &[i32], eos: i32, want: Option<&[i32]>) -> Option<Str
 pub(super) fn check(
     report: &RunReport,
     entries: &[Entry],
+    reference: Option<&std::collections::BTreeMap<usize, Vec<i32>>>,
     v: &mut Verdict,
     seen: &mut std::collections::BTreeMap<usize, usize>,
 ) -> anyhow::Result<()> {
     let spec = &report.workload;
     let Some(g) = spec.generation.as_ref() else { bail!("{} is not a generative workload", spec.name) };
     let exact = report.accelerators.iter().all(|a| REFERENCE_BACKENDS.contains(&a.backend.as_str()));
-    if !exact {
-        let backends: Vec<&str> = report.accelerators.iter().map(|a| a.backend.as_str()).collect();
+    let backends: Vec<&str> = report.accelerators.iter().map(|a| a.backend.as_str()).collect();
+    if !exact && reference.is_none() {
         v.note = Some(format!(
             "answers from {backends:?}: TEST06's checks only (answered once, token count, first token, at most one \
-             trailing EOS); comparing the tokens with a reference run of the same model is not done yet"
+             trailing EOS); give a reference run of the same model at batch 1 (--reference DIR) to compare tokens"
         ));
     }
+    let mut agreement = Agreement::default();
     let source = SampleSource::from_info(spec, &report.dataset)?;
     let mut input = vec![0u8; spec.input_bytes()];
     let mut want = Vec::new();
@@ -81,11 +155,26 @@ pub(super) fn check(
         let got: Vec<i32> = bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         let n = source.fill_sample(e.qsl_idx, &mut input)?;
         reference_tokens(&input[..n], g, &mut want);
+        if let (false, Some(r)) = (exact, reference) {
+            let Some(theirs) = r.get(&e.qsl_idx) else {
+                bail!("the reference run has no answer for sample {}", e.qsl_idx)
+            };
+            if seen[&e.qsl_idx] == 1 {
+                agreement.samples += 1;
+                agreement.exact += (theirs == &got) as usize;
+                agreement.first_token += (theirs.first() == got.first()) as usize;
+                agreement.rouge_l += rouge_l(&got, theirs);
+            }
+        }
         match problem(e, &got, g.eos_token, exact.then_some(&want[..])) {
             None if seen[&e.qsl_idx] == 1 => v.correct += 1,
             None => {}
             Some(why) => v.wrong.push((e.qsl_idx, why, format!("{} reference tokens", want.len()))),
         }
+    }
+    if agreement.samples > 0 {
+        agreement.rouge_l /= agreement.samples as f64;
+        v.agreement = Some(agreement);
     }
     Ok(())
 }
@@ -97,6 +186,19 @@ mod tests {
     fn entry(data: &[i32], count: Option<i64>, first: Option<i32>) -> Entry {
         let bytes: Vec<u8> = data.iter().flat_map(|t| t.to_le_bytes()).collect();
         Entry { qsl_idx: 0, data: hex(&bytes), token_count: count, token_data: first.map(|t| hex(&t.to_le_bytes())) }
+    }
+
+    #[test]
+    fn rouge_l_is_the_lcs_f_measure() {
+        assert_eq!(rouge_l(&[1, 2, 3, 4], &[1, 2, 3, 4]), 1.0);
+        assert_eq!(rouge_l(&[1, 2], &[3, 4]), 0.0);
+        // LCS [1, 3] of 4 and 2 tokens: P = 0.5, R = 1, F = 2/3.
+        assert!((rouge_l(&[1, 2, 3, 4], &[1, 3]) - 2.0 / 3.0).abs() < 1e-12);
+        let a = Agreement { samples: 10, exact: 4, first_token: 8, rouge_l: 0.5 };
+        assert!(a.within_bounds());
+        assert!(!Agreement { first_token: 5, ..a }.within_bounds());
+        assert!(!Agreement { rouge_l: 0.2, ..a }.within_bounds());
+        assert!(!Agreement::default().within_bounds(), "nothing compared is not a pass");
     }
 
     #[test]
