@@ -437,6 +437,12 @@ fn a_worker_pool_with_the_llama_backend_answers_first_tokens_then_every_token() 
     let pool = WorkerPool::start(&workers, BatcherConfig::default(), &generation, &llama_config(path)).unwrap();
     assert_eq!(pool.backend(), "llama");
     assert_eq!(pool.providers(), vec!["cpu"]);
+    // A session is checked against the model when it is set up, before any sample.
+    pool.check(&WorkloadSpec::builtin("smollm2-135m").unwrap()).unwrap();
+    let other = pool.check(&WorkloadSpec::builtin("llama3.1-8b").unwrap()).unwrap_err().to_string();
+    assert!(other.contains("not this model's workload"), "{other}");
+    let fixed = pool.check(&WorkloadSpec::bert()).unwrap_err().to_string();
+    assert!(fixed.contains("generative (LLM) workloads only"), "{fixed}");
     eprintln!("pool started in {:?}: {:?} {:?}", started.elapsed(), pool.workers_described(), pool.notes());
     let sink = Arc::new(Seen::default());
     let t = Instant::now();

@@ -119,6 +119,13 @@ pub enum Checker {
     Any,
     /// Serves workloads that describe this model.
     Model(Arc<onnx::model::ModelInfo>),
+    /// Serves generative workloads of this vocabulary size (the llama backend's model).
+    Generative {
+        /// The model's file name, for the error.
+        model: String,
+        /// Its vocabulary size.
+        vocab: u32,
+    },
 }
 
 impl Checker {
@@ -131,6 +138,22 @@ impl Checker {
                 workload: spec.name.clone(),
                 reason: e.to_string(),
             }),
+            Checker::Generative { model, vocab } => {
+                let unsupported = |reason: String| BackendError::Unsupported {
+                    backend: "llama",
+                    workload: spec.name.clone(),
+                    reason,
+                };
+                match spec.generation {
+                    None => Err(unsupported("the llama backend serves generative (LLM) workloads only".into())),
+                    Some(g) if g.vocab_size != *vocab => Err(unsupported(format!(
+                        "the workload's vocabulary has {} tokens, the model {model} has {vocab}: it is not this \
+                         model's workload",
+                        g.vocab_size
+                    ))),
+                    Some(_) => Ok(()),
+                }
+            }
         }
     }
 }
@@ -197,8 +220,10 @@ fn build_llama(config: &BackendConfig, count: usize, sequences: u32) -> Result<B
             first.context_trained()
         ));
     }
+    // Sessions are checked against the model when they are set up, before any sample.
+    let checker = Checker::Generative { model: first.file_name().to_string(), vocab: first.vocab() };
     let backends = loaded.into_iter().map(|b| Box::new(b) as Box<dyn Backend>).collect();
-    Ok(Backends { backends, checker: Checker::Any, notes })
+    Ok(Backends { backends, checker, notes })
 }
 
 #[cfg(not(feature = "llama"))]
