@@ -162,13 +162,9 @@ impl GenerativeLane {
     /// Fails every running sequence (the engine failed a step): each is answered with an error.
     fn fail_running(&mut self, msg: &str) {
         tracing::error!(engine = self.engine.name(), "{msg}");
-        for item in self.scheduler.handle_step_failed() {
+        for (seq, item) in self.scheduler.handle_step_failed() {
+            self.engine.end(seq);
             refuse(item, DataErrorCode::BackendFailed, msg);
-        }
-        for seq in 0..self.scheduler.limits().max_running as u32 {
-            if self.scheduler.key(seq).is_none() {
-                self.engine.end(seq);
-            }
         }
     }
 
@@ -219,14 +215,6 @@ impl GenerativeLane {
         }
     }
 
-    /// Answers everything queued or running with `code` (the worker is stopping).
-    pub fn drain(&mut self, code: DataErrorCode, msg: &str) {
-        for item in self.scheduler.drain() {
-            refuse(item, code, msg);
-        }
-        self.publish();
-    }
-
     fn publish(&self) {
         self.metrics.running.set(self.scheduler.running() as f64);
         self.metrics.queued.set(self.scheduler.queued() as f64);
@@ -259,6 +247,7 @@ mod tests {
     use qdl_shared::workload::{WorkloadSpec, reference_tokens};
 
     use super::*;
+    use crate::backend::BackendError;
     use crate::worker::{Input, WorkerPool};
 
     /// One thing a sink saw: (sample id, Some(first token), -, -) or (sample id, None, output,
@@ -370,5 +359,55 @@ mod tests {
         let seen = run(backend, generation, &[vec![5; 10]]);
         assert_eq!(seen.len(), 1);
         assert!(seen[0].3, "refused with an error answer, not dropped: {seen:?}");
+    }
+
+    /// An engine whose every step fails; it records the sequences it was told to end.
+    struct Failing(Arc<Mutex<Vec<u32>>>);
+
+    impl TokenEngine for Failing {
+        fn name(&self) -> &'static str {
+            "failing"
+        }
+        fn begin(&mut self, _: u32, _: &[i32], _: &qdl_shared::workload::Generation) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn step(&mut self, _: &super::super::scheduler::StepPlan, _: &mut Vec<StepOutput>) -> Result<(), BackendError> {
+            Err(BackendError::Failed("device lost".into()))
+        }
+        fn end(&mut self, seq: u32) {
+            self.0.lock().unwrap().push(seq);
+        }
+    }
+
+    #[test]
+    fn a_failed_step_answers_every_running_sample_with_an_error_and_ends_its_sequences() {
+        let ended = Arc::new(Mutex::new(Vec::new()));
+        let generation = GenerationConfig { max_running: 4, ..Default::default() };
+        let mut lane = GenerativeLane::new(&generation, Box::new(Failing(ended.clone())), "t").unwrap();
+        let spec = Arc::new(WorkloadSpec::builtin("llama3.1-8b").unwrap());
+        let src: Arc<dyn PayloadSource> = Arc::new(Prompts(vec![7; 6 * 40]));
+        let sink = Arc::new(Seen::default());
+        for i in 0..6 {
+            let item = WorkItem {
+                input: Input::Buffer(Payload::new(src.clone(), i * 40, 40).unwrap()),
+                sample_id: i as u64,
+                slot: i as u32,
+                reply: sink.clone(),
+                spec: spec.clone(),
+                received: Nanos::now(),
+                len: 40,
+            };
+            lane.handle_item(item, Nanos::now());
+        }
+        // Four run, two wait; the step fails: the four are answered with errors, the two run next.
+        lane.step();
+        let mut e = ended.lock().unwrap().clone();
+        e.sort_unstable();
+        assert_eq!(e, vec![0, 1, 2, 3], "every running sequence is ended on the engine");
+        let failed: Vec<u64> = sink.0.lock().unwrap().iter().filter(|s| s.3).map(|s| s.0).collect();
+        assert_eq!(failed, vec![0, 1, 2, 3]);
+        lane.step();
+        assert_eq!(sink.0.lock().unwrap().iter().filter(|s| s.3).count(), 6, "none lost, none answered twice");
+        assert!(!lane.has_work());
     }
 }
