@@ -713,8 +713,8 @@ mod tests {
         WorkerPool::start(&WorkersConfig::default(), batcher, &GenerationConfig::default(), &backend).unwrap()
     }
 
-    #[test]
-    fn workload_labels_are_reused_and_bounded() {
+    /// A worker with the echo backend and no generative lane, driven by hand (no thread).
+    fn echo_worker() -> DeviceWorker {
         let cfg = BackendConfig { kind: BackendKind::Echo, ..Default::default() };
         let backend = crate::backend::build(&cfg, &WorkersConfig::default(), &GenerationConfig::default())
             .unwrap()
@@ -722,7 +722,12 @@ mod tests {
             .remove(0);
         let (_tx, rx) = crossbeam_channel::bounded(1);
         let policy = BatchPolicy { max_batch: 8, max_queue_delay: Nanos::from_micros(100), max_queue: 8 };
-        let mut w = DeviceWorker::new(0, policy, backend, None, rx, Arc::from(Vec::<AtomicU64>::new()));
+        DeviceWorker::new(0, policy, backend, None, rx, Arc::from(Vec::<AtomicU64>::new()))
+    }
+
+    #[test]
+    fn workload_labels_are_reused_and_bounded() {
+        let mut w = echo_worker();
         let bert = w.workload_metrics("bert");
         assert_eq!(w.workload_metrics("bert"), bert, "a workload's handles are built once");
         for i in 0..20 {
@@ -831,14 +836,7 @@ mod tests {
 
     #[test]
     fn a_worker_without_a_token_engine_answers_generative_samples_with_an_error() {
-        let cfg = BackendConfig { kind: BackendKind::Echo, ..Default::default() };
-        let backend = crate::backend::build(&cfg, &WorkersConfig::default(), &GenerationConfig::default())
-            .unwrap()
-            .backends
-            .remove(0);
-        let (_tx, rx) = crossbeam_channel::bounded(1);
-        let policy = BatchPolicy { max_batch: 8, max_queue_delay: Nanos::from_micros(100), max_queue: 8 };
-        let mut w = DeviceWorker::new(0, policy, backend, None, rx, Arc::from(Vec::<AtomicU64>::new()));
+        let mut w = echo_worker();
         let spec = Arc::new(WorkloadSpec::builtin("llama3.1-8b").unwrap());
         let arena = SlotArena::new(1, spec.input_bytes()).unwrap();
         let sink = Arc::new(Collect::default());

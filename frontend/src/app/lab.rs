@@ -324,7 +324,7 @@ impl Tests<'_> {
             local_tpot_p99_ms: None,
             errors: Vec::new(),
         };
-        let generative = qdl_shared::workload::WorkloadSpec::builtin(w).is_some_and(|s| s.is_generative());
+        let generative = is_generative(w);
         // Early stopping at the 99th percentile of TTFT and TPOT needs about 460 samples.
         let min_queries = if generative { "600" } else { "100" };
         let mut args = self.base_args();
@@ -403,12 +403,14 @@ impl Tests<'_> {
     }
 }
 
+/// Whether `workload` is a built-in generative (LLM) workload.
+fn is_generative(workload: &str) -> bool {
+    qdl_shared::workload::WorkloadSpec::builtin(workload).is_some_and(|s| s.is_generative())
+}
+
 /// How many tests the lab runs (two per row; Interactive rows only for generative workloads).
 fn lab_tests(opts: &LabOptions) -> usize {
-    let generative = opts
-        .workloads
-        .iter()
-        .filter(|w| qdl_shared::workload::WorkloadSpec::builtin(w).is_some_and(|s| s.is_generative()));
+    let generative = opts.workloads.iter().filter(|w| is_generative(w));
     let interactive = opts.scenarios.iter().any(|s| s == "interactive");
     let other = opts.scenarios.len() - interactive as usize;
     2 * (opts.workloads.len() * other + generative.count() * interactive as usize)
@@ -457,7 +459,7 @@ pub fn lab(opts: LabOptions) -> anyhow::Result<LabReport> {
             capacity = tests.calibrate(w, capacity);
         }
         let mut local_offline: Option<f64> = None;
-        let generative = qdl_shared::workload::WorkloadSpec::builtin(w).is_some_and(|s| s.is_generative());
+        let generative = is_generative(w);
         for sc in &opts.scenarios {
             // Interactive is an LLM category (the Server scenario with tighter TTFT/TPOT bounds).
             if sc == "interactive" && !generative {
