@@ -185,6 +185,9 @@ pub const MLPERF_CONF: &str = "mlperf.conf";
 /// The source of a setting no layer set.
 pub const LOADGEN_DEFAULT: &str = "LoadGen default";
 
+/// The source of `use_token_latencies` for a generative workload mlperf.conf does not know.
+pub const GENERATIVE: &str = "qdl: a generative workload mlperf.conf has no entry for";
+
 /// The layers of one run.
 #[derive(Debug, Clone)]
 pub struct Layers {
@@ -194,6 +197,9 @@ pub struct Layers {
     pub scenario: Scenario,
     /// The test mode.
     pub mode: TestMode,
+    /// The workload is generative (an LLM): measured by token latencies even where mlperf.conf
+    /// does not know it (`use_token_latencies` on, below the config file, user.conf and flags).
+    pub generative: bool,
     /// The TOML config's overrides and the file they came from (`None`: no file was given).
     pub toml: Option<(PathBuf, Overrides)>,
     /// The user.conf to apply.
@@ -252,6 +258,10 @@ impl Resolved {
         mlperf.apply_mlperf_conf(&layers.model, layers.scenario)?;
         let mut s = mlperf.clone();
         let mut sources = BTreeMap::new();
+        if layers.generative && !s.use_token_latencies {
+            s.use_token_latencies = true;
+            sources.insert("use_token_latencies", GENERATIVE.to_string());
+        }
         if let Some((path, o)) = &layers.toml {
             for name in o.apply(&mut s) {
                 sources.insert(name, format!("{} [loadgen]", path.display()));
@@ -471,10 +481,30 @@ mod tests {
             model: "bert".into(),
             scenario,
             mode: TestMode::PerformanceOnly,
+            generative: false,
             toml: None,
             user_conf: None,
             flags: Overrides::default(),
         }
+    }
+
+    #[test]
+    fn a_generative_workload_unknown_to_mlperf_conf_is_measured_by_token_latencies() {
+        let mut l = layers(Scenario::Server);
+        l.model = "smollm2-135m".into();
+        assert!(!Resolved::resolve(&l).unwrap().settings.use_token_latencies, "not for a fixed-shape workload");
+        l.generative = true;
+        let r = Resolved::resolve(&l).unwrap();
+        assert!(r.settings.use_token_latencies);
+        assert_eq!(r.source("use_token_latencies"), GENERATIVE);
+        // A later layer still decides.
+        let dir = tempfile::tempdir().unwrap();
+        let uc = dir.path().join("user.conf");
+        std::fs::write(&uc, "smollm2-135m.*.use_token_latencies = 0\n").unwrap();
+        l.user_conf = Some(uc.clone());
+        let r = Resolved::resolve(&l).unwrap();
+        assert!(!r.settings.use_token_latencies);
+        assert_eq!(r.source("use_token_latencies"), uc.display().to_string());
     }
 
     fn toml(min_duration_ms: u64, qps: f64) -> Option<(PathBuf, Overrides)> {

@@ -65,12 +65,14 @@ pub fn loadgen_settings(
     config_path: Option<&Path>,
     flags: &Overrides,
     model: &str,
+    generative: bool,
 ) -> Result<Resolved, qdl_loadgen::LoadgenError> {
     let l = &cfg.loadgen;
     let model =
         if l.scenario == ScenarioName::Interactive { format!("{model}-interactive") } else { model.to_string() };
     let layers = Layers {
         model,
+        generative,
         scenario: scenario(l.scenario),
         mode: match l.mode {
             ModeName::Performance => TestMode::PerformanceOnly,
@@ -338,16 +340,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     let (spec, store) = prepare_samples(cfg)?;
     let out_dir = cfg.loadgen.output_dir.clone();
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let mut resolved = loadgen_settings(cfg, opts.config_path.as_deref(), &opts.flags, &spec.loadgen_model())?;
-    if spec.is_generative() && !resolved.settings.use_token_latencies {
-        // A generative workload mlperf.conf does not know (smollm2-135m, a [workload.spec]):
-        // measure it as MLPerf measures its LLMs, by TTFT and TPOT (LoadGen's default bounds).
-        resolved.settings.use_token_latencies = true;
-        eprintln!(
-            "loadgen: use_token_latencies = 1 (qdl: {} is generative; mlperf.conf has no entry for it)",
-            spec.name
-        );
-    }
+    let (config, model) = (opts.config_path.as_deref(), spec.loadgen_model());
+    let resolved = loadgen_settings(cfg, config, &opts.flags, &model, spec.is_generative())?;
     print_settings(&resolved);
     let recipe = if opts.local { None } else { Some(Arc::new(SessionRecipe::from_config(cfg, &spec)?)) };
 
@@ -474,7 +468,7 @@ mod tests {
         cfg.loadgen.scenario = ScenarioName::Server;
         cfg.loadgen.mode = ModeName::Accuracy;
         let none = Overrides::default();
-        let s = loadgen_settings(&cfg, None, &none, "bert").unwrap().settings;
+        let s = loadgen_settings(&cfg, None, &none, "bert", false).unwrap().settings;
         assert_eq!(s.server_target_latency_ns, 130_000_000, "mlperf.conf's BERT bound");
         assert_eq!(s.min_duration_ms, 600_000);
         assert_eq!(s.qsl_rng_seed, 2085463073848966840);
@@ -485,7 +479,7 @@ mod tests {
         cfg.loadgen.server_target_qps = Some(777.0);
         cfg.loadgen.single_stream_expected_latency_ms = Some(2.0);
         cfg.loadgen.accuracy_sample_count = Some(10);
-        let r = loadgen_settings(&cfg, Some(Path::new("x.toml")), &none, "bert").unwrap();
+        let r = loadgen_settings(&cfg, Some(Path::new("x.toml")), &none, "bert", false).unwrap();
         let s = &r.settings;
         assert_eq!(s.server_target_latency_ns, 50_500_000);
         assert_eq!(s.min_duration_ms, 1234);
