@@ -12,7 +12,10 @@
 //! - [`loadcheck`]: a worker under load with a real model, answers checked (`qdl-gpu-check`).
 //! - [`local`]: [`local::LocalTransport`], the in-process transport of the frontend's local
 //!   baseline (the wire replaced by direct hand-offs to the workers).
-//! - The binary `qdl-gpu-check` (`src/bin/`): checks a machine's GPUs and a worker under load.
+//! - [`checktable`]: the check binaries' result table (`check | gpu | result | detail | ms`).
+//! - The binaries (`src/bin/`): `qdl-gpu-check` checks a machine's GPUs and a worker under load;
+//!   `qdl-llama-check` (cargo feature `llama`) runs the llama.cpp engine on a few prompts and
+//!   checks its answers and where its weights went against reference answers of the CPU.
 //!
 //! The accelerator node (`qdl-accelerator`) and the frontend depend on this crate and on
 //! `qdl-shared`, never on each other.
@@ -21,6 +24,7 @@
 
 pub mod backend;
 pub mod batcher;
+pub mod checktable;
 pub mod generate;
 pub mod gpu;
 pub mod loadcheck;

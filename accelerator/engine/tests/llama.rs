@@ -404,7 +404,7 @@ impl PayloadSource for Prompts {
 fn llama_config(path: PathBuf) -> BackendConfig {
     BackendConfig {
         kind: BackendKind::Llama,
-        llama: LlamaConfig { model: Some(path), threads: threads(), context_tokens: 4096 },
+        llama: LlamaConfig { model: Some(path), threads: threads(), context_tokens: 4096, gpu_layers: None },
         ..Default::default()
     }
 }
@@ -512,7 +512,9 @@ fn the_backend_refuses_what_it_cannot_serve_and_a_bad_model_is_a_clear_error() {
     let e = missing.err().expect("a missing model is an error");
     assert!(matches!(&e, BackendError::Setup(m) if m.contains("is not a file")), "{e}");
     let Some(path) = model_path() else { return };
-    let mut b = LlamaBackend::load(&LlamaConfig { model: Some(path), threads: 1, context_tokens: 256 }, 2).unwrap();
+    let mut b =
+        LlamaBackend::load(&LlamaConfig { model: Some(path), threads: 1, context_tokens: 256, gpu_layers: None }, 2)
+            .unwrap();
     assert_eq!((b.name(), b.provider()), ("llama", "cpu"));
     assert!(b.describe().contains("SmolLM2-135M-Instruct.Q4_1.gguf"), "{}", b.describe());
     b.check(&WorkloadSpec::builtin("smollm2-135m").unwrap()).unwrap();

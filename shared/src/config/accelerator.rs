@@ -313,6 +313,10 @@ impl OnnxConfig {
 /// llama.cpp's largest number of sequences in one context (`LLAMA_MAX_SEQ`).
 pub const LLAMA_MAX_SEQUENCES: u32 = 256;
 
+/// The most layers `backend.llama.gpu_layers` names (no model has nearly as many; leave the
+/// field unset for all of them).
+pub const LLAMA_MAX_GPU_LAYERS: u32 = 4096;
+
 /// `[backend.llama]`: an LLM run by llama.cpp in-process, one context per worker whose sequences
 /// (one per running request, `[generation]`) share one KV cache of `context_tokens` tokens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -328,11 +332,18 @@ pub struct LlamaConfig {
     /// sequences share. With `kind = "llama"`, `generation.kv_tokens` (the scheduler's budget)
     /// must fit in it, so the context never runs out. Default 8192.
     pub context_tokens: u32,
+    /// Layers llama.cpp puts on the GPU (its `n_gpu_layers`), counted in the model's layers plus
+    /// one for its output layer: unset (the default) = all of them (llama.cpp's -1), 0 = none
+    /// (the model on the CPU), at most 4096. Only llama.cpp libraries built with CUDA have a GPU to
+    /// put them on (the cargo feature `llama-cuda`, or `llama-dynamic` run against CUDA-built
+    /// libraries, as `scripts/gpu-check` does); elsewhere every layer is on the CPU whatever this
+    /// says. The start-up log names where they went.
+    pub gpu_layers: Option<u32>,
 }
 
 impl Default for LlamaConfig {
     fn default() -> Self {
-        LlamaConfig { model: None, threads: 1, context_tokens: 8192 }
+        LlamaConfig { model: None, threads: 1, context_tokens: 8192, gpu_layers: None }
     }
 }
 
@@ -343,6 +354,11 @@ impl LlamaConfig {
             (64..=1 << 24).contains(&self.context_tokens),
             "backend.llama.context_tokens",
             "must be between 64 and 16777216 tokens",
+        )?;
+        check(
+            self.gpu_layers.is_none_or(|n| n <= LLAMA_MAX_GPU_LAYERS),
+            "backend.llama.gpu_layers",
+            &format!("must be at most {LLAMA_MAX_GPU_LAYERS} layers (leave it unset for all of them)"),
         )?;
         if kind != BackendKind::Llama {
             return Ok(());
@@ -623,6 +639,7 @@ mod tests {
             ),
             ("[backend.llama]\nthreads = 0".to_string(), "backend.llama.threads"),
             ("[backend.llama]\ncontext_tokens = 8".to_string(), "backend.llama.context_tokens"),
+            ("[backend.llama]\ngpu_layers = 4097".to_string(), "backend.llama.gpu_layers"),
             (llama(""), "generation.kv_tokens"),
             (llama("context_tokens = 4096\n[generation]\nkv_tokens = 8192"), "generation.kv_tokens"),
             (llama("[generation]\nkv_tokens = 8192\nmax_running = 257"), "generation.max_running"),
@@ -633,6 +650,10 @@ mod tests {
         let ok = acc(&llama("threads = 2\n[generation]\nkv_tokens = 8192")).unwrap();
         assert_eq!(ok.backend.kind.name(), "llama");
         assert_eq!((ok.backend.llama.threads, ok.backend.llama.context_tokens), (2, 8192));
+        assert_eq!(ok.backend.llama.gpu_layers, None, "all layers by default");
+        assert_eq!(acc("[backend.llama]\ngpu_layers = 0").unwrap().backend.llama.gpu_layers, Some(0));
+        let negative = field_of(acc("[backend.llama]\ngpu_layers = -1").unwrap_err());
+        assert!(negative.starts_with("parse:") && negative.contains("gpu_layers"), "{negative}");
         // Not validated against [generation] unless the llama backend is selected.
         assert!(acc("[backend.llama]\ncontext_tokens = 64").is_ok());
     }

@@ -9,6 +9,9 @@
 //! - Fixed-shape batches ([`Backend::infer`]) are refused: this backend only generates.
 //! - [`Backend::check`] refuses workloads that are not generative and those whose vocabulary is
 //!   not the model's; the workers run it at warm-up ([`Backend::warmup`]).
+//! - Devices: `backend.llama.gpu_layers` layers (default all) go to the GPU when the llama.cpp
+//!   libraries have a CUDA backend; [`Backend::provider`] says "cuda" only when llama.cpp's load
+//!   log shows weights in a CUDA device's memory, else "cpu".
 
 use std::cell::Cell;
 
@@ -28,14 +31,14 @@ pub struct LlamaBackend {
 }
 
 impl LlamaBackend {
-    /// Loads `config.model` (or shares it, when this process has loaded it already) and makes one
-    /// context of `config.context_tokens` tokens for `sequences` sequences (at least the
-    /// scheduler's `max_running`).
+    /// Loads `config.model` with `config.gpu_layers` of its layers on the GPU (or shares it, when
+    /// this process has loaded it already) and makes one context of `config.context_tokens`
+    /// tokens for `sequences` sequences (at least the scheduler's `max_running`).
     pub fn load(config: &LlamaConfig, sequences: u32) -> Result<LlamaBackend, BackendError> {
         let path = config.model.as_deref().ok_or_else(|| {
             BackendError::Setup("backend.llama.model is not set (a .gguf file; scripts/models fetches one)".into())
         })?;
-        let model = LoadedModel::load(path)?;
+        let model = LoadedModel::load_with(path, config.gpu_layers)?;
         let options = EngineOptions { sequences, context_tokens: config.context_tokens, threads: config.threads };
         let engine = LlamaEngine::new(model, options)?;
         Ok(LlamaBackend { model, options, engine: Cell::new(Some(engine)) })

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Context as _;
 use clap::Parser;
+use qdl_engine::checktable::{Row, row, rows_json, table};
 use qdl_engine::gpu::{self, GpuError, GpuStaging};
 
 /// Bytes of one ResNet-50 sample, the unit of the buffer sizes checked.
@@ -44,15 +44,6 @@ struct Cli {
     /// Tolerance of the worker check's float outputs (absolute; the relative one is 10x).
     #[arg(long, default_value_t = 1e-3)]
     atol: f64,
-}
-
-/// One check's result.
-struct Row {
-    check: &'static str,
-    gpu: String,
-    ok: bool,
-    detail: String,
-    ms: f64,
 }
 
 fn main() -> ExitCode {
@@ -200,15 +191,6 @@ fn alloc_check(ordinal: u32) -> Result<String, GpuError> {
     ))
 }
 
-fn row<E: std::fmt::Display>(check: &'static str, gpu: &str, result: Result<String, E>, since: Instant) -> Row {
-    let ms = since.elapsed().as_secs_f64() * 1e3;
-    let (ok, detail) = match result {
-        Ok(d) => (true, d),
-        Err(e) => (false, e.to_string()),
-    };
-    Row { check, gpu: gpu.to_string(), ok, detail, ms }
-}
-
 /// No driver or no GPU: says so and exits 2.
 fn no_gpu(cli: &Cli, reason: &str) -> anyhow::Result<ExitCode> {
     eprintln!("no NVIDIA GPU: nothing to check ({reason})");
@@ -224,19 +206,7 @@ fn finish(cli: &Cli, rows: &[Row], gpus: &[serde_json::Value]) -> anyhow::Result
     let ok = rows.iter().all(|r| r.ok);
     print!("{}", table(rows));
     if let Some(path) = &cli.json {
-        let rows: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "check": r.check,
-                    "gpu": r.gpu,
-                    "result": if r.ok { "PASS" } else { "FAIL" },
-                    "detail": r.detail,
-                    "ms": (r.ms * 10.0).round() / 10.0,
-                })
-            })
-            .collect();
-        write_json(path, &serde_json::json!({ "ok": ok, "gpus": gpus, "rows": rows }))?;
+        write_json(path, &serde_json::json!({ "ok": ok, "gpus": gpus, "rows": rows_json(rows) }))?;
     }
     let failed = rows.iter().filter(|r| !r.ok).count();
     if ok {
@@ -248,66 +218,6 @@ fn finish(cli: &Cli, rows: &[Row], gpus: &[serde_json::Value]) -> anyhow::Result
     }
 }
 
-/// The rows as an aligned text table, a header and a rule first.
-fn table(rows: &[Row]) -> String {
-    let header = ["check", "gpu", "result", "detail", "ms"];
-    let cells: Vec<[String; 5]> = rows
-        .iter()
-        .map(|r| {
-            let result = if r.ok { "PASS" } else { "FAIL" };
-            [r.check.to_string(), r.gpu.clone(), result.to_string(), r.detail.clone(), format!("{:.1}", r.ms)]
-        })
-        .collect();
-    let mut width = header.map(str::len);
-    for c in &cells {
-        for (w, cell) in width.iter_mut().zip(c) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |c: [&str; 5]| {
-        format!(
-            "{:<w0$} | {:<w1$} | {:<w2$} | {:<w3$} | {:>w4$}",
-            c[0],
-            c[1],
-            c[2],
-            c[3],
-            c[4],
-            w0 = width[0],
-            w1 = width[1],
-            w2 = width[2],
-            w3 = width[3],
-            w4 = width[4]
-        )
-    };
-    let mut out = format!("{}\n{}\n", line(header), width.map(|w| "-".repeat(w)).join("-|-"));
-    for c in &cells {
-        out += &line([&c[0], &c[1], &c[2], &c[3], &c[4]]);
-        out.push('\n');
-    }
-    out
-}
-
 fn write_json(path: &std::path::Path, doc: &serde_json::Value) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(doc)?;
-    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_is_aligned() {
-        let rows = [
-            Row { check: "discover", gpu: "-".into(), ok: true, detail: "1 GPU(s)".into(), ms: 12.34 },
-            Row { check: "copy", gpu: "0".into(), ok: false, detail: "CUDA: cuMemAlloc failed".into(), ms: 1.0 },
-        ];
-        let text = table(&rows);
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 4);
-        assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{text}");
-        assert!(lines[0].starts_with("check    | gpu | result | detail "), "{text}");
-        assert!(lines[2].contains("| PASS   |") && lines[3].contains("| FAIL   |"), "{text}");
-        assert!(lines[2].ends_with(" 12.3") && lines[3].ends_with("  1.0"), "{text}");
-    }
+    Ok(qdl_engine::checktable::write_json(path, doc)?)
 }

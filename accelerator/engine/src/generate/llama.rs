@@ -1,4 +1,6 @@
-//! [`LlamaEngine`]: a real generative engine, llama.cpp in-process (crate `llama-cpp-2`).
+//! [`LlamaEngine`]: a real generative engine, llama.cpp in-process (crate `llama-cpp-2`); and
+//! [`Tokenizer`], a model file's tokenizer alone (its vocabulary, no weights), with which the
+//! frontend tokenizes a text file of prompts.
 //!
 //! ```text
 //!  LoadedModel (one per model file and process, &'static, shared by every worker's engine)
@@ -18,6 +20,10 @@
 //!   `kv_tokens` budget is shared; with `kv_tokens <= n_ctx` (the config checks it) a step always
 //!   finds room. Without `kv_unified` llama.cpp would give each sequence `n_ctx / n_seq_max`.
 //! - **Sampling**: greedy (temperature 0): the first largest logit; deterministic.
+//! - **Devices**: with llama.cpp libraries built with CUDA (feature `llama-cuda`, or
+//!   `llama-dynamic` run against CUDA-built libraries) the model's layers go to the GPU
+//!   (`backend.llama.gpu_layers`, default all); [`LoadedModel::placement`] reads where they went
+//!   from llama.cpp's load log, so a silent fall-back to the CPU shows as device "cpu".
 //! - **Lifetimes**: a `LlamaContext<'m>` borrows its `LlamaModel`. Models are loaded once per
 //!   process and path and leaked ([`LoadedModel::load`] returns `&'static`), so a context is a
 //!   `LlamaContext<'static>` in safe code, no self-reference and no `unsafe impl Send`: the crate
@@ -47,6 +53,11 @@ use qdl_shared::workload::Generation;
 use super::engine::TokenEngine;
 use super::scheduler::{SeqId, StepOutput, StepPlan, Work};
 use crate::backend::BackendError;
+
+mod placement;
+mod tokenizer;
+pub use placement::Placement;
+pub use tokenizer::{MAX_TOKENIZE_BYTES, Tokenizer};
 
 /// The most sequences one llama.cpp context holds (llama.cpp's `LLAMA_MAX_SEQ`).
 pub const MAX_SEQUENCES: u32 = qdl_shared::config::LLAMA_MAX_SEQUENCES;
@@ -81,11 +92,19 @@ unsafe extern "C" fn forward_log(level: llama_cpp_sys_2::ggml_log_level, text: *
     if text.is_empty() {
         return;
     }
+    placement::observe(text);
     match level {
         llama_cpp_sys_2::GGML_LOG_LEVEL_ERROR => tracing::error!(target: "llama.cpp", "{text}"),
         llama_cpp_sys_2::GGML_LOG_LEVEL_WARN => tracing::warn!(target: "llama.cpp", "{text}"),
         _ => tracing::debug!(target: "llama.cpp", "{text}"),
     }
+}
+
+/// The GPUs llama.cpp's ggml backends found, as `CUDA0 (NVIDIA H200, 139.7 GiB)`: none when its
+/// libraries were built without a GPU backend, whatever the machine has.
+pub fn gpu_devices() -> Result<Vec<String>, BackendError> {
+    backend()?;
+    Ok(placement::gpu_devices())
 }
 
 /// A model file loaded by llama.cpp, shared by every engine of the process that uses it.
@@ -94,8 +113,10 @@ pub struct LoadedModel {
     path: PathBuf,
     vocab: u32,
     context_trained: u32,
-    /// Whether llama.cpp put its layers on a GPU (a `llama-cuda` build with a GPU).
-    offloaded: bool,
+    /// The layers llama.cpp was asked to offload (`None`: all).
+    gpu_layers: Option<u32>,
+    /// Where llama.cpp put the weights, from its load log.
+    placement: Placement,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -105,9 +126,18 @@ impl std::fmt::Debug for LoadedModel {
 }
 
 impl LoadedModel {
-    /// Loads the GGUF file at `path`, or returns the model already loaded from it by this process
-    /// (see the module docs: models are never unloaded).
+    /// Loads the GGUF file at `path` with every layer on the GPU, if llama.cpp has one:
+    /// [`LoadedModel::load_with`] with `None`.
     pub fn load(path: &Path) -> Result<&'static LoadedModel, BackendError> {
+        LoadedModel::load_with(path, None)
+    }
+
+    /// Loads the GGUF file at `path` with `gpu_layers` of its layers on the GPU (llama.cpp's
+    /// `n_gpu_layers`; `None`: all of them, `Some(0)`: none; without a GPU backend all are on the
+    /// CPU), or returns the model this process already loaded from it with the same `gpu_layers`
+    /// (see the module docs: models are never unloaded). [`LoadedModel::placement`] says where
+    /// the weights went.
+    pub fn load_with(path: &Path, gpu_layers: Option<u32>) -> Result<&'static LoadedModel, BackendError> {
         static MODELS: Mutex<Vec<&'static LoadedModel>> = Mutex::new(Vec::new());
         if !path.is_file() {
             return Err(BackendError::Setup(format!(
@@ -123,10 +153,17 @@ impl LoadedModel {
         let backend = backend()?;
         // One load at a time: a second caller for the same file waits and shares it.
         let mut models = MODELS.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = models.iter().find(|m| m.path == key) {
+        if let Some(m) = models.iter().find(|m| m.path == key && m.gpu_layers == gpu_layers) {
             return Ok(m);
         }
-        let model = LlamaModel::load_from_file(backend, &key, &LlamaModelParams::default()).map_err(|e| {
+        let mut params = LlamaModelParams::default();
+        if let Some(n) = gpu_layers {
+            params = params.with_n_gpu_layers(n);
+        }
+        placement::start();
+        let model = LlamaModel::load_from_file(backend, &key, &params);
+        let placement = placement::finish();
+        let model = model.map_err(|e| {
             BackendError::Setup(format!(
                 "llama.cpp cannot load {} ({e}): not a GGUF model it supports, or truncated (its log says why)",
                 path.display()
@@ -135,10 +172,9 @@ impl LoadedModel {
         let vocab = u32::try_from(model.n_vocab())
             .map_err(|_| BackendError::Setup(format!("{}: negative vocabulary size", path.display())))?;
         let context_trained = model.n_ctx_train();
-        // llama.cpp's default model parameters offload every layer when a GPU backend is there.
-        let offloaded = backend.supports_gpu_offload();
+        tracing::info!("llama.cpp loaded {}: {}", path.display(), placement.describe());
         let loaded: &'static LoadedModel =
-            Box::leak(Box::new(LoadedModel { model, path: key, vocab, context_trained, offloaded }));
+            Box::leak(Box::new(LoadedModel { model, path: key, vocab, context_trained, gpu_layers, placement }));
         models.push(loaded);
         Ok(loaded)
     }
@@ -153,9 +189,15 @@ impl LoadedModel {
         self.context_trained
     }
 
-    /// Where its layers run: "cuda" (a `llama-cuda` build that found a GPU) or "cpu".
+    /// Where its layers run: "cuda" (llama.cpp put weights on a CUDA GPU: a `llama-cuda` build,
+    /// or CUDA-built libraries, that found a GPU) or "cpu".
     pub fn device(&self) -> &'static str {
-        if self.offloaded { "cuda" } else { "cpu" }
+        if self.placement.on_gpu() { "cuda" } else { "cpu" }
+    }
+
+    /// Where llama.cpp put its weights (read from its load log).
+    pub fn placement(&self) -> &Placement {
+        &self.placement
     }
 
     /// The model file's name, for logs.

@@ -6,7 +6,8 @@
 //! - [`engine`]: the [`engine::TokenEngine`] a worker steps, and the synthetic one.
 //! - [`lane`]: [`lane::GenerativeLane`], a worker's generative side: the thin driver that feeds
 //!   the scheduler, steps the engine and answers first tokens and finished samples.
-//! - `llama` (cargo feature `llama`): `llama::LlamaEngine`, llama.cpp in-process.
+//! - `llama` (cargo feature `llama`): `llama::LlamaEngine`, llama.cpp in-process; and
+//!   `llama::Tokenizer`, a GGUF file's tokenizer alone (the frontend's prompts files).
 
 pub mod engine;
 pub mod lane;
