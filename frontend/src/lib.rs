@@ -16,13 +16,14 @@
 //! - The local baseline (cargo feature `local`, on by default): `run --local` and `lab` run the
 //!   engine's workers in-process through `qdl_engine::local::LocalTransport`; without the
 //!   feature the frontend is network-only (no ONNX Runtime, no cudarc).
-//! - [`qsl`] and [`npy`]: sample generation and loading into one long-lived buffer.
+//! - [`qsl`] and [`npy`]: sample generation, `.npy` datasets and (LLMs) text files of prompts
+//!   tokenized when the QSL loads ([`qsl::prompts`]), loaded into one long-lived buffer.
 //! - [`settings`]: LoadGen's settings in layers (mlperf.conf < TOML < user.conf < flags), where
 //!   each came from, and the fix for an INVALID verdict.
 //! - [`report`]: report.json and LoadGen log parsing; [`timeline`] and [`plot`]: the run's time
 //!   series and its SVG charts.
-//! - The binary (`src/main.rs`, `src/app/`): the `run`, `lab`, `bench` and `check-accuracy`
-//!   commands.
+//! - The binary (`src/main.rs`, `src/app/`): the `run`, `lab`, `bench`, `tokenize` and
+//!   `check-accuracy` commands.
 
 #![warn(missing_docs)]
 

@@ -32,6 +32,11 @@ enum Command {
     /// Measure the figures that decide the hot path, side by side: Offline network/local ratios,
     /// ResNet-50 payload throughput against iperf3, the highest VALID BERT Server QPS.
     Bench(BenchArgs),
+    /// Tokenize a text file of prompts (one per line) with a GGUF model file's tokenizer into a
+    /// dataset directory (input_ids.npy, input_lens.npy) that workload.dataset_dir reads: for a
+    /// frontend built without llama.cpp (no feature `local`).
+    #[command(after_help = TOKENIZE_HELP)]
+    Tokenize(TokenizeArgs),
     /// Check every response of an accuracy run against the reference outputs.
     #[command(after_help = "Exit status: 0 every answer is right, 5 a wrong, missing or duplicated answer, \
                             1 the run's files cannot be read.")]
@@ -84,6 +89,30 @@ struct LabArgs {
     #[arg(long, requires = "frontend_config")]
     model: Option<PathBuf>,
 }
+
+#[derive(Args, Debug)]
+struct TokenizeArgs {
+    /// The GGUF model file whose tokenizer tokenizes the prompts (only its vocabulary is read).
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// The prompts: a UTF-8 text file, one prompt per line (the format of workload.prompts_file).
+    #[arg(long)]
+    prompts: PathBuf,
+    /// The generative workload the prompts are for (its max_input_tokens and vocabulary).
+    #[arg(long, short, value_parser = ["llama3.1-8b", "llama2-70b", "smollm2-135m"])]
+    workload: String,
+    /// The dataset directory to write (made if missing; its two files are replaced).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// `tokenize --help`'s epilogue.
+const TOKENIZE_HELP: &str = "The prompts file: sample i is the i-th line that is not blank; a \\n in a line is a
+newline, \\\\ a backslash; special tokens written out (<|im_start|>) are parsed; BOS is added when
+the tokenizer's metadata says so; prompts longer than the workload's max_input_tokens are cut to
+their first max_input_tokens tokens. The same as `run` with workload.prompts_file and
+workload.tokenizer does when the QSL loads, so both runs send the same samples.
+Exit status: 0 written, 1 a file cannot be read or written or a prompt is refused.";
 
 #[derive(Args, Debug)]
 struct BenchArgs {
@@ -172,9 +201,17 @@ struct RunArgs {
     /// Seed of the sample generator.
     #[arg(long)]
     seed: Option<u64>,
-    /// A directory of .npy samples instead of generated ones.
+    /// A directory of .npy samples instead of generated ones (replaces workload.dataset_dir and
+    /// clears workload.prompts_file).
     #[arg(long)]
     dataset: Option<PathBuf>,
+    /// A text file of prompts, one per line, tokenized when the QSL loads (untimed) by
+    /// --tokenizer's tokenizer (replaces workload.prompts_file and clears workload.dataset_dir).
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// The GGUF model file whose tokenizer tokenizes the prompts (replaces workload.tokenizer).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// Prometheus metrics address ("" disables).
     #[arg(long)]
     metrics_listen: Option<String>,
@@ -306,8 +343,18 @@ fn frontend_config(a: &RunArgs) -> anyhow::Result<FrontendConfig> {
     if let Some(v) = a.seed {
         c.workload.seed = v;
     }
+    // The flags choose the source: a dataset directory or a prompts file, not both.
     if let Some(v) = &a.dataset {
         c.workload.dataset_dir = Some(v.clone());
+        c.workload.prompts_file = None;
+        c.workload.tokenizer = None;
+    }
+    if let Some(v) = &a.prompts {
+        c.workload.prompts_file = Some(v.clone());
+        c.workload.dataset_dir = None;
+    }
+    if let Some(v) = &a.tokenizer {
+        c.workload.tokenizer = Some(v.clone());
     }
     if let Some(v) = &a.metrics_listen {
         c.frontend.metrics_listen = v.clone();
@@ -352,6 +399,40 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
         eprintln!("qdl-frontend: LoadGen judged the run INVALID and --require-valid was given (exit status 4)");
         return Ok(exit::INVALID);
     }
+    Ok(exit::OK)
+}
+
+/// `tokenize`: the prompts file tokenized into a dataset directory, a summary on stderr.
+fn cmd_tokenize(a: TokenizeArgs) -> anyhow::Result<i32> {
+    if !cfg!(feature = "local") {
+        anyhow::bail!(
+            "tokenize needs llama.cpp, which this qdl-frontend was built without (cargo feature `local`): run it \
+             from a default build, then give this one the directory it writes (--dataset DIR)"
+        );
+    }
+    let workload = qdl_shared::config::WorkloadConfig { name: a.workload.clone(), ..Default::default() };
+    let spec = workload.resolve_spec()?;
+    let Some(g) = spec.generation else { anyhow::bail!("workload {} is not generative", spec.name) };
+    eprintln!("qdl-frontend: tokenizing {} with the tokenizer of {}", a.prompts.display(), a.tokenizer.display());
+    let t = qdl_frontend::qsl::prompts::tokenize_file(&g, &a.prompts, &a.tokenizer)?;
+    for w in &t.tokenized.warnings {
+        eprintln!("qdl-frontend: warning: {w}");
+    }
+    let (ids, lens) =
+        t.tokenized.write_dataset(&a.out).with_context(|| format!("writing the dataset {}", a.out.display()))?;
+    let s = &t.tokenized.stats;
+    eprintln!(
+        "qdl-frontend: {} for {} (max_input_tokens {}): wrote {} [{}, {}] and {} [{}] (prompts file sha256 {})",
+        s,
+        spec.name,
+        g.max_input_tokens,
+        ids.display(),
+        s.prompts,
+        s.max,
+        lens.display(),
+        s.prompts,
+        t.sha256
+    );
     Ok(exit::OK)
 }
 
@@ -424,6 +505,7 @@ fn command(command: Command) -> anyhow::Result<i32> {
             app::bench::print(&report, &a.output_dir);
             0
         }
+        Command::Tokenize(a) => cmd_tokenize(a)?,
         Command::CheckAccuracy { dir, reference, atol, rtol } => {
             let tol = app::accuracy::Tolerance { atol, rtol };
             let v = app::accuracy::check(&dir, reference.as_deref(), tol)
@@ -467,6 +549,46 @@ mod tests {
             panic!()
         };
         assert_eq!(a.accelerators, ["x:1", "y:2", "z:3"]);
+    }
+
+    #[test]
+    fn prompts_flags_choose_the_sample_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let (prompts, model) = (dir.path().join("p.txt"), dir.path().join("m.gguf"));
+        std::fs::write(&prompts, "Hello\n").unwrap();
+        std::fs::write(&model, "GGUF").unwrap();
+        let config = dir.path().join("frontend.toml");
+        std::fs::write(
+            &config,
+            format!("[workload]\nname = \"smollm2-135m\"\ndataset_dir = \"{}\"\n", dir.path().display()),
+        )
+        .unwrap();
+        let (c, p, m) = (config.to_str().unwrap(), prompts.to_str().unwrap(), model.to_str().unwrap());
+        let Command::Run(a) =
+            parse(&["qdl-frontend", "run", "-c", c, "--prompts", p, "--tokenizer", m]).unwrap().command
+        else {
+            panic!()
+        };
+        let cfg = frontend_config(&a).unwrap();
+        assert_eq!((cfg.workload.dataset_dir, cfg.workload.prompts_file), (None, Some(prompts.clone())));
+        assert_eq!(cfg.workload.tokenizer.as_deref(), Some(model.as_path()));
+        let Command::Run(a) = parse(&["qdl-frontend", "run", "-w", "smollm2-135m", "--prompts", p]).unwrap().command
+        else {
+            panic!()
+        };
+        let e = frontend_config(&a).unwrap_err().to_string();
+        assert!(e.contains("workload.tokenizer"), "{e}");
+        let Command::Tokenize(t) =
+            parse(&["qdl-frontend", "tokenize", "--tokenizer", m, "--prompts", p, "-w", "llama2-70b", "--out", "d"])
+                .unwrap()
+                .command
+        else {
+            panic!()
+        };
+        assert_eq!((t.workload.as_str(), t.out.as_path()), ("llama2-70b", std::path::Path::new("d")));
+        assert!(
+            parse(&["qdl-frontend", "tokenize", "--tokenizer", m, "--prompts", p, "-w", "bert", "--out", "d"]).is_err()
+        );
     }
 
     #[test]

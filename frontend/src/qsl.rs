@@ -25,6 +25,11 @@
 //! or one above `max_input_tokens` is refused, naming the sample (MLPerf truncates prompts when
 //! it prepares a dataset, so a longer one means the wrong dataset or workload).
 //!
+//! # Prompts from a text file (generative workloads)
+//! `workload.prompts_file`, one prompt per line, tokenized by `workload.tokenizer` (a GGUF
+//! file's tokenizer) when the QSL loads, before the test: see [`prompts`]. The ids are packed as
+//! a `.npy` dataset's are.
+//!
 //! # The loaded buffer
 //! A [`LoadedSet`] holds the loaded samples back to back. Fixed-size workloads' samples are all
 //! [`WorkloadSpec::input_bytes`]; generative workloads' are packed at their true lengths with an
@@ -41,6 +46,8 @@ use qdl_shared::workload::{BERT_SEQ_LEN, DType, Generation, INPUT_IDS, WorkloadS
 use serde::{Deserialize, Serialize};
 
 use crate::npy::{NpyError, NpyFile};
+
+pub mod prompts;
 
 /// Errors of the QSL.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +147,62 @@ pub enum QslError {
         /// The workload's `vocab_size`.
         vocab: u32,
     },
+    /// A prompts file is unreadable, not UTF-8, empty, or a prompt cannot be tokenized.
+    #[error("prompts file {path}: {reason}")]
+    PromptsFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (naming the line).
+        reason: String,
+    },
+    /// A tokenized prompt holds an id outside the workload's vocabulary.
+    #[error(
+        "prompts file {path}: line {line} tokenizes to id {id} at position {position}, outside the workload's \
+         vocabulary 0..{vocab}: is the tokenizer the workload's model's?"
+    )]
+    PromptToken {
+        /// The prompts file.
+        path: PathBuf,
+        /// The prompt's line.
+        line: usize,
+        /// The id's position in the tokenized prompt.
+        position: usize,
+        /// The id.
+        id: i32,
+        /// The workload's `vocab_size`.
+        vocab: u32,
+    },
+    /// The tokenizer's file cannot be read.
+    #[error("tokenizer {path}: {reason}")]
+    Tokenizer {
+        /// The GGUF file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// This build has no tokenizer (llama.cpp comes with the feature `local`).
+    #[error(
+        "prompts file {path}: tokenizing prompts needs llama.cpp, which this qdl-frontend was built without: build \
+         it with the cargo feature `local` (on by default), or tokenize them where it is with `qdl-frontend \
+         tokenize --tokenizer MODEL.gguf --prompts FILE --workload NAME --out DIR` and run with \
+         workload.dataset_dir = DIR (--dataset DIR)"
+    )]
+    NoTokenizer {
+        /// The prompts file.
+        path: PathBuf,
+    },
+    /// A prompts file, or its tokens, are not what a run recorded (check-accuracy).
+    #[error("prompts file {path}: its {what} is {now}, where the run recorded {recorded}: not the run's samples")]
+    PromptsChanged {
+        /// The prompts file.
+        path: PathBuf,
+        /// "SHA-256" or "tokens' SHA-256".
+        what: &'static str,
+        /// Today's.
+        now: String,
+        /// The run's.
+        recorded: String,
+    },
     /// The buffer given for a sample is smaller than the workload's input size.
     #[error("a sample needs a buffer of {need} bytes, not {have}")]
     Buffer {
@@ -178,6 +241,24 @@ pub enum DatasetInfo {
         /// The directory.
         dir: PathBuf,
     },
+    /// Prompts of a text file (`workload.prompts_file`), tokenized when the QSL loaded (see
+    /// [`prompts`]).
+    Prompts {
+        /// The text file.
+        file: PathBuf,
+        /// Its SHA-256, lower-case hex.
+        sha256: String,
+        /// The GGUF file whose tokenizer tokenized it.
+        tokenizer: PathBuf,
+        /// Prompts in the file.
+        prompts: usize,
+        /// Their tokens, after truncation.
+        tokens: u64,
+        /// Prompts cut to the workload's `max_input_tokens`.
+        truncated: usize,
+        /// SHA-256 of the ids ([`prompts::Tokenized::digest`]), lower-case hex.
+        tokens_sha256: String,
+    },
 }
 
 enum Layout {
@@ -190,6 +271,8 @@ enum Layout {
     PerSample(Vec<PathBuf>),
     /// Pre-tokenized prompts (generative workloads).
     Tokens(TokenFile),
+    /// Prompts tokenized from a text file, in memory.
+    Prompts(prompts::Tokenized),
 }
 
 /// `input_ids.npy` and the lengths read from `input_lens.npy`.
@@ -353,11 +436,50 @@ impl SampleSource {
         Ok(SampleSource { spec: spec.clone(), layout: Layout::PerSample(files), info, available: Some(n) })
     }
 
-    /// Opens the source `info` describes.
+    /// The prompts of the text file `file`, tokenized with the GGUF file `tokenizer`'s tokenizer
+    /// now, checked and packed (see [`prompts`]); says how many, their lengths and how long it
+    /// took (and, once, how many were truncated). Generative workloads only.
+    pub fn prompts(spec: &WorkloadSpec, file: &Path, tokenizer: &Path) -> Result<SampleSource, QslError> {
+        let Some(g) = &spec.generation else {
+            let reason = format!("workload {} is not generative: only an LLM's samples are prompts", spec.name);
+            return Err(QslError::PromptsFile { path: file.into(), reason });
+        };
+        let t = prompts::tokenize_file(g, file, tokenizer)?;
+        let tokenized = t.tokenized;
+        tracing::info!(file = %file.display(), tokenizer = %tokenizer.display(), "prompts: {}", tokenized.stats);
+        for w in &tokenized.warnings {
+            tracing::warn!("{w}");
+        }
+        let info = DatasetInfo::Prompts {
+            file: file.to_path_buf(),
+            sha256: t.sha256,
+            tokenizer: tokenizer.to_path_buf(),
+            prompts: tokenized.len(),
+            tokens: tokenized.stats.tokens,
+            truncated: tokenized.stats.truncated,
+            tokens_sha256: tokenized.digest(),
+        };
+        let available = Some(tokenized.len());
+        Ok(SampleSource { spec: spec.clone(), layout: Layout::Prompts(tokenized), info, available })
+    }
+
+    /// Opens the source `info` describes; a prompts file is tokenized again, and refused if it,
+    /// or its tokens, are not the ones recorded.
     pub fn from_info(spec: &WorkloadSpec, info: &DatasetInfo) -> Result<SampleSource, QslError> {
         match info {
             DatasetInfo::Generated { seed } => Ok(SampleSource::generated(spec, *seed)),
             DatasetInfo::Npy { dir } => SampleSource::npy(spec, dir),
+            DatasetInfo::Prompts { file, sha256, tokenizer, tokens_sha256, .. } => {
+                let source = SampleSource::prompts(spec, file, tokenizer)?;
+                if let DatasetInfo::Prompts { sha256: now, tokens_sha256: tokens_now, .. } = &source.info {
+                    let pairs = [("SHA-256", now, sha256), ("tokens' SHA-256", tokens_now, tokens_sha256)];
+                    if let Some((what, now, recorded)) = pairs.into_iter().find(|(_, now, recorded)| now != recorded) {
+                        let (now, recorded) = (now.clone(), recorded.clone());
+                        return Err(QslError::PromptsChanged { path: file.clone(), what, now, recorded });
+                    }
+                }
+                Ok(source)
+            }
         }
     }
 
@@ -417,6 +539,13 @@ impl SampleSource {
             Layout::Tokens(t) => {
                 let vocab = self.spec.generation.as_ref().map_or(u32::MAX, |g| g.vocab_size);
                 t.read(index, vocab, out)
+            }
+            Layout::Prompts(t) => {
+                let ids = t.prompt(index).ok_or(QslError::OutOfRange { index, total: t.len() })?;
+                for (dst, id) in out.chunks_exact_mut(4).zip(ids) {
+                    dst.copy_from_slice(&id.to_le_bytes());
+                }
+                Ok(ids.len() * 4)
             }
         }
     }
@@ -602,6 +731,7 @@ impl SampleStore {
         {
             let dir = match source.info() {
                 DatasetInfo::Npy { dir } => dir.clone(),
+                DatasetInfo::Prompts { file, .. } => file.clone(),
                 DatasetInfo::Generated { .. } => PathBuf::new(),
             };
             return Err(QslError::Dataset {

@@ -164,18 +164,22 @@ fn end_run(failure: RunFailure, out: &Path) {
     unsafe { libc::_exit(qdl_shared::exit::RUN_FAILED) };
 }
 
-/// The dataset's samples, described by the workload (a directory of .npy files, else generated).
+/// The dataset's samples, described by the workload (a directory of .npy files, a text file of
+/// prompts tokenized now, before the test, else generated).
 fn prepare_samples(cfg: &FrontendConfig) -> anyhow::Result<(WorkloadSpec, Arc<SampleStore>)> {
-    let spec = cfg.workload.resolve_spec()?;
-    let source = match &cfg.workload.dataset_dir {
-        Some(dir) => SampleSource::npy(&spec, dir)?,
-        None => SampleSource::generated(&spec, cfg.workload.seed),
+    let w = &cfg.workload;
+    let spec = w.resolve_spec()?;
+    let source = match (&w.dataset_dir, &w.prompts_file, &w.tokenizer) {
+        (Some(dir), _, _) => SampleSource::npy(&spec, dir)?,
+        (None, Some(file), Some(tokenizer)) => SampleSource::prompts(&spec, file, tokenizer)?,
+        (None, Some(_), None) => bail!("workload.prompts_file needs workload.tokenizer (a GGUF model file)"),
+        (None, None, _) => SampleSource::generated(&spec, w.seed),
     };
-    let total = match (cfg.workload.total_samples, source.available()) {
+    let total = match (w.total_samples, source.available()) {
         (None, Some(n)) => n,
-        _ => cfg.workload.total() as usize,
+        _ => w.total() as usize,
     };
-    let performance = (cfg.workload.performance() as usize).min(total);
+    let performance = (w.performance() as usize).min(total);
     Ok((spec, Arc::new(SampleStore::new(source, total, performance)?)))
 }
 

@@ -99,6 +99,19 @@ pub struct WorkloadConfig {
     pub seed: u64,
     /// A directory of .npy files to load samples from instead of generating them. Default none.
     pub dataset_dir: Option<PathBuf>,
+    /// A generative workload's prompts as text, tokenized by `tokenizer` when the QSL loads
+    /// (before the test, untimed), instead of generated or pre-tokenized (`dataset_dir`) ones.
+    /// A UTF-8 file, one prompt per line: sample `i` is the `i`-th non-empty line; lines holding
+    /// only whitespace are skipped, a `\r` before a line's newline is dropped, and inside a line
+    /// `\n` stands for a newline and `\\` for a backslash (any other backslash is itself).
+    /// Special tokens written out (`<|im_start|>`) are parsed as such; prompts longer than the
+    /// workload's `max_input_tokens` are truncated to their first `max_input_tokens` tokens.
+    /// Not with `dataset_dir`. Default none.
+    pub prompts_file: Option<PathBuf>,
+    /// The GGUF model file whose embedded tokenizer tokenizes `prompts_file` (only its
+    /// vocabulary is read, not its weights); BOS is added when the file's metadata says so
+    /// (`tokenizer.ggml.add_bos_token`). Required with `prompts_file`, only with it. Default none.
+    pub tokenizer: Option<PathBuf>,
     /// Samples in the QSL. Default: ResNet-50 50000, BERT 10833, others 1024 (or the dataset's).
     pub total_samples: Option<u32>,
     /// Samples loaded at once (LoadGen's performance sample count). Default: ResNet-50 1024,
@@ -118,6 +131,8 @@ impl Default for WorkloadConfig {
             name: "resnet50".into(),
             seed: 0x5eed,
             dataset_dir: None,
+            prompts_file: None,
+            tokenizer: None,
             total_samples: None,
             performance_samples: None,
             spec: None,
@@ -146,6 +161,35 @@ impl WorkloadConfig {
                     ),
                 )
             }),
+        }
+    }
+
+    /// Checks `prompts_file` and `tokenizer` (`generative`: whether the workload is an LLM's).
+    fn validate_prompts(&self, generative: bool) -> Result<(), ConfigError> {
+        let Some(p) = &self.prompts_file else {
+            return check(
+                self.tokenizer.is_none(),
+                "workload.tokenizer",
+                "tokenizes workload.prompts_file, which is not set (pre-tokenized samples come from dataset_dir)",
+            );
+        };
+        check(
+            generative,
+            "workload.prompts_file",
+            &format!("workload {:?} is not generative: only an LLM's samples come from a prompts file", self.name),
+        )?;
+        check(
+            self.dataset_dir.is_none(),
+            "workload.prompts_file",
+            "give either prompts_file (text, tokenized when the QSL loads) or dataset_dir (pre-tokenized), not both",
+        )?;
+        check(p.is_file(), "workload.prompts_file", &format!("{} is not a file", p.display()))?;
+        match &self.tokenizer {
+            None => Err(invalid(
+                "workload.tokenizer",
+                "required with workload.prompts_file: the GGUF model file whose tokenizer tokenizes the prompts",
+            )),
+            Some(t) => check(t.is_file(), "workload.tokenizer", &format!("{} is not a file", t.display())),
         }
     }
 
@@ -335,6 +379,8 @@ impl FrontendConfig {
 
     fn resolve_paths(&mut self, base: &Path) {
         resolve(base, &mut self.workload.dataset_dir);
+        resolve(base, &mut self.workload.prompts_file);
+        resolve(base, &mut self.workload.tokenizer);
         resolve(base, &mut self.workload.reference_dir);
         resolve(base, &mut self.auth.secret_file);
         self.tls.resolve(base);
@@ -372,12 +418,13 @@ impl FrontendConfig {
             "must be between 1 and 600000 ms",
         )?;
         let w = &self.workload;
-        w.resolve_spec()?;
+        let spec = w.resolve_spec()?;
         check(w.total_samples != Some(0), "workload.total_samples", "must be at least 1")?;
         check(w.performance_samples != Some(0), "workload.performance_samples", "must be at least 1")?;
         if let Some(d) = &w.dataset_dir {
             check(d.is_dir(), "workload.dataset_dir", &format!("{} is not a directory", d.display()))?;
         }
+        w.validate_prompts(spec.is_generative())?;
         let l = &self.loadgen;
         if let Some(p) = &l.user_conf {
             check(p.is_file(), "loadgen.user_conf", &format!("{} is not a file", p.display()))?;
@@ -406,6 +453,8 @@ impl FrontendConfig {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::super::tests::{fe, field_of};
 
     #[test]
@@ -440,6 +489,71 @@ mod tests {
         ];
         for (text, field) in cases {
             assert_eq!(field_of(fe(text).unwrap_err()), field, "{text}");
+        }
+    }
+
+    #[test]
+    fn prompts_files_need_a_generative_workload_and_a_tokenizer() {
+        use super::super::{ConfigError, FrontendConfig};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("prompts.txt"), "Hello\n").unwrap();
+        std::fs::write(dir.path().join("model.gguf"), "GGUF").unwrap();
+        let load =
+            |body: &str| FrontendConfig::from_toml(&format!("[workload]\n{body}"), Path::new("test.toml"), dir.path());
+        // Relative paths resolve against the config's directory, like dataset_dir's.
+        let ok = load("name = \"smollm2-135m\"\nprompts_file = \"prompts.txt\"\ntokenizer = \"model.gguf\"").unwrap();
+        assert_eq!(ok.workload.prompts_file, Some(dir.path().join("prompts.txt")));
+        assert_eq!(ok.workload.tokenizer, Some(dir.path().join("model.gguf")));
+        let d = dir.path().display();
+        let cases = [
+            // Only an LLM's samples are prompts.
+            ("prompts_file = \"prompts.txt\"\ntokenizer = \"model.gguf\"", "workload.prompts_file", "not generative"),
+            (
+                "name = \"bert\"\nprompts_file = \"prompts.txt\"\ntokenizer = \"model.gguf\"",
+                "workload.prompts_file",
+                "not generative",
+            ),
+            (
+                &format!(
+                    "name = \"llama3.1-8b\"\nprompts_file = \"p.txt\"\ntokenizer = \"model.gguf\"\ndataset_dir = \"{d}\""
+                ),
+                "workload.prompts_file",
+                "not both",
+            ),
+            (
+                "name = \"llama2-70b\"\nprompts_file = \"nope.txt\"\ntokenizer = \"model.gguf\"",
+                "workload.prompts_file",
+                "nope.txt is not a file",
+            ),
+            (
+                "name = \"llama2-70b\"\nprompts_file = \".\"\ntokenizer = \"model.gguf\"",
+                "workload.prompts_file",
+                "is not a file",
+            ),
+            (
+                "name = \"smollm2-135m\"\nprompts_file = \"prompts.txt\"",
+                "workload.tokenizer",
+                "required with workload.prompts_file",
+            ),
+            (
+                "name = \"smollm2-135m\"\nprompts_file = \"prompts.txt\"\ntokenizer = \"no.gguf\"",
+                "workload.tokenizer",
+                "no.gguf is not a file",
+            ),
+            (
+                "name = \"smollm2-135m\"\ntokenizer = \"model.gguf\"",
+                "workload.tokenizer",
+                "prompts_file, which is not set",
+            ),
+        ];
+        for (body, field, reason) in cases {
+            match load(body).unwrap_err() {
+                ConfigError::Invalid { field: f, reason: r } => {
+                    assert_eq!(f, field, "{body}");
+                    assert!(r.contains(reason), "{body}: {r}");
+                }
+                e => panic!("{body}: {e}"),
+            }
         }
     }
 
