@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::issuer::{Lane, QueryIssuer, Submission};
 use crate::lane_core::{FIRST_TOKEN_BYTES, LaneCore, Pending};
 use crate::qsl::SampleStore;
-use crate::timeline::LatencyBuckets;
+use crate::timeline::RunLatencies;
 
 /// Stops the connection (the run is over).
 #[derive(Message)]
@@ -98,7 +98,7 @@ pub struct ConnectionParts {
     /// samples back if the connection is lost.
     pub issuer: Arc<QueryIssuer>,
     /// Where end-to-end latencies go for the run's timeline.
-    pub latencies: Arc<LatencyBuckets>,
+    pub latencies: Arc<RunLatencies>,
 }
 
 /// The actor; see the module docs.
@@ -111,7 +111,7 @@ pub struct ConnectionActor {
     store: Arc<SampleStore>,
     issuer: Arc<QueryIssuer>,
     late: Counter,
-    latencies: Arc<LatencyBuckets>,
+    latencies: Arc<RunLatencies>,
     completions: CompletionBuffer,
     nudge: Nudge,
     stats: ConnectionStats,
@@ -138,6 +138,7 @@ pub struct ConnectionActor {
 /// The metrics of generative samples (recorded only for them).
 struct TokenMetrics {
     ttft: Histogram,
+    ttft_outside: Histogram,
     tpot: Histogram,
     completed: Counter,
 }
@@ -183,6 +184,7 @@ impl ConnectionActor {
             read_calls: metrics::counter!(m::READ_CALLS, "accelerator" => p.accelerator.clone()),
             tokens: TokenMetrics {
                 ttft: metrics::histogram!(m::TIME_TO_FIRST_TOKEN, "accelerator" => p.accelerator.clone()),
+                ttft_outside: metrics::histogram!(m::FIRST_TOKEN_OUTSIDE, "accelerator" => p.accelerator.clone()),
                 tpot: metrics::histogram!(m::TIME_PER_OUTPUT_TOKEN, "accelerator" => p.accelerator.clone()),
                 completed: metrics::counter!(m::COMPLETED_TOKENS, "accelerator" => p.accelerator),
             },
@@ -230,16 +232,24 @@ impl ConnectionActor {
                     return Ok(());
                 };
                 latency.record(a.end_to_end.as_secs_f64());
-                latencies.record(a.end_to_end.0);
+                latencies.end_to_end.record(a.end_to_end.0);
                 if let Some(ttft) = a.first_token
                     && !a.error
                 {
                     // TTFT when the first token came, TPOT over the tokens after it.
                     tokens.ttft.record(ttft.as_secs_f64());
+                    latencies.ttft.record(ttft.0);
                     let n = (payload.len() / FIRST_TOKEN_BYTES) as u64;
                     tokens.completed.increment(n);
+                    latencies.add_tokens(n);
                     if n > 1 {
-                        tokens.tpot.record(a.end_to_end.since(ttft).as_secs_f64() / (n - 1) as f64);
+                        let tpot = a.end_to_end.since(ttft).0 / (n - 1);
+                        tokens.tpot.record(tpot as f64 / 1e9);
+                        latencies.tpot.record(tpot);
+                    }
+                    if let Some(outside) = a.first_token_outside {
+                        tokens.ttft_outside.record(outside.as_secs_f64());
+                        latencies.ttft_outside.record(outside.0);
                     }
                 }
                 if a.error {

@@ -100,9 +100,13 @@ struct InFlight<T> {
     index: usize,
     issued: Nanos,
     first_reported: bool,
+    /// When the request was queued on this connection.
+    queued: Nanos,
     /// When a first token arrived on this connection (a first-token frame, or the final answer
     /// that reported it).
     first_here: Option<Nanos>,
+    /// Of the first token's round trip, the part outside the accelerator.
+    first_outside: Option<Nanos>,
 }
 
 /// The size of a first-token frame's payload: one int32 token id.
@@ -121,6 +125,9 @@ pub struct Answered {
     pub error: bool,
     /// Generative samples whose first token came on this connection: LoadGen's issue to it.
     pub first_token: Option<Nanos>,
+    /// Of that first token's round trip (from the request being queued here), the part outside
+    /// the accelerator: the round trip less the accelerator's reported time to the first token.
+    pub first_token_outside: Option<Nanos>,
 }
 
 struct Done<T> {
@@ -200,7 +207,9 @@ impl<T: SampleToken, P> LaneCore<T, P> {
             index,
             issued: sample.issued,
             first_reported: sample.first_reported,
+            queued: now,
             first_here: None,
+            first_outside: None,
         };
         match self.tracker.handle_submit(id, entry, now) {
             Ok(slot) => {
@@ -249,21 +258,33 @@ impl<T: SampleToken, P> LaneCore<T, P> {
             // A final answer without a first token (the accelerator may send both at once when
             // the first token ends the sequence): report it first, as LoadGen requires.
             let e = self.tracker.handle_progress(h.slot, h.sample_id)?;
+            if e.first_here.is_none() && payload.len() >= FIRST_TOKEN_BYTES {
+                // The first token came with the final answer: its time outside the accelerator
+                // is the answer's.
+                e.first_here = Some(now);
+                e.first_outside = Some(now.since(e.queued).since(Nanos::from_micros(h.aux as u64)));
+            }
             if !e.first_reported && payload.len() >= FIRST_TOKEN_BYTES {
                 e.first_reported = true;
-                e.first_here = Some(now);
                 first_token(&e.token, &payload[..FIRST_TOKEN_BYTES]);
             }
         }
         let c = self.tracker.handle_response(h.slot, h.sample_id, now)?;
-        let InFlight { token, issued, first_here, .. } = c.payload;
+        let InFlight { token, issued, first_here, first_outside, .. } = c.payload;
         let len = if error { 0 } else { payload.len() };
         let at = c.slot as usize * self.output_bytes;
         self.ring[at..at + len].copy_from_slice(&payload[..len]);
         self.done.push(Done { token, slot: c.slot, len: len as u32, error });
         let residence = if error { Nanos::ZERO } else { Nanos::from_micros(h.aux as u64) };
         let first_token = first_here.map(|at| at.since(issued));
-        Ok(Some(Answered { end_to_end: now.since(issued), round_trip: c.latency, residence, error, first_token }))
+        Ok(Some(Answered {
+            end_to_end: now.since(issued),
+            round_trip: c.latency,
+            residence,
+            error,
+            first_token,
+            first_token_outside: first_outside.filter(|_| !error),
+        }))
     }
 
     fn handle_first_token(
@@ -284,6 +305,8 @@ impl<T: SampleToken, P> LaneCore<T, P> {
             return Err(LaneError::FirstToken("a second one for the same request"));
         }
         e.first_here = Some(now);
+        // The frame's aux is the accelerator's time from the request's arrival to this token, µs.
+        e.first_outside = Some(now.since(e.queued).since(Nanos::from_micros(h.aux as u64)));
         if !e.first_reported {
             e.first_reported = true;
             first_token(&e.token, payload);
@@ -430,6 +453,31 @@ mod tests {
         let seen = first_tokens_of(&mut core, &DataHeader::response(slot, 3, 8, 0), &out).unwrap();
         assert_eq!(seen, vec![(3, vec![8, 0, 0, 0])]);
         assert_eq!(core.completions().count(), 1);
+    }
+
+    #[test]
+    fn the_first_tokens_time_outside_the_accelerator_is_its_round_trip_less_the_accelerators_time() {
+        let us = |v: u64| Nanos(v * 1000);
+        // A first-token frame: queued at 1 ms, back at 9 ms, 6.5 ms of it in the accelerator.
+        let mut core: LaneCore<u64, ()> = LaneCore::generative(2, 16);
+        core.handle_submission(Pending { issued: us(400), ..pending(7) }, (), 4, us(1000)).unwrap();
+        let slot = core.poll_transmit().unwrap().0.slot;
+        core.handle_response(&DataHeader::first_token(slot, 7, 4, 6500), &[5, 0, 0, 0], us(9000), &mut ignore).unwrap();
+        let out = [5, 0, 0, 0, 2, 0, 0, 0];
+        let a = core.handle_response(&DataHeader::response(slot, 7, 8, 30_000), &out, us(40_000), &mut ignore);
+        let a = a.unwrap().unwrap();
+        assert_eq!((a.first_token, a.first_token_outside), (Some(us(8600)), Some(us(1500))));
+        // The first token in the final answer: the answer's residence counts.
+        core.handle_submission(pending(8), (), 4, us(50_000)).unwrap();
+        let slot = core.poll_transmit().unwrap().0.slot;
+        let a = core.handle_response(&DataHeader::response(slot, 8, 8, 700), &out, us(51_000), &mut ignore);
+        assert_eq!(a.unwrap().unwrap().first_token_outside, Some(us(300)));
+        // An error has none.
+        core.handle_submission(pending(9), (), 4, us(60_000)).unwrap();
+        let slot = core.poll_transmit().unwrap().0.slot;
+        let h = DataHeader::error(slot, 9, qdl_shared::wire::data::DataErrorCode::BackendFailed, 0);
+        let a = core.handle_response(&h, &[], us(61_000), &mut ignore).unwrap().unwrap();
+        assert_eq!((a.first_token, a.first_token_outside), (None, None));
     }
 
     #[test]

@@ -216,6 +216,10 @@ pub struct FrontendReport {
     /// Late answers to re-dispatched samples, dropped.
     #[serde(default)]
     pub late_responses: u64,
+    /// Generative workloads: per sample, the part of the first token's round trip spent outside
+    /// the accelerator (the network's share of TTFT), over the whole run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_outside_accelerator: Option<crate::timeline::Percentiles>,
     /// Per connection.
     pub connections: Vec<ConnectionStats>,
 }

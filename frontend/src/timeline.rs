@@ -1,9 +1,12 @@
 //! The run's time series for report.json and the plots: completed samples per second and latency
-//! percentiles per interval.
+//! percentiles per interval, and for generative workloads output tokens per second, TTFT and
+//! TPOT percentiles.
 //!
-//! Connections record each sample's end-to-end latency into a shared [`LatencyBuckets`] (one
-//! relaxed atomic add, log-spaced buckets with 8 per power of two, so percentiles are within
-//! 12.5 %); a sampler thread takes and clears the buckets every interval.
+//! Connections record each sample's end-to-end latency (and a generative sample's TTFT, TPOT and
+//! tokens) into a shared [`RunLatencies`] (one relaxed atomic add each, log-spaced buckets with 8
+//! per power of two, so percentiles are within 12.5 %); a sampler thread takes and clears the
+//! buckets every interval. The part of each TTFT spent outside the accelerator is kept for the
+//! whole run instead ([`RunLatencies::ttft_outside`]): report.json gives its percentiles.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,6 +80,58 @@ pub fn quantile(counts: &[u64], q: f64) -> Option<u64> {
     None
 }
 
+/// What the connections of a run record per sample; see the module docs.
+#[derive(Default)]
+pub struct RunLatencies {
+    /// LoadGen's issue to the final answer, every sample.
+    pub end_to_end: LatencyBuckets,
+    /// Generative samples: LoadGen's issue to the first token.
+    pub ttft: LatencyBuckets,
+    /// Generative samples of two or more tokens: the time after the first token per further token.
+    pub tpot: LatencyBuckets,
+    /// Generative samples: the part of the first token's round trip spent outside the accelerator
+    /// (the frontend's queue, both transports and the network), for the whole run.
+    pub ttft_outside: LatencyBuckets,
+    /// Output tokens of the generative samples completed.
+    pub tokens: AtomicU64,
+}
+
+impl RunLatencies {
+    /// Counts a generative sample's `tokens` output tokens.
+    pub fn add_tokens(&self, tokens: u64) {
+        self.tokens.fetch_add(tokens, Ordering::Relaxed);
+    }
+}
+
+/// Percentiles of a latency over a whole run, ms.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Samples counted.
+    pub count: u64,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 90th percentile, ms.
+    pub p90_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Largest bucket seen (its upper bound), ms.
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    /// The percentiles of bucket counts (`None` when nothing was counted).
+    pub fn of(counts: &[u64]) -> Option<Percentiles> {
+        let ms = |q| quantile(counts, q).map(|ns| ns as f64 / 1e6);
+        Some(Percentiles {
+            count: counts.iter().sum(),
+            p50_ms: ms(0.5)?,
+            p90_ms: ms(0.9)?,
+            p99_ms: ms(0.99)?,
+            max_ms: ms(1.0)?,
+        })
+    }
+}
+
 /// One interval of the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TimelinePoint {
@@ -90,6 +145,21 @@ pub struct TimelinePoint {
     pub p90_ms: Option<f64>,
     /// 99th percentile, ms.
     pub p99_ms: Option<f64>,
+    /// Generative workloads: output tokens completed per second during the interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f64>,
+    /// Generative workloads: TTFT percentiles of the first tokens of the interval, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_p50_ms: Option<f64>,
+    /// TTFT 99th percentile, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_p99_ms: Option<f64>,
+    /// Generative workloads: TPOT percentiles of the samples completed in the interval, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpot_p50_ms: Option<f64>,
+    /// TPOT 99th percentile, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpot_p99_ms: Option<f64>,
 }
 
 /// A sampler thread building the timeline; stop it with [`Timeline::finish`].
@@ -100,10 +170,12 @@ pub struct Timeline {
 }
 
 impl Timeline {
-    /// Samples `completed()` and `latencies` every `interval`.
+    /// Samples `completed()` and `latencies` every `interval`; `generative` adds the token
+    /// series.
     pub fn start(
         interval: Duration,
-        latencies: Arc<LatencyBuckets>,
+        latencies: Arc<RunLatencies>,
+        generative: bool,
         completed: impl Fn() -> u64 + Send + 'static,
     ) -> Timeline {
         let stop = Arc::new(AtomicBool::new(false));
@@ -111,25 +183,39 @@ impl Timeline {
         let (s, p) = (stop.clone(), points.clone());
         // The timeline starts now, not when the thread gets to run.
         let started = Instant::now();
-        let initial = completed();
-        latencies.take();
+        let initial = (completed(), latencies.tokens.load(Ordering::Relaxed));
+        for b in [&latencies.end_to_end, &latencies.ttft, &latencies.tpot] {
+            b.take();
+        }
         let thread = std::thread::Builder::new()
             .name("qdl-timeline".into())
             .spawn(move || {
                 let mut last = (started, initial);
                 let mut sample = |now: Instant| {
-                    let done = completed();
+                    let (done, tokens) = (completed(), latencies.tokens.load(Ordering::Relaxed));
                     let secs = now.duration_since(last.0).as_secs_f64().max(1e-9);
-                    let counts = latencies.take();
-                    let ms = |q| quantile(&counts, q).map(|ns| ns as f64 / 1e6);
-                    p.lock().unwrap_or_else(|e| e.into_inner()).push(TimelinePoint {
+                    let ms = |counts: &[u64], q| quantile(counts, q).map(|ns| ns as f64 / 1e6);
+                    let e2e = latencies.end_to_end.take();
+                    let mut point = TimelinePoint {
                         t_s: now.duration_since(started).as_secs_f64(),
-                        completed_per_s: (done - last.1) as f64 / secs,
-                        p50_ms: ms(0.5),
-                        p90_ms: ms(0.9),
-                        p99_ms: ms(0.99),
-                    });
-                    last = (now, done);
+                        completed_per_s: done.saturating_sub(last.1.0) as f64 / secs,
+                        p50_ms: ms(&e2e, 0.5),
+                        p90_ms: ms(&e2e, 0.9),
+                        p99_ms: ms(&e2e, 0.99),
+                        tokens_per_s: None,
+                        ttft_p50_ms: None,
+                        ttft_p99_ms: None,
+                        tpot_p50_ms: None,
+                        tpot_p99_ms: None,
+                    };
+                    if generative {
+                        let (ttft, tpot) = (latencies.ttft.take(), latencies.tpot.take());
+                        point.tokens_per_s = Some(tokens.saturating_sub(last.1.1) as f64 / secs);
+                        (point.ttft_p50_ms, point.ttft_p99_ms) = (ms(&ttft, 0.5), ms(&ttft, 0.99));
+                        (point.tpot_p50_ms, point.tpot_p99_ms) = (ms(&tpot, 0.5), ms(&tpot, 0.99));
+                    }
+                    p.lock().unwrap_or_else(|e| e.into_inner()).push(point);
+                    last = (now, (done, tokens));
                 };
                 while !s.load(Ordering::Relaxed) {
                     std::thread::sleep(interval);
@@ -191,13 +277,13 @@ mod tests {
 
     #[test]
     fn sampler_reports_rates() {
-        let l = Arc::new(LatencyBuckets::default());
+        let l = Arc::new(RunLatencies::default());
         let n = Arc::new(AtomicU64::new(0));
         let (n2, l2) = (n.clone(), l.clone());
-        let t = Timeline::start(Duration::from_millis(20), l, move || n2.load(Ordering::Relaxed));
+        let t = Timeline::start(Duration::from_millis(20), l, false, move || n2.load(Ordering::Relaxed));
         for _ in 0..10 {
             n.fetch_add(100, Ordering::Relaxed);
-            l2.record(2_000_000);
+            l2.end_to_end.record(2_000_000);
             std::thread::sleep(Duration::from_millis(10));
         }
         let points = t.finish();
@@ -207,5 +293,32 @@ mod tests {
             + points[0].completed_per_s * points[0].t_s;
         assert!((total - 1000.0).abs() < 1.0, "the rates integrate to the samples completed: {total}");
         assert!(points.iter().filter_map(|p| p.p50_ms).all(|v| (2.0..=2.25).contains(&v)));
+        assert!(points.iter().all(|p| p.tokens_per_s.is_none() && p.ttft_p99_ms.is_none()), "not generative");
+    }
+
+    #[test]
+    fn generative_runs_add_tokens_ttft_and_tpot() {
+        let l = Arc::new(RunLatencies::default());
+        let l2 = l.clone();
+        let t = Timeline::start(Duration::from_millis(20), l, true, || 0);
+        for _ in 0..10 {
+            l2.add_tokens(50);
+            l2.ttft.record(30_000_000);
+            l2.tpot.record(4_000_000);
+            l2.ttft_outside.record(200_000);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let points = t.finish();
+        let total: f64 = points.windows(2).map(|w| w[1].tokens_per_s.unwrap() * (w[1].t_s - w[0].t_s)).sum::<f64>()
+            + points[0].tokens_per_s.unwrap() * points[0].t_s;
+        assert!((total - 500.0).abs() < 1.0, "tokens/s integrates to the tokens: {total}");
+        assert!(points.iter().filter_map(|p| p.ttft_p99_ms).all(|v| (30.0..=33.75).contains(&v)), "{points:?}");
+        assert!(points.iter().filter_map(|p| p.tpot_p50_ms).all(|v| (4.0..=4.5).contains(&v)), "{points:?}");
+        assert!(points.iter().any(|p| p.ttft_p50_ms.is_some()));
+        // The whole run's share outside the accelerator is left for the report.
+        let outside = Percentiles::of(&l2.ttft_outside.take()).unwrap();
+        assert_eq!(outside.count, 10);
+        assert!((0.2..=0.225).contains(&outside.p99_ms), "{outside:?}");
+        assert_eq!(Percentiles::of(&l2.ttft_outside.take()), None);
     }
 }

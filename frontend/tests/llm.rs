@@ -46,6 +46,36 @@ fn check_run(out: &std::path::Path, stdout: &str, scenario: &str) -> serde_json:
         assert!(l["tpot_ns"]["99.00"].as_f64().unwrap() > 0.0, "{scenario}: {l}");
         assert!(stdout.contains("TTFT p50/p99"), "{stdout}");
     }
+    // The token plots, from a timeline with the token series (its tokens/s integrate to about
+    // what LoadGen counted).
+    for plot in ["tokens.svg", "ttft.svg", "tpot.svg"] {
+        let svg = std::fs::read_to_string(out.join(plot)).unwrap_or_else(|e| panic!("{scenario}: {plot}: {e}"));
+        assert!(svg.contains("<polyline"), "{scenario}: {plot} has no line");
+    }
+    let timeline = r["timeline"].as_array().unwrap();
+    assert!(timeline.iter().any(|p| p["ttft_p99_ms"].as_f64().is_some_and(|v| v > 0.0)), "{scenario}: {timeline:?}");
+    let mut t0 = 0.0;
+    let tokens: f64 = timeline
+        .iter()
+        .map(|p| {
+            let t = p["t_s"].as_f64().unwrap();
+            let dt = t - std::mem::replace(&mut t0, t);
+            p["tokens_per_s"].as_f64().unwrap() * dt
+        })
+        .sum();
+    let samples = f["samples_completed"].as_f64().unwrap();
+    let max_out = r["workload"]["generation"]["max_output_tokens"].as_f64().unwrap();
+    assert!(tokens >= samples && tokens <= samples * max_out, "{scenario}: {tokens} tokens for {samples} samples");
+    let rate = tokens / f["wall_seconds"].as_f64().unwrap();
+    let loadgen = l["tokens_per_second"].as_f64().unwrap();
+    assert!(rate > 0.5 * loadgen && rate < 2.0 * loadgen, "{scenario}: timeline {rate} tokens/s, LoadGen {loadgen}");
+    // Every first token's time outside the accelerator: positive, below its whole TTFT.
+    let outside = &f["ttft_outside_accelerator"];
+    assert_eq!(outside["count"], f["samples_completed"], "{scenario}: {f}");
+    let p99 = outside["p99_ms"].as_f64().unwrap();
+    if scenario != "offline" {
+        assert!(p99 > 0.0 && p99 * 1e6 < l["ttft_ns"]["99.00"].as_f64().unwrap(), "{scenario}: {outside} vs {l}");
+    }
     r
 }
 

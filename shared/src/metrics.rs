@@ -115,6 +115,10 @@ pub mod frontend {
     /// Histogram (s), label `accelerator`: generative samples, LoadGen's issue → first token
     /// received (what LoadGen measures as TTFT, without its own overhead).
     pub const TIME_TO_FIRST_TOKEN: &str = "qdl_frontend_time_to_first_token_seconds";
+    /// Histogram (s), label `accelerator`: generative samples, the part of the first token's round
+    /// trip spent outside the accelerator (round trip from the request being queued, less the
+    /// accelerator's reported time to the first token): what the network adds to TTFT.
+    pub const FIRST_TOKEN_OUTSIDE: &str = "qdl_frontend_first_token_outside_accelerator_seconds";
     /// Histogram (s), label `accelerator`: generative samples, (completion − first token) /
     /// (tokens − 1).
     pub const TIME_PER_OUTPUT_TOKEN: &str = "qdl_frontend_time_per_output_token_seconds";
@@ -219,6 +223,11 @@ pub fn describe_frontend() {
     describe_counter!(LATE_RESPONSES, Unit::Count, "Late responses of re-dispatched samples, dropped");
     describe_counter!(REJOINS, Unit::Count, "Times a lost accelerator came back into a running test");
     describe_histogram!(TIME_TO_FIRST_TOKEN, Unit::Seconds, "Generative samples: LoadGen's issue to the first token");
+    describe_histogram!(
+        FIRST_TOKEN_OUTSIDE,
+        Unit::Seconds,
+        "Generative samples: the first token's round trip less the accelerator's time to it"
+    );
     describe_histogram!(
         TIME_PER_OUTPUT_TOKEN,
         Unit::Seconds,

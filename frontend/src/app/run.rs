@@ -16,7 +16,7 @@ use qdl_frontend::report::{AcceleratorReport, FrontendReport, RunReport, parse_d
 use qdl_frontend::settings::{Layers, Overrides, Resolved, advice};
 use qdl_frontend::supervisor::{self, Cluster, ClusterParts, RunFailure, SessionRecipe};
 use qdl_frontend::sut::{QdlQsl, QdlSut, SutName, network_sut_name, snapshot};
-use qdl_frontend::timeline::{LatencyBuckets, Timeline, TimelinePoint};
+use qdl_frontend::timeline::{Percentiles, RunLatencies, Timeline, TimelinePoint};
 use qdl_loadgen::{LogSettings, Scenario, TestMode, TestSettings};
 use qdl_shared::config::{AcceleratorConfig, FrontendConfig, ModeName, ScenarioName};
 use qdl_shared::wire::message::RunState;
@@ -274,7 +274,8 @@ fn start_loadgen(
     };
     let timeline = {
         let i = sut.issuer.clone();
-        Timeline::start(Duration::from_millis(500), cluster.latencies().clone(), move || i.completed())
+        let generative = qsl.store.source().spec().is_generative();
+        Timeline::start(Duration::from_millis(500), cluster.latencies().clone(), generative, move || i.completed())
     };
     let started = Instant::now();
     running.set(1.0);
@@ -357,7 +358,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
     let parts = ClusterParts {
         issuer: issuer.clone(),
         store: store.clone(),
-        latencies: Arc::new(LatencyBuckets::default()),
+        latencies: Arc::new(RunLatencies::default()),
         io: io.io.clone(),
         control: io.control(),
         failures: failures.clone(),
@@ -404,7 +405,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunReport> {
         SutName::Local(n) => n.clone(),
         SutName::Network(_) => network_sut_name(&conns.accelerators.iter().map(|a| a.name.clone()).collect::<Vec<_>>()),
     };
-    let frontend = frontend_report(&issuer, &tested, stats);
+    let mut frontend = frontend_report(&issuer, &tested, stats);
+    frontend.ttft_outside_accelerator = Percentiles::of(&cluster.latencies().ttft_outside.take());
     let report = RunReport {
         qdl_version: env!("CARGO_PKG_VERSION").into(),
         loadgen_version: qdl_loadgen::version(),
@@ -444,6 +446,7 @@ fn frontend_report(issuer: &QueryIssuer, tested: &Tested, stats: Vec<ConnectionS
         dispatch: format!("{:?}", issuer.dispatcher()),
         redispatched: issuer.redispatched(),
         late_responses: issuer.late(),
+        ttft_outside_accelerator: None,
         connections: stats,
     }
 }

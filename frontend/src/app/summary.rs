@@ -11,7 +11,20 @@ use super::progress::thousands;
 /// The plot files written beside LoadGen's logs.
 pub const PLOTS: [&str; 3] = ["throughput.svg", "latency.svg", "batch-sizes.svg"];
 
-/// Writes the run's [`PLOTS`] into `dir`: throughput and latency over time, batch sizes formed.
+/// The plots generative (LLM) runs add: output tokens/s, TTFT and TPOT over time.
+pub const TOKEN_PLOTS: [&str; 3] = ["tokens.svg", "ttft.svg", "tpot.svg"];
+
+/// The plots a run of `r` writes.
+pub fn plots_of(r: &RunReport) -> Vec<&'static str> {
+    let mut all = PLOTS.to_vec();
+    if r.workload.is_generative() {
+        all.extend(TOKEN_PLOTS);
+    }
+    all
+}
+
+/// Writes the run's plots ([`plots_of`]) into `dir`: throughput and latency over time, batch
+/// sizes formed, and for generative workloads output tokens/s, TTFT and TPOT over time.
 pub fn write_plots(r: &RunReport, dir: &std::path::Path) -> std::io::Result<()> {
     let kind = if r.network { "network" } else { "local" };
     let title = |what: &str| format!("{what}: {} {} ({kind})", r.workload.name, r.scenario.as_str());
@@ -34,7 +47,27 @@ pub fn write_plots(r: &RunReport, dir: &std::path::Path) -> std::io::Result<()> 
     let largest = sizes.keys().next_back().copied().unwrap_or(0);
     let bars: Vec<(String, f64)> =
         (1..=largest).map(|b| (b.to_string(), sizes.get(&b).copied().unwrap_or(0) as f64)).collect();
-    std::fs::write(dir.join(PLOTS[2]), bar_chart(&title("Batch sizes formed"), "batch size", "batches", &bars))
+    std::fs::write(dir.join(PLOTS[2]), bar_chart(&title("Batch sizes formed"), "batch size", "batches", &bars))?;
+    if !r.workload.is_generative() {
+        return Ok(());
+    }
+    let tokens = [pct("output tokens", |p| p.tokens_per_s)];
+    std::fs::write(dir.join(TOKEN_PLOTS[0]), line_chart(&title("Output tokens"), "seconds", "tokens/s", &tokens))?;
+    // LoadGen's bounds as flat lines where the scenario has them (Server, Interactive).
+    let bound = |name: &str, ns: Option<f64>| {
+        ns.filter(|_| r.scenario.is_server() && !r.timeline.is_empty()).map(|b| Series {
+            name: name.into(),
+            points: vec![(0.0, b / 1e6), (r.timeline.last().map_or(0.0, |p| p.t_s), b / 1e6)],
+        })
+    };
+    let mut ttft = vec![pct("p50", |p| p.ttft_p50_ms), pct("p99", |p| p.ttft_p99_ms)];
+    ttft.extend(bound("LoadGen's bound", r.loadgen.ttft_bound_ns));
+    let y = "ms (issue to first token)";
+    std::fs::write(dir.join(TOKEN_PLOTS[1]), line_chart(&title("Time to first token"), "seconds", y, &ttft))?;
+    let mut tpot = vec![pct("p50", |p| p.tpot_p50_ms), pct("p99", |p| p.tpot_p99_ms)];
+    tpot.extend(bound("LoadGen's bound", r.loadgen.tpot_bound_ns));
+    let y = "ms per token after the first";
+    std::fs::write(dir.join(TOKEN_PLOTS[2]), line_chart(&title("Time per output token"), "seconds", y, &tpot))
 }
 
 fn human_bytes(b: f64) -> String {
@@ -98,6 +131,13 @@ pub fn print_summary(r: &RunReport, out_dir: &std::path::Path) {
                     if server { bound(l.ttft_bound_ns) } else { String::new() }
                 ),
             );
+            if let Some(o) = &f.ttft_outside_accelerator {
+                let what = if r.network { "outside accelerator" } else { "outside workers" };
+                row(
+                    &format!("TTFT {what}"),
+                    format!("p50 {:.3} ms, p99 {:.3} ms ({} samples)", o.p50_ms, o.p99_ms, thousands(o.count)),
+                );
+            }
             row(
                 "TPOT p50/p99",
                 format!(
@@ -133,5 +173,5 @@ pub fn print_summary(r: &RunReport, out_dir: &std::path::Path) {
         row("NOT A SUBMISSION", format!("settings shorten the official run: {}", r.shortened.join("; ")));
     }
     row("logs", out_dir.display().to_string());
-    row("plots", PLOTS.join(", "));
+    row("plots", plots_of(r).join(", "));
 }

@@ -44,7 +44,7 @@ use crate::connection::{Abandon, ConnectionActor, ConnectionParts};
 use crate::issuer::{Lane, QueryIssuer};
 use crate::qsl::SampleStore;
 use crate::sut::Clients;
-use crate::timeline::LatencyBuckets;
+use crate::timeline::RunLatencies;
 
 /// What the supervisor does about one failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +80,7 @@ pub struct ClusterParts {
     /// The loaded samples.
     pub store: Arc<SampleStore>,
     /// Where end-to-end latencies go for the run's timeline.
-    pub latencies: Arc<LatencyBuckets>,
+    pub latencies: Arc<RunLatencies>,
     /// The arbiters that run the data connections (round robin).
     pub io: Vec<ArbiterHandle>,
     /// The arbiter that runs control sessions and rejoins.
@@ -105,7 +105,7 @@ struct Members {
 pub struct Cluster {
     issuer: Arc<QueryIssuer>,
     store: Arc<SampleStore>,
-    latencies: Arc<LatencyBuckets>,
+    latencies: Arc<RunLatencies>,
     io: Vec<ArbiterHandle>,
     control: ArbiterHandle,
     failures: FailureSink,
@@ -153,7 +153,7 @@ impl Cluster {
     }
 
     /// Where end-to-end latencies are recorded.
-    pub fn latencies(&self) -> &Arc<LatencyBuckets> {
+    pub fn latencies(&self) -> &Arc<RunLatencies> {
         &self.latencies
     }
 
