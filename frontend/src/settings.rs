@@ -270,7 +270,11 @@ impl Resolved {
         if let Some(path) = &layers.user_conf {
             // LoadGen applies mlperf.conf before the first user.conf of a process; starting from
             // mlperf.conf's values gives the same result on any call.
-            let mut u = mlperf.clone();
+            let mut base = mlperf.clone();
+            // LoadGen reads a user.conf's ttft_latency and tpot_latency only while token
+            // latencies are on: for a generative workload they are, whatever mlperf.conf says.
+            base.use_token_latencies |= layers.generative;
+            let mut u = base.clone();
             u.apply_user_conf(path, &layers.model, layers.scenario)?;
             let keys = std::fs::read_to_string(path).map(|t| user_conf_keys(&t, &layers.model)).unwrap_or_default();
             let run_scenario = layers.scenario.config_name();
@@ -279,7 +283,7 @@ impl Resolved {
                     let sc = f.scenario.map(Scenario::config_name).unwrap_or(run_scenario);
                     [sc, "*"].iter().any(|sc| keys.contains(&(sc.to_string(), k.to_string())))
                 });
-                if named || (f.get)(&u) != (f.get)(&mlperf) {
+                if named || (f.get)(&u) != (f.get)(&base) {
                     (f.copy)(&mut s, &u);
                     sources.insert(f.name, path.display().to_string());
                 }
@@ -505,6 +509,15 @@ mod tests {
         let r = Resolved::resolve(&l).unwrap();
         assert!(!r.settings.use_token_latencies);
         assert_eq!(r.source("use_token_latencies"), uc.display().to_string());
+        // Its TTFT and TPOT bounds from a user.conf apply (LoadGen reads them only while token
+        // latencies are on, and mlperf.conf does not turn them on for this model).
+        std::fs::write(&uc, "smollm2-135m.Server.ttft_latency = 1500\nsmollm2-135m.Server.tpot_latency = 90\n")
+            .unwrap();
+        let r = Resolved::resolve(&l).unwrap();
+        assert!(r.settings.use_token_latencies);
+        assert_eq!((r.settings.server_ttft_latency, r.settings.server_tpot_latency), (1_500_000_000, 90_000_000));
+        assert_eq!(r.source("server_ttft_latency"), uc.display().to_string());
+        assert_eq!(r.source("use_token_latencies"), GENERATIVE, "not the user.conf's");
     }
 
     fn toml(min_duration_ms: u64, qps: f64) -> Option<(PathBuf, Overrides)> {
