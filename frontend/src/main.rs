@@ -59,8 +59,9 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct LabArgs {
-    /// Workloads to run (llama3.1-8b on the synthetic generative engine).
-    #[arg(long, short, value_parser = ["resnet50", "bert", "llama3.1-8b", "all"], default_value = "all")]
+    /// Workloads to run (llama3.1-8b on the synthetic generative engine; smollm2-135m is the
+    /// workload of `--model` with a .gguf).
+    #[arg(long, short, value_parser = ["resnet50", "bert", "llama3.1-8b", "llama2-70b", "smollm2-135m", "all"], default_value = "all")]
     workload: String,
     /// Scenarios to run (MLPerf's spellings Offline, Server and Interactive work too);
     /// Interactive runs for generative workloads only.
@@ -84,9 +85,11 @@ struct LabArgs {
     /// real model's workload written by scripts/models, with an onnx accelerator config).
     #[arg(long)]
     frontend_config: Option<PathBuf>,
-    /// Run this ONNX model on the accelerators and in-process (the onnx backend on top of the
-    /// accelerator config); give its workload with --frontend-config.
-    #[arg(long, requires = "frontend_config")]
+    /// Run this model on the accelerators and in-process, on top of the accelerator config: an
+    /// ONNX model on the onnx backend (give its workload with --frontend-config), or an LLM
+    /// (.gguf) on llama.cpp, whose workload is smollm2-135m unless --workload names another
+    /// generative one (Server and Interactive bounds for CPU cores in OUTPUT_DIR/<workload>.user.conf).
+    #[arg(long)]
     model: Option<PathBuf>,
 }
 
@@ -128,6 +131,13 @@ struct BenchArgs {
     /// Upper end of the Server QPS search.
     #[arg(long, default_value_t = 200000.0)]
     max_qps: f64,
+    /// Run only these parts (comma-separated: offline, payload, server, metrics, llm, llama).
+    #[arg(long, value_delimiter = ',', value_parser = app::bench::PARTS)]
+    only: Vec<String>,
+    /// A real LLM (.gguf, e.g. scripts/models' SmolLM2) for part 6: llama.cpp Offline and Server,
+    /// network against local (minutes on two cores).
+    #[arg(long)]
+    llama_model: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -475,14 +485,25 @@ fn command(command: Command) -> anyhow::Result<i32> {
             let all = |v: &str, options: &[&str]| -> Vec<String> {
                 if v == "all" { options.iter().map(|s| s.to_string()).collect() } else { vec![v.to_string()] }
             };
-            let workloads = match &a.frontend_config {
-                Some(p) => vec![qdl_shared::config::FrontendConfig::load(p)?.workload.name],
-                None => all(&a.workload, &["resnet50", "bert", "llama3.1-8b"]),
+            let model = a.model.clone().map(app::lab::LabModel::from_path);
+            let workloads = match (&a.frontend_config, &model) {
+                (Some(p), _) => vec![qdl_shared::config::FrontendConfig::load(p)?.workload.name],
+                (None, Some(app::lab::LabModel::Onnx(p))) => {
+                    anyhow::bail!("lab: --model {} (ONNX) needs its workload: give --frontend-config", p.display())
+                }
+                (None, Some(app::lab::LabModel::Llama(_))) => match a.workload.as_str() {
+                    "all" => vec!["smollm2-135m".to_string()],
+                    w if qdl_shared::workload::WorkloadSpec::builtin(w).is_some_and(|s| s.is_generative()) => {
+                        vec![w.to_string()]
+                    }
+                    w => anyhow::bail!("lab: --model with a .gguf runs a generative workload, not {w}"),
+                },
+                (None, None) => all(&a.workload, &["resnet50", "bert", "llama3.1-8b"]),
             };
             let opts = app::lab::LabOptions {
                 workloads,
                 frontend_config: a.frontend_config.clone(),
-                model: a.model.clone(),
+                model,
                 scenarios: all(&a.scenario, &["offline", "server", "interactive"]),
                 output_dir: a.output_dir.clone(),
                 duration_ms: a.duration_ms,
@@ -500,6 +521,8 @@ fn command(command: Command) -> anyhow::Result<i32> {
                 duration_ms: a.duration_ms,
                 skip_iperf: a.skip_iperf,
                 max_qps: a.max_qps,
+                only: a.only,
+                llama_model: a.llama_model,
             };
             let report = app::bench::bench(opts)?;
             app::bench::print(&report, &a.output_dir);

@@ -252,3 +252,35 @@ fn smollm2_through_llama_cpp_passes_check_accuracy_over_the_network_and_in_the_b
     assert!(!o.status.success(), "answers of other samples fail: {}", text(&o));
     assert!(text(&o).contains("OUT OF BOUNDS"), "{}", text(&o));
 }
+
+/// The lab's generative rows: llama3.1-8b on the synthetic engine, and (when scripts/models has
+/// fetched it) SmolLM2 on llama.cpp with the lab's own chat prompts, network against local.
+#[test]
+fn the_lab_prints_generative_rows_on_the_synthetic_engine_and_on_smollm2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lab");
+    let o =
+        frontend(&["lab", "-w", "llama3.1-8b", "-s", "offline", "--duration-ms", "1000", "-o", out.to_str().unwrap()]);
+    let stdout = ok(&o);
+    let row = stdout.lines().find(|l| l.starts_with("llama3.1-8b")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(row.contains(" tok") && row.contains("VALID/VALID"), "tokens/s both ways: {row}");
+    let Some(model) = smollm2() else { return };
+    let out = dir.path().join("lab-smollm2");
+    let args = ["lab", "--model", model.to_str().unwrap(), "-s", "offline", "--duration-ms", "2000"];
+    let o = frontend(&[&args[..], &["-o", out.to_str().unwrap()]].concat());
+    let stdout = ok(&o);
+    let row = stdout.lines().find(|l| l.starts_with("smollm2-135m")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(row.contains(" tok") && row.contains("VALID/VALID"), "{row}\n{}", text(&o));
+    let lab: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("lab-report.json")).unwrap()).unwrap();
+    let row = &lab["rows"][0];
+    assert!(row["network_tokens_per_second"].as_f64().unwrap() > 0.0, "{row}");
+    assert!((0.5..2.0).contains(&row["ratio"].as_f64().unwrap()), "{row}");
+    assert!(lab["accelerator_config"].as_str().unwrap().contains("kind = \"llama\""), "{lab}");
+    for kind in ["network", "local"] {
+        let r = report(&out.join(format!("smollm2-135m-offline-{kind}")));
+        assert_eq!(r["dataset"]["kind"], "prompts", "the lab's chat prompts, tokenized by the model: {}", r["dataset"]);
+        assert_eq!(r["dataset"]["prompts"], 64);
+        assert_eq!(r["accelerators"][0]["backend"], "llama");
+    }
+}

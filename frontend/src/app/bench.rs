@@ -7,8 +7,12 @@
 //! 4. what metrics cost: BERT Offline with the echo backend (the most per-sample work per byte),
 //!    metrics on against off on both nodes, alternated;
 //! 5. LLMs on the synthetic generative engine (llama3.1-8b, the lab's engine): Network/Local
-//!    tokens/s in Offline, Server and Interactive VALID both ways at the same rate, and the p99 TTFT
-//!    the network adds (network − local).
+//!    tokens/s in Offline, Server and Interactive VALID both ways at the same rate, and what the
+//!    network adds to TTFT, per sample (the first token's time outside the accelerator);
+//! 6. with `--llama-model`, a real LLM on llama.cpp (SmolLM2-135M): Network/Local tokens/s in
+//!    Offline and Server VALID both ways (minutes: Server validity needs about 460 samples).
+//!
+//! `--only` runs some of the parts.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,6 +35,19 @@ pub struct BenchOptions {
     pub skip_iperf: bool,
     /// Upper end of the Server QPS search.
     pub max_qps: f64,
+    /// The parts to run ([`PARTS`]); all when empty.
+    pub only: Vec<String>,
+    /// A .gguf LLM for part 6 (skipped without one).
+    pub llama_model: Option<PathBuf>,
+}
+
+/// The bench's parts, in order (names for `--only`).
+pub const PARTS: [&str; 6] = ["offline", "payload", "server", "metrics", "llm", "llama"];
+
+impl BenchOptions {
+    fn runs(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
 }
 
 /// Offline throughput of one workload, network against local.
@@ -63,8 +80,12 @@ pub struct LlmRow {
     pub valid: (Option<bool>, Option<bool>),
     /// p99 time to first token, ms, network and local (not in Offline).
     pub ttft_p99_ms: (Option<f64>, Option<f64>),
-    /// What the network adds to the p99 TTFT, ms.
+    /// The difference of those p99s, ms (noisy: two runs' tails).
     pub ttft_added_ms: Option<f64>,
+    /// Per sample, the first token's time outside the accelerator, p99 over the run, ms, network
+    /// and local: what the network adds to each TTFT, measured sample by sample (the target's
+    /// figure).
+    pub ttft_outside_p99_ms: (Option<f64>, Option<f64>),
 }
 
 /// bench-report.json.
@@ -90,6 +111,8 @@ pub struct BenchReport {
     pub metrics_ratio: Option<f64>,
     /// LLMs on the synthetic generative engine.
     pub llm: Vec<LlmRow>,
+    /// A real LLM on llama.cpp (part 6).
+    pub llama: Vec<LlmRow>,
     /// Problems met (a missing iperf3, failed tests).
     pub notes: Vec<String>,
 }
@@ -280,13 +303,14 @@ fn metrics_cost(opts: &BenchOptions, r: &mut BenchReport) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The lab's network and local rows for `workloads` × `scenarios` (two of its synthetic
-/// accelerators), in `dir` under the bench's output.
+/// The lab's network and local rows for `workloads` × `scenarios` (two of its accelerators,
+/// synthetic or running `model`), in `dir` under the bench's output.
 fn lab_rows(
     opts: &BenchOptions,
     workloads: &[&str],
     scenarios: &[&str],
     dir: &str,
+    model: Option<super::lab::LabModel>,
 ) -> anyhow::Result<Vec<super::lab::LabRow>> {
     let report = lab(LabOptions {
         workloads: workloads.iter().map(|w| w.to_string()).collect(),
@@ -296,26 +320,40 @@ fn lab_rows(
         accelerator_config: None,
         accelerators: 2,
         frontend_config: None,
-        model: None,
+        model,
     })?;
     Ok(report.rows)
 }
 
+fn llm_rows(rows: Vec<super::lab::LabRow>) -> Vec<LlmRow> {
+    rows.into_iter()
+        .map(|row| {
+            let ttft = (row.network_ttft_p99_ms, row.local_ttft_p99_ms);
+            LlmRow {
+                ttft_added_ms: ttft.0.zip(ttft.1).map(|(n, l)| n - l).filter(|_| row.scenario != "offline"),
+                ttft_p99_ms: if row.scenario == "offline" { (None, None) } else { ttft },
+                ttft_outside_p99_ms: (row.network_ttft_outside_p99_ms, row.local_ttft_outside_p99_ms),
+                workload: row.workload,
+                scenario: row.scenario,
+                network_tokens_per_second: row.network_tokens_per_second,
+                local_tokens_per_second: row.local_tokens_per_second,
+                ratio: row.ratio,
+                valid: (row.network_valid, row.local_valid),
+            }
+        })
+        .collect()
+}
+
 fn llm_bench(opts: &BenchOptions, r: &mut BenchReport) -> anyhow::Result<()> {
-    let rows = lab_rows(opts, &["llama3.1-8b"], &["offline", "server", "interactive"], "llm")?;
-    for row in rows {
-        let ttft = (row.network_ttft_p99_ms, row.local_ttft_p99_ms);
-        r.llm.push(LlmRow {
-            ttft_added_ms: ttft.0.zip(ttft.1).map(|(n, l)| n - l).filter(|_| row.scenario != "offline"),
-            ttft_p99_ms: if row.scenario == "offline" { (None, None) } else { ttft },
-            workload: row.workload,
-            scenario: row.scenario,
-            network_tokens_per_second: row.network_tokens_per_second,
-            local_tokens_per_second: row.local_tokens_per_second,
-            ratio: row.ratio,
-            valid: (row.network_valid, row.local_valid),
-        });
-    }
+    let rows = lab_rows(opts, &["llama3.1-8b"], &["offline", "server", "interactive"], "llm", None)?;
+    r.llm = llm_rows(rows);
+    Ok(())
+}
+
+fn llama_bench(opts: &BenchOptions, model: &Path, r: &mut BenchReport) -> anyhow::Result<()> {
+    let model = Some(super::lab::LabModel::Llama(model.to_path_buf()));
+    let rows = lab_rows(opts, &["smollm2-135m"], &["offline", "server"], "llama", model)?;
+    r.llama = llm_rows(rows);
     Ok(())
 }
 
@@ -323,35 +361,57 @@ fn llm_bench(opts: &BenchOptions, r: &mut BenchReport) -> anyhow::Result<()> {
 pub fn bench(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     std::fs::create_dir_all(&opts.output_dir)?;
     let mut r = BenchReport::default();
-    eprintln!("bench: 1/5 Offline network vs local (synthetic accelerators) ...");
-    for row in lab_rows(&opts, &["resnet50", "bert"], &["offline"], "offline")? {
-        r.offline.push(OfflineRatio {
-            workload: row.workload,
-            network: row.network_samples_per_second,
-            local: row.local_samples_per_second,
-            ratio: row.ratio,
-        });
+    if opts.runs("offline") {
+        eprintln!("bench: 1/6 Offline network vs local (synthetic accelerators) ...");
+        for row in lab_rows(&opts, &["resnet50", "bert"], &["offline"], "offline", None)? {
+            r.offline.push(OfflineRatio {
+                workload: row.workload,
+                network: row.network_samples_per_second,
+                local: row.local_samples_per_second,
+                ratio: row.ratio,
+            });
+        }
     }
-    eprintln!("bench: 2/5 ResNet-50 payload throughput vs iperf3 ...");
-    if let Err(e) = payload_bench(&opts, &mut r) {
-        r.notes.push(format!("payload bench: {e:#}"));
+    if opts.runs("payload") {
+        eprintln!("bench: 2/6 ResNet-50 payload throughput vs iperf3 ...");
+        if let Err(e) = payload_bench(&opts, &mut r) {
+            r.notes.push(format!("payload bench: {e:#}"));
+        }
     }
-    eprintln!("bench: 3/5 highest VALID Server QPS, BERT, echo backend ...");
-    if let Err(e) = server_search(&opts, &mut r) {
-        r.notes.push(format!("server search: {e:#}"));
+    if opts.runs("server") {
+        eprintln!("bench: 3/6 highest VALID Server QPS, BERT, echo backend ...");
+        if let Err(e) = server_search(&opts, &mut r) {
+            r.notes.push(format!("server search: {e:#}"));
+        }
     }
-    eprintln!("bench: 4/5 metrics on vs off ...");
-    if let Err(e) = metrics_cost(&opts, &mut r) {
-        r.notes.push(format!("metrics cost: {e:#}"));
+    if opts.runs("metrics") {
+        eprintln!("bench: 4/6 metrics on vs off ...");
+        if let Err(e) = metrics_cost(&opts, &mut r) {
+            r.notes.push(format!("metrics cost: {e:#}"));
+        }
     }
-    eprintln!("bench: 5/5 LLM, synthetic generative engine, network vs local ...");
-    if let Err(e) = llm_bench(&opts, &mut r) {
-        r.notes.push(format!("LLM bench: {e:#}"));
+    if opts.runs("llm") {
+        eprintln!("bench: 5/6 LLM, synthetic generative engine, network vs local ...");
+        if let Err(e) = llm_bench(&opts, &mut r) {
+            r.notes.push(format!("LLM bench: {e:#}"));
+        }
+    }
+    match (&opts.llama_model, opts.runs("llama")) {
+        (Some(model), true) => {
+            eprintln!("bench: 6/6 a real LLM on llama.cpp ({}), network vs local ...", model.display());
+            if let Err(e) = llama_bench(&opts, model, &mut r) {
+                r.notes.push(format!("llama bench: {e:#}"));
+            }
+        }
+        (None, true) if !opts.only.is_empty() => r.notes.push("part llama needs --llama-model FILE.gguf".into()),
+        _ => {}
     }
     std::fs::write(opts.output_dir.join("bench-report.json"), serde_json::to_string_pretty(&r)? + "\n")?;
     if r.offline.iter().all(|o| o.ratio.is_none())
         && r.qdl_payload_bytes_per_second.is_none()
         && r.server_max_valid_qps.is_none()
+        && r.metrics_ratio.is_none()
+        && r.llm.iter().chain(&r.llama).all(|l| l.ratio.is_none())
     {
         bail!("every part of the bench failed: {}", r.notes.join("; "));
     }
@@ -398,13 +458,14 @@ pub fn print(r: &BenchReport, out: &Path) {
             f(&r.metrics_off)
         );
     }
-    for l in &r.llm {
+    for l in r.llm.iter().chain(&r.llama) {
         let verdict = |v: Option<bool>| match v {
             Some(true) => "VALID",
             Some(false) => "INVALID",
             None => "failed",
         };
         let ms = |v: Option<f64>| v.map(|v| format!("{v:.2} ms")).unwrap_or_else(|| "-".into());
+        let ms3 = |v: Option<f64>| v.map(|v| format!("{v:.3} ms")).unwrap_or_else(|| "-".into());
         println!(
             "  LLM {} {:<11} network/local tokens/s {:>7}   ({} vs {}), {}/{}{}",
             l.workload,
@@ -416,9 +477,12 @@ pub fn print(r: &BenchReport, out: &Path) {
             verdict(l.valid.1),
             match l.ttft_added_ms {
                 Some(added) => format!(
-                    "; TTFT p99 {} vs {} (the network adds {added:.2} ms)",
+                    "; TTFT p99 {} vs {} (difference {added:.2} ms); per sample outside the accelerator p99 {} \
+                     (in-process {})",
                     ms(l.ttft_p99_ms.0),
-                    ms(l.ttft_p99_ms.1)
+                    ms(l.ttft_p99_ms.1),
+                    ms3(l.ttft_outside_p99_ms.0),
+                    ms3(l.ttft_outside_p99_ms.1)
                 ),
                 None => String::new(),
             }
