@@ -113,6 +113,8 @@ pub struct BenchReport {
     pub llm: Vec<LlmRow>,
     /// A real LLM on llama.cpp (part 6).
     pub llama: Vec<LlmRow>,
+    /// The parts run ([`PARTS`]).
+    pub parts: Vec<String>,
     /// Problems met (a missing iperf3, failed tests).
     pub notes: Vec<String>,
 }
@@ -360,7 +362,8 @@ fn llama_bench(opts: &BenchOptions, model: &Path, r: &mut BenchReport) -> anyhow
 /// Runs the bench; writes bench-report.json.
 pub fn bench(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     std::fs::create_dir_all(&opts.output_dir)?;
-    let mut r = BenchReport::default();
+    let parts = PARTS.iter().filter(|p| opts.runs(p)).map(|p| p.to_string()).collect();
+    let mut r = BenchReport { parts, ..Default::default() };
     if opts.runs("offline") {
         eprintln!("bench: 1/6 Offline network vs local (synthetic accelerators) ...");
         for row in lab_rows(&opts, &["resnet50", "bert"], &["offline"], "offline", None)? {
@@ -443,12 +446,15 @@ pub fn print(r: &BenchReport, out: &Path) {
             );
         }
         (Some(q), None) => println!("  ResNet-50 payload, loopback TCP  {} (iperf3 not measured)", gbs(q)),
-        _ => println!("  ResNet-50 payload, loopback TCP  -"),
+        _ if r.parts.iter().any(|p| p == "payload") => println!("  ResNet-50 payload, loopback TCP  -"),
+        _ => {}
     }
-    println!(
-        "  BERT Server, echo backend: highest VALID target QPS {}",
-        r.server_max_valid_qps.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into())
-    );
+    if r.parts.iter().any(|p| p == "server") {
+        println!(
+            "  BERT Server, echo backend: highest VALID target QPS {}",
+            r.server_max_valid_qps.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into())
+        );
+    }
     if let Some(ratio) = r.metrics_ratio {
         let f = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
         println!(
