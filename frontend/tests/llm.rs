@@ -186,24 +186,6 @@ fn losing_an_accelerator_mid_run_restarts_its_sequences_elsewhere_and_reports_no
     assert!(v.contains("800/800 samples correct"), "every sample once, its first token its first output token: {v}");
 }
 
-/// SmolLM2-135M through llama.cpp (`scripts/models` fetches it into `$QDL_MODELS/smollm2`).
-fn smollm2() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("QDL_MODELS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/models"));
-    let path = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("QDL_REQUIRE_LLAMA").as_deref() != Ok("1"),
-        "QDL_REQUIRE_LLAMA=1 but {} is missing",
-        path.display()
-    );
-    eprintln!("skipped: no {} (scripts/models fetches it)", path.display());
-    None
-}
-
 #[test]
 fn smollm2_through_llama_cpp_passes_check_accuracy_over_the_network_and_in_the_box() {
     let Some(model) = smollm2() else { return };

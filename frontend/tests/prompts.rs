@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use common::*;
@@ -21,24 +21,6 @@ use qdl_shared::workload::WorkloadSpec;
 
 /// A synthetic generative engine for short runs on two cores.
 const TEST_LLM: &str = "[generation]\nmax_running = 64\n[backend]\nkind = \"synthetic\"\n[backend.synthetic.tokens]\nfixed_us = 500.0\nper_prefill_token_us = 0.2\nper_sequence_us = 2.0\n";
-
-/// SmolLM2-135M's GGUF file (`$QDL_MODELS/smollm2`), or `None` (skipped).
-fn smollm2() -> Option<PathBuf> {
-    let dir = std::env::var_os("QDL_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/models"));
-    let path = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("QDL_REQUIRE_LLAMA").as_deref() != Ok("1"),
-        "QDL_REQUIRE_LLAMA=1 but {} is missing",
-        path.display()
-    );
-    eprintln!("skipped: no {} (scripts/models --only smollm2 fetches it)", path.display());
-    None
-}
 
 /// Chat-formatted prompts as SmolLM2's template renders them (`\n` escapes a newline), a blank
 /// line (no prompt), odd characters, a backslash, and one prompt without the template.

@@ -25,7 +25,7 @@
 use anyhow::bail;
 use qdl_frontend::qsl::SampleSource;
 use qdl_frontend::report::RunReport;
-use qdl_shared::workload::reference_tokens;
+use qdl_shared::workload::{reference_tokens, rouge_l};
 
 use super::accuracy::{Entry, Verdict, hex, unhex};
 
@@ -58,28 +58,6 @@ impl Agreement {
             && self.first_token as f64 >= MIN_FIRST_TOKEN_AGREEMENT * self.samples as f64
             && self.rouge_l >= MIN_ROUGE_L
     }
-}
-
-/// ROUGE-L F-measure of two token sequences: 2PR/(P+R) with P and R the longest common
-/// subsequence's share of each (1 for two empty sequences).
-pub fn rouge_l(a: &[i32], b: &[i32]) -> f64 {
-    if a.is_empty() && b.is_empty() {
-        return 1.0;
-    }
-    let mut prev = vec![0usize; b.len() + 1];
-    for &x in a {
-        let mut cur = vec![0usize; b.len() + 1];
-        for (j, &y) in b.iter().enumerate() {
-            cur[j + 1] = if x == y { prev[j] + 1 } else { prev[j + 1].max(cur[j]) };
-        }
-        prev = cur;
-    }
-    let lcs = prev[b.len()] as f64;
-    if lcs == 0.0 {
-        return 0.0;
-    }
-    let (p, r) = (lcs / a.len() as f64, lcs / b.len() as f64);
-    2.0 * p * r / (p + r)
 }
 
 /// The token answers of an accuracy log, by QSL index (the reference run's).
@@ -189,11 +167,7 @@ mod tests {
     }
 
     #[test]
-    fn rouge_l_is_the_lcs_f_measure() {
-        assert_eq!(rouge_l(&[1, 2, 3, 4], &[1, 2, 3, 4]), 1.0);
-        assert_eq!(rouge_l(&[1, 2], &[3, 4]), 0.0);
-        // LCS [1, 3] of 4 and 2 tokens: P = 0.5, R = 1, F = 2/3.
-        assert!((rouge_l(&[1, 2, 3, 4], &[1, 3]) - 2.0 / 3.0).abs() < 1e-12);
+    fn agreement_bounds() {
         let a = Agreement { samples: 10, exact: 4, first_token: 8, rouge_l: 0.5 };
         assert!(a.within_bounds());
         assert!(!Agreement { first_token: 5, ..a }.within_bounds());

@@ -260,3 +260,23 @@ pub fn kill_now(acc: &mut Acc) {
     acc.child.kill().unwrap();
     acc.child.wait().unwrap();
 }
+
+/// SmolLM2-135M's GGUF file (`scripts/models` fetches it into `$QDL_MODELS/smollm2`, default
+/// `target/models`), or `None`: the caller's test says "skipped" and passes, unless
+/// `QDL_REQUIRE_LLAMA=1` (CI), where a missing model fails it.
+pub fn smollm2() -> Option<PathBuf> {
+    let dir = std::env::var_os("QDL_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/models"));
+    let path = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("QDL_REQUIRE_LLAMA").as_deref() != Ok("1"),
+        "QDL_REQUIRE_LLAMA=1 but {} is missing",
+        path.display()
+    );
+    eprintln!("skipped: no {} (scripts/models fetches it)", path.display());
+    None
+}

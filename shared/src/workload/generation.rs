@@ -134,6 +134,29 @@ pub fn reference_tokens(input: &[u8], g: &Generation, out: &mut Vec<i32>) {
     }
 }
 
+/// ROUGE-L F-measure of two token sequences: 2PR/(P+R) with P and R the longest common
+/// subsequence's share of each (1 for two empty sequences). How `check-accuracy` and the GPU
+/// check compare a model's answers with its reference answers.
+pub fn rouge_l(a: &[i32], b: &[i32]) -> f64 {
+    if a.is_empty() && b.is_empty() {
+        return 1.0;
+    }
+    let mut prev = vec![0usize; b.len() + 1];
+    for &x in a {
+        let mut cur = vec![0usize; b.len() + 1];
+        for (j, &y) in b.iter().enumerate() {
+            cur[j + 1] = if x == y { prev[j] + 1 } else { prev[j + 1].max(cur[j]) };
+        }
+        prev = cur;
+    }
+    let lcs = prev[b.len()] as f64;
+    if lcs == 0.0 {
+        return 0.0;
+    }
+    let (p, r) = (lcs / a.len() as f64, lcs / b.len() as f64);
+    2.0 * p * r / (p + r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +365,16 @@ mod tests {
         let mut g = g;
         g.input_lengths = None;
         assert_eq!(g.input_lengths(), LengthDistribution { min: 1, max: 256, skew: 2 });
+    }
+
+    #[test]
+    fn rouge_l_is_the_lcs_f_measure() {
+        assert_eq!(rouge_l(&[1, 2, 3, 4], &[1, 2, 3, 4]), 1.0);
+        assert_eq!(rouge_l(&[1, 2], &[3, 4]), 0.0);
+        assert_eq!(rouge_l(&[], &[]), 1.0);
+        assert_eq!(rouge_l(&[], &[1]), 0.0);
+        // LCS 2 of 4 and of 2: P = 0.5, R = 1.
+        assert!((rouge_l(&[1, 2, 3, 4], &[1, 3]) - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(rouge_l(&[1, 3], &[1, 2, 3, 4]), rouge_l(&[1, 2, 3, 4], &[1, 3]), "symmetric");
     }
 }

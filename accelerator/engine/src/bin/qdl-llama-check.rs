@@ -41,7 +41,7 @@ use qdl_engine::generate::engine::TokenEngine;
 use qdl_engine::generate::llama::{LoadedModel, gpu_devices};
 use qdl_engine::generate::scheduler::{StepOutput, StepPlan, Work};
 use qdl_shared::config::LlamaConfig;
-use qdl_shared::workload::{Generation, WorkloadSpec};
+use qdl_shared::workload::{Generation, WorkloadSpec, rouge_l};
 
 /// The least share of prompts whose first token is the reference's (check-accuracy's bound).
 const MIN_FIRST_TOKEN: f64 = 0.6;
@@ -274,28 +274,6 @@ fn teacher_forced(
     Ok(agree)
 }
 
-/// ROUGE-L F-measure of two token sequences, as `check-accuracy` computes it
-/// (`frontend/src/app/accuracy_tokens.rs`): 2PR/(P+R) of the longest common subsequence.
-fn rouge_l(a: &[i32], b: &[i32]) -> f64 {
-    if a.is_empty() && b.is_empty() {
-        return 1.0;
-    }
-    let mut prev = vec![0usize; b.len() + 1];
-    for &x in a {
-        let mut cur = vec![0usize; b.len() + 1];
-        for (j, &y) in b.iter().enumerate() {
-            cur[j + 1] = if x == y { prev[j] + 1 } else { prev[j + 1].max(cur[j]) };
-        }
-        prev = cur;
-    }
-    let lcs = prev[b.len()] as f64;
-    if lcs == 0.0 {
-        return 0.0;
-    }
-    let (p, r) = (lcs / a.len() as f64, lcs / b.len() as f64);
-    2.0 * p * r / (p + r)
-}
-
 /// The llama.cpp and ggml libraries this process has mapped (from /proc/self/maps).
 fn mapped_libraries() -> Vec<PathBuf> {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
@@ -503,15 +481,6 @@ fn check(cli: &Cli) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rouge_l_is_check_accuracys() {
-        assert_eq!(rouge_l(&[], &[]), 1.0);
-        assert_eq!(rouge_l(&[1, 2, 3], &[1, 2, 3]), 1.0);
-        assert_eq!(rouge_l(&[1, 2, 3], &[4, 5]), 0.0);
-        // LCS [1, 3]: P = 2/3, R = 2/4.
-        assert!((rouge_l(&[1, 2, 3], &[1, 3, 4, 5]) - 2.0 * (2.0 / 3.0) * 0.5 / (2.0 / 3.0 + 0.5)).abs() < 1e-12);
-    }
 
     #[test]
     fn the_bounds_fail_what_they_should() {
