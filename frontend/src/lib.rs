@@ -20,6 +20,7 @@
 //!   tokenized when the QSL loads ([`qsl::prompts`]), loaded into one long-lived buffer.
 //! - [`settings`]: LoadGen's settings in layers (mlperf.conf < TOML < user.conf < flags), where
 //!   each came from, and the fix for an INVALID verdict.
+//! - [`submission`]: the Network-division submission tree: system json, TEST06, qdl's check.
 //! - [`report`]: report.json and LoadGen log parsing; [`timeline`] and [`plot`]: the run's time
 //!   series and its SVG charts.
 //! - The binary (`src/main.rs`, `src/app/`): the `run`, `lab`, `bench`, `tokenize` and
@@ -37,6 +38,7 @@ pub mod plot;
 pub mod qsl;
 pub mod report;
 pub mod settings;
+pub mod submission;
 pub mod supervisor;
 pub mod sut;
 pub mod timeline;

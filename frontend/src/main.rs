@@ -55,6 +55,13 @@ enum Command {
         #[arg(long, default_value_t = 1e-3)]
         rtol: f64,
     },
+    /// The Network-division submission tree: check one against the official checker's v6.1 rules.
+    #[command(after_help = app::submission::HELP)]
+    Submission {
+        /// Check the tree under DIR (the directory that holds network/).
+        #[arg(long, value_name = "DIR")]
+        check: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -535,6 +542,7 @@ fn command(command: Command) -> anyhow::Result<i32> {
                 .with_context(|| format!("checking {}", dir.display()))?;
             if app::accuracy::print(&v) { exit::OK } else { exit::ACCURACY }
         }
+        Command::Submission { check } => app::submission::check(&check),
     })
 }
 
@@ -625,5 +633,15 @@ mod tests {
         assert_eq!(cfg.loadgen.min_duration_ms, None, "flags are their own layer, above user.conf");
         let f = loadgen_flags(&a);
         assert_eq!((f.min_duration_ms, f.server_target_qps), (Some(5), Some(7.0)));
+    }
+
+    #[test]
+    fn submission_check_takes_a_dir() {
+        let Command::Submission { check } = parse(&["qdl-frontend", "submission", "--check", "out"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert_eq!(check, PathBuf::from("out"));
+        assert!(parse(&["qdl-frontend", "submission"]).is_err(), "--check is required for now");
     }
 }

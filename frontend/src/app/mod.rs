@@ -11,4 +11,5 @@ pub mod lab;
 pub mod progress;
 pub mod run;
 pub mod signals;
+pub mod submission;
 pub mod summary;
