@@ -6,87 +6,20 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::submission::rules::{LLAMA3_1_SAMPLES, MIN_DURATION_MS, V6_1_SEEDS};
-use crate::submission::system::{KnownFacts, SystemDescription};
+use crate::submission::fixtures::{
+    ACCURACY_TXT, RES, SUB, accuracy_detail, measurements_json, mllog, perf_detail, system_json, write,
+};
 use crate::submission::test06::{FirstToken, Test06};
-
-const SUB: &str = "network/QDL";
-const RES: &str = "network/QDL/results/qdl_sys/llama3.1-8b";
-
-fn mllog(key: &str, value: Value) -> String {
-    let line = json!({"key": key, "value": value, "time_ms": 1.0, "namespace": "mlperf::logging",
-        "event_type": "POINT_IN_TIME", "metadata": {"is_error": false, "is_warning": false}});
-    format!(":::MLLOG {line}\n")
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
-
-fn system_json() -> String {
-    let d = SystemDescription::network(&KnownFacts {
-        submitter: "QDL".into(),
-        system_name: "qdl_sys".into(),
-        status: "available".into(),
-        number_of_nodes: 2,
-        accelerators_per_node: 1,
-        number_connections: 4,
-        network_protocol: "TCP".into(),
-        ..KnownFacts::default()
-    });
-    let mut v = serde_json::to_value(&d).unwrap();
-    for k in d.missing_meaningful() {
-        v[k] = json!("filled");
-    }
-    v.to_string()
-}
-
-fn perf_detail(s: Scenario) -> String {
-    let mut keys = vec![
-        ("sut_name", json!("qdl Network SUT (acc-0, acc-1)")),
-        ("effective_scenario", json!(s.loadgen_name())),
-        ("effective_performance_sample_count", json!(LLAMA3_1_SAMPLES)),
-        ("effective_min_duration_ms", json!(MIN_DURATION_MS)),
-        ("requested_use_token_latencies", json!(true)),
-        ("effective_samples_per_query", json!(LLAMA3_1_SAMPLES)),
-        ("early_stopping_met", json!(true)),
-        ("effective_target_latency_ns", json!(0)),
-        ("result_first_token_99.00_percentile_latency_ns", json!(3e8)),
-        ("result_time_per_output_token_99.00_percentile_ns", json!(2e7)),
-        ("result_validity", json!("VALID")),
-    ];
-    let (ttft, tpot) = if s == Scenario::Interactive { (5e8, 3e7) } else { (2e9, 1e8) };
-    keys.push(("requested_server_ttft_latency", json!(ttft)));
-    keys.push(("requested_server_tpot_latency", json!(tpot)));
-    let mut text: String = keys.into_iter().map(|(k, v)| mllog(k, v)).collect();
-    for (name, seed) in V6_1_SEEDS {
-        text += &mllog(&format!("effective_{name}"), json!(seed));
-    }
-    text
-}
-
-const ACCURACY_TXT: &str = "\nResults\n\n{'rouge1': '38.8638', 'rouge2': '16.2134', 'rougeL': '24.5295', \
-                            'rougeLsum': '35.8712', 'gen_len': 8167644, 'gen_num': 13368}\nhash=234e91be\n";
 
 fn scenario(root: &Path, s: Scenario, name: &str) {
     let d = root.join(RES).join(name);
-    write(
-        &d.join("measurements.json"),
-        &json!({"input_data_types": "int32", "retraining": "No",
-        "starting_weights_filename": "Llama-3.1-8B-Instruct", "weight_data_types": "bf16",
-        "weight_transformations": "none"})
-        .to_string(),
-    );
+    write(&d.join("measurements.json"), &measurements_json());
     write(&d.join("user.conf"), "llama3_1-8b.Offline.target_qps = 10\n");
     write(&d.join("README.md"), "qdl\n");
     write(&d.join("performance/run_1/mlperf_log_summary.txt"), "Result is : VALID\n");
     write(&d.join("performance/run_1/mlperf_log_detail.txt"), &perf_detail(s));
     write(&d.join("accuracy/mlperf_log_summary.txt"), "accuracy\n");
-    write(
-        &d.join("accuracy/mlperf_log_detail.txt"),
-        &mllog("effective_accuracy_sample_count", json!(LLAMA3_1_SAMPLES)),
-    );
+    write(&d.join("accuracy/mlperf_log_detail.txt"), &accuracy_detail());
     write(&d.join("accuracy/accuracy.txt"), ACCURACY_TXT);
     write(&d.join("accuracy/mlperf_log_accuracy.json"), "[]");
     let first = if s == Scenario::Offline { FirstToken::Skipped } else { FirstToken::Pass };
