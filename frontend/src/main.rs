@@ -57,11 +57,32 @@ enum Command {
     },
     /// The Network-division submission tree: check one against the official checker's v6.1 rules.
     #[command(after_help = app::submission::HELP)]
-    Submission {
-        /// Check the tree under DIR (the directory that holds network/).
-        #[arg(long, value_name = "DIR")]
-        check: PathBuf,
-    },
+    Submission(SubmissionArgs),
+}
+
+#[derive(Args, Debug)]
+struct SubmissionArgs {
+    /// Check the tree under DIR (the directory that holds network/) instead of producing one.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["benchmark", "submitter", "system", "out", "system_facts", "test_mode"])]
+    check: Option<PathBuf>,
+    /// The benchmark to produce (llama3.1-8b).
+    #[arg(long, value_parser = ["llama3.1-8b"], required_unless_present = "check")]
+    benchmark: Option<String>,
+    /// The submitter (the folder under network/).
+    #[arg(long, required_unless_present = "check")]
+    submitter: Option<String>,
+    /// The system's name (systems/<SYSTEM>.json, results/<SYSTEM>/).
+    #[arg(long, required_unless_present = "check")]
+    system: Option<String>,
+    /// Where the tree (and the runs, under OUT/runs) go: the checker's --input.
+    #[arg(long, value_name = "DIR", required_unless_present = "check")]
+    out: Option<PathBuf>,
+    /// A JSON object of systems/<SYSTEM>.json keys, merged over what qdl knows of the host.
+    #[arg(long, value_name = "FILE.json")]
+    system_facts: Option<PathBuf>,
+    /// Short runs for CI: the tree says "TEST MODE: shortened settings, not a submission".
+    #[arg(long)]
+    test_mode: bool,
 }
 
 #[derive(Args, Debug)]
@@ -542,7 +563,30 @@ fn command(command: Command) -> anyhow::Result<i32> {
                 .with_context(|| format!("checking {}", dir.display()))?;
             if app::accuracy::print(&v) { exit::OK } else { exit::ACCURACY }
         }
-        Command::Submission { check } => app::submission::check(&check),
+        Command::Submission(a) => match a {
+            SubmissionArgs { check: Some(dir), .. } => app::submission::check(&dir),
+            SubmissionArgs {
+                benchmark: Some(benchmark),
+                submitter: Some(submitter),
+                system: Some(system),
+                out: Some(out),
+                system_facts,
+                test_mode,
+                ..
+            } => {
+                app::signals::install("submission", || {});
+                let opts = app::submission_run::SubmissionOptions {
+                    benchmark,
+                    submitter,
+                    system,
+                    out,
+                    system_facts,
+                    test_mode,
+                };
+                app::submission_run::produce(&opts)?
+            }
+            _ => anyhow::bail!("submission: give --check DIR, or --benchmark, --submitter, --system and --out"),
+        },
     })
 }
 
@@ -637,11 +681,18 @@ mod tests {
 
     #[test]
     fn submission_check_takes_a_dir() {
-        let Command::Submission { check } = parse(&["qdl-frontend", "submission", "--check", "out"]).unwrap().command
+        let Command::Submission(a) = parse(&["qdl-frontend", "submission", "--check", "out"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(a.check, Some(PathBuf::from("out")));
+        assert!(parse(&["qdl-frontend", "submission"]).is_err(), "--check or the producing flags are required");
+        let produce = ["qdl-frontend", "submission", "--benchmark", "llama3.1-8b", "--submitter", "S", "--system", "x"];
+        assert!(parse(&produce).is_err(), "--out is required");
+        let Command::Submission(a) = parse(&[&produce[..], &["--out", "o", "--test-mode"]].concat()).unwrap().command
         else {
             panic!()
         };
-        assert_eq!(check, PathBuf::from("out"));
-        assert!(parse(&["qdl-frontend", "submission"]).is_err(), "--check is required for now");
+        assert!(a.test_mode && a.check.is_none() && a.out == Some(PathBuf::from("o")));
+        assert!(parse(&["qdl-frontend", "submission", "--check", "d", "--out", "o"]).is_err());
     }
 }

@@ -176,9 +176,25 @@ pub fn run_test(
     metrics: &str,
     on_progress: &(dyn Fn(Live) + Sync),
 ) -> anyhow::Result<RunReport> {
+    run_test_in(args, out, metrics, on_progress, None)
+}
+
+/// [`run_test`] with the child's working directory `cwd` (this process's when `None`): LoadGen
+/// reads `audit.config` from its working directory, so a compliance run gets its own.
+pub fn run_test_in(
+    args: &[String],
+    out: &Path,
+    metrics: &str,
+    on_progress: &(dyn Fn(Live) + Sync),
+    cwd: Option<&Path>,
+) -> anyhow::Result<RunReport> {
     std::fs::create_dir_all(out)?;
     let me = std::env::current_exe()?;
-    let mut child = Command::new(me)
+    let mut command = Command::new(me);
+    if let Some(dir) = cwd {
+        command.current_dir(dir);
+    }
+    let mut child = command
         .envs(lab_secret())
         // The lab's tests take their config and accelerators from their own arguments only.
         .env_remove("QDL_CONFIG")

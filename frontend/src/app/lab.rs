@@ -171,7 +171,7 @@ pub fn modelled_capacity(cfg: &AcceleratorConfig, workload: &str, accelerators: 
 /// samples (mlperf.conf's `sample_concatenate_permutation`), so with the dataset's 13,368 samples
 /// every test would last minutes; the QSL holds what `rate` samples/s issue in the test's duration
 /// (at least `min`).
-fn llm_samples(rate: f64, duration_ms: u64, min: u64) -> [String; 4] {
+pub(super) fn llm_samples(rate: f64, duration_ms: u64, min: u64) -> [String; 4] {
     let n = ((rate * duration_ms as f64 / 1000.0).ceil() as u64).max(min).to_string();
     ["--total-samples".into(), n.clone(), "--performance-samples".into(), n]
 }

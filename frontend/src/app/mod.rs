@@ -12,4 +12,5 @@ pub mod progress;
 pub mod run;
 pub mod signals;
 pub mod submission;
+pub mod submission_run;
 pub mod summary;
