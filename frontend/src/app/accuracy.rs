@@ -21,7 +21,6 @@ use qdl_frontend::npy::NpyFile;
 use qdl_frontend::qsl::SampleSource;
 use qdl_frontend::report::RunReport;
 use qdl_shared::workload::{DType, OutputKind, WorkloadSpec, reference_output};
-use serde::Deserialize;
 
 /// How outputs of a tensors workload are compared with the reference.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -134,18 +133,8 @@ pub(super) fn unhex(s: &str) -> Option<Vec<u8>> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
-/// One entry of LoadGen's accuracy log.
-#[derive(Deserialize)]
-pub(super) struct Entry {
-    pub(super) qsl_idx: usize,
-    pub(super) data: String,
-    /// LLM runs: the first token LoadGen was told of (hex), outside Offline.
-    #[serde(default)]
-    pub(super) token_data: Option<String>,
-    /// LLM runs: the token count LoadGen was given.
-    #[serde(default)]
-    pub(super) token_count: Option<i64>,
-}
+/// One entry of LoadGen's accuracy log (the submission checks parse the same entries).
+pub(super) use qdl_frontend::submission::test06::AccuracyEntry as Entry;
 
 /// The outcome of a check.
 #[derive(Debug, Default, PartialEq)]

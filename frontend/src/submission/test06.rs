@@ -29,7 +29,7 @@ pub const VERIFY_FILE: &str = "verify_accuracy.txt";
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct AccuracyEntry {
     /// The sample's index in the QSL.
-    pub qsl_idx: u64,
+    pub qsl_idx: usize,
     /// The output, hex of its bytes (int32 LE tokens).
     pub data: String,
     /// The token count the SUT gave LoadGen.
